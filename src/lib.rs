@@ -1,0 +1,85 @@
+//! # eventscope
+//!
+//! Tower middleware that makes event-driven systems observable. Wrap the publisher and the
+//! handlers you already have, and every message published and processed is
+//!
+//! - **traced**: W3C trace context travels in the message headers, publish and process are
+//!   OpenTelemetry messaging spans (`send orders`, `process orders`), so one trace runs from the
+//!   service that published to every service that processed;
+//! - **measured**: latency histograms, counters and consumer lag in a [`prometheus::Registry`];
+//! - **correlated**: `correlation-id` and `causation-id` headers follow the business flow.
+//!
+//! Spans are `tracing` spans exported by `tracing-opentelemetry`: install a subscriber with an
+//! OpenTelemetry layer (the `otlp` feature's [`telemetry`] module does it in one call) to see them.
+//!
+//! # Example
+//!
+//! ```
+//! use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
+//! use eventscope::metrics::Metrics;
+//! use eventscope::process::ProcessLayer;
+//! use eventscope::publish::PublishLayer;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let broker = MemoryBroker::new();
+//! let metrics = Metrics::new();
+//!
+//! // Publish through the layer: trace context and ids go into the headers.
+//! let publisher = PublishLayer::new(metrics.clone()).layer(broker.publisher());
+//! publisher.oneshot(MemoryRecord::new("orders", b"{}".to_vec())).await?;
+//!
+//! // Process through the layer, driven by the embedded broker's consumer.
+//! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: MemoryMessage| async move {
+//!     assert!(m.headers().get("correlation-id").is_some());
+//!     Ok::<_, std::io::Error>(())
+//! }));
+//! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
+//! let done = async { tokio::time::sleep(std::time::Duration::from_millis(200)).await };
+//! consumer.run(handler, done).await?;
+//!
+//! assert!(metrics.encode().contains("messaging_client_consumed_messages_total"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `memory` | yes | [`memory`]: the embedded in-memory broker, for demos and tests |
+//! | `otlp` | no | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
+//! | `server` | no | [`server`]: a `/metrics` HTTP endpoint |
+//! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` |
+//!
+//! # Supported Rust versions
+//!
+//! eventscope is built and tested with the latest stable Rust; the minimum supported version is
+//! the `rust-version` in `Cargo.toml` (1.85). Raising it is a minor-version change.
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod driver;
+pub mod message;
+pub mod metrics;
+pub mod process;
+pub mod propagation;
+pub mod publish;
+pub mod scope;
+mod span;
+
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "otlp")]
+pub mod telemetry;

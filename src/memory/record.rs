@@ -1,0 +1,220 @@
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::message::{
+    system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
+};
+use crate::propagation::header;
+
+/// A record to publish to the embedded broker.
+#[derive(Clone, Debug)]
+pub struct MemoryRecord {
+    pub(crate) topic: String,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) headers: HeaderList,
+    pub(crate) partition: Option<i32>,
+    pub(crate) timestamp: Option<SystemTime>,
+}
+
+impl MemoryRecord {
+    /// A record for `topic` with `payload`, no key, no headers.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            key: None,
+            payload: payload.into(),
+            headers: HeaderList::new(),
+            partition: None,
+            timestamp: None,
+        }
+    }
+
+    /// Sets the key; records with the same key go to the same partition.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a text header (kept alongside any of the same name).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push(name, value);
+        self
+    }
+
+    /// Adds a header with a raw value.
+    pub fn header_bytes(mut self, name: impl Into<String>, value: Vec<u8>) -> Self {
+        self.headers.push_bytes(name, value);
+        self
+    }
+
+    /// Sends to this partition instead of choosing by key.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the creation timestamp (default: when the broker appends it).
+    pub fn timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// The record's headers.
+    pub fn headers(&self) -> &HeaderList {
+        &self.headers
+    }
+}
+
+impl Headers for MemoryRecord {
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter()
+    }
+}
+
+impl HeadersMut for MemoryRecord {
+    fn set_header(&mut self, name: &str, value: String) {
+        self.headers.set_header(name, value);
+    }
+}
+
+impl OutgoingMessage for MemoryRecord {
+    fn system(&self) -> &'static str {
+        system::MEMORY
+    }
+
+    fn destination(&self) -> &str {
+        &self.topic
+    }
+
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.headers
+            .header_str(header::MESSAGE_ID)
+            .map(Cow::Borrowed)
+    }
+
+    fn set_message_id(&mut self, id: String) {
+        self.headers.set_header(header::MESSAGE_ID, id);
+    }
+
+    fn partition(&self) -> Option<i32> {
+        self.partition
+    }
+
+    fn body_size(&self) -> Option<usize> {
+        Some(self.payload.len())
+    }
+}
+
+/// Where the broker stored a published record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+impl Receipt for Delivery {
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition)
+    }
+}
+
+/// A record as stored in a partition.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) headers: Arc<HeaderList>,
+    pub(crate) timestamp: SystemTime,
+}
+
+/// A message delivered to a handler by a [`MemoryConsumer`](super::MemoryConsumer).
+#[derive(Clone, Debug)]
+pub struct MemoryMessage {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) payload: Arc<[u8]>,
+    pub(crate) headers: Arc<HeaderList>,
+    pub(crate) timestamp: SystemTime,
+}
+
+impl MemoryMessage {
+    /// Topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Offset within the partition.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// Payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Headers.
+    pub fn headers(&self) -> &HeaderList {
+        &self.headers
+    }
+
+    /// Creation timestamp.
+    pub fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+}
+
+impl Headers for MemoryMessage {
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter()
+    }
+}
+
+impl IncomingMessage for MemoryMessage {
+    fn system(&self) -> &'static str {
+        system::MEMORY
+    }
+
+    fn destination(&self) -> &str {
+        &self.topic
+    }
+
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.headers
+            .header_str(header::MESSAGE_ID)
+            .map(Cow::Borrowed)
+    }
+
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition)
+    }
+
+    fn consumer_group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    fn created_at(&self) -> Option<SystemTime> {
+        Some(self.timestamp)
+    }
+
+    fn body_size(&self) -> Option<usize> {
+        Some(self.payload.len())
+    }
+}

@@ -1,0 +1,100 @@
+//! Resolved metric children keyed by label values, so the hot path does one hash lookup and
+//! no allocation instead of one `with_label_values` per family.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+type Entries<T> = Vec<(Box<[Box<str>]>, i64, Arc<T>)>;
+
+pub(crate) struct LabelCache<T> {
+    map: RwLock<HashMap<u64, Entries<T>>>,
+    state: RandomState,
+}
+
+impl<T> Default for LabelCache<T> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+            state: RandomState::new(),
+        }
+    }
+}
+
+fn matches(stored: &[Box<str>], parts: &[&str]) -> bool {
+    stored.len() == parts.len() && stored.iter().zip(parts).all(|(a, b)| **a == **b)
+}
+
+impl<T> LabelCache<T> {
+    fn hash(&self, parts: &[&str], slot: i64) -> u64 {
+        let mut hasher = self.state.build_hasher();
+        parts.hash(&mut hasher);
+        slot.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    pub(crate) fn get(&self, parts: &[&str], slot: i64) -> Option<Arc<T>> {
+        let hash = self.hash(parts, slot);
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&hash)?
+            .iter()
+            .find(|(stored, s, _)| *s == slot && matches(stored, parts))
+            .map(|(_, _, value)| Arc::clone(value))
+    }
+
+    pub(crate) fn get_or_insert_with(
+        &self,
+        parts: &[&str],
+        slot: i64,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        if let Some(hit) = self.get(parts, slot) {
+            return hit;
+        }
+        let hash = self.hash(parts, slot);
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let bucket = map.entry(hash).or_default();
+        if let Some((_, _, value)) = bucket
+            .iter()
+            .find(|(stored, s, _)| *s == slot && matches(stored, parts))
+        {
+            return Arc::clone(value);
+        }
+        let value = Arc::new(make());
+        let key = parts.iter().map(|p| Box::<str>::from(*p)).collect();
+        bucket.push((key, slot, Arc::clone(&value)));
+        value
+    }
+
+    pub(crate) fn remove(&self, parts: &[&str], slot: i64) -> Option<Arc<T>> {
+        let hash = self.hash(parts, slot);
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let bucket = map.get_mut(&hash)?;
+        let index = bucket
+            .iter()
+            .position(|(stored, s, _)| *s == slot && matches(stored, parts))?;
+        let (_, _, value) = bucket.swap_remove(index);
+        if bucket.is_empty() {
+            map.remove(&hash);
+        }
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinguishes_parts_and_slots() {
+        let cache = LabelCache::default();
+        let a = cache.get_or_insert_with(&["x", "y"], 1, || 1);
+        let b = cache.get_or_insert_with(&["x", "y"], 2, || 2);
+        let c = cache.get_or_insert_with(&["xy", ""], 1, || 3);
+        assert_eq!((*a, *b, *c), (1, 2, 3));
+        assert_eq!(*cache.get_or_insert_with(&["x", "y"], 1, || 9), 1);
+        assert_eq!(cache.remove(&["x", "y"], 1).map(|v| *v), Some(1));
+        assert!(cache.get(&["x", "y"], 1).is_none());
+    }
+}

@@ -1,0 +1,522 @@
+//! Prometheus metrics: the catalogue of SPEC §4 in a [`prometheus::Registry`].
+//!
+//! A [`Metrics`] handle is cheap to clone and shared by every layer and driver of a service. It
+//! registers the families in the registry you pass (or its own), bounds the number of distinct
+//! destinations per family, and keeps the lag gauges as SPEC §5 defines them.
+//!
+//! # Example
+//!
+//! ```
+//! use eventscope::metrics::Metrics;
+//!
+//! let registry = prometheus::Registry::new();
+//! let metrics = Metrics::builder().registry(registry.clone()).max_destinations(100).build()?;
+//! metrics.record_duplicate("kafka", "orders", "billing");
+//! assert!(metrics.encode().contains("messaging_consumer_duplicates_total"));
+//! # Ok::<(), prometheus::Error>(())
+//! ```
+
+mod cache;
+pub mod catalogue;
+mod lag;
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+pub use catalogue::{
+    label, name, MetricFamily, MetricKind, CATALOGUE, DURATION_BUCKETS, QUEUE_TIME_BUCKETS,
+};
+
+use cache::LabelCache;
+
+/// The destination label used once the cardinality bound is reached.
+pub const OTHER_DESTINATION: &str = "_other";
+/// Default bound on distinct destinations per metric family.
+pub const DEFAULT_MAX_DESTINATIONS: usize = 1000;
+/// `messaging.operation.name` of a publish.
+pub const OPERATION_SEND: &str = "send";
+
+/// Shared handle to eventscope's metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    families: Families,
+    destinations: DestinationLimit,
+    publishers: LabelCache<PublishInstruments>,
+    consumers: LabelCache<ConsumerInstruments>,
+    partitions: LabelCache<PartitionState>,
+}
+
+struct Families {
+    operation_duration: HistogramVec,
+    sent: IntCounterVec,
+    consumed: IntCounterVec,
+    process_duration: HistogramVec,
+    queue_time: HistogramVec,
+    in_flight: IntGaugeVec,
+    lag_messages: IntGaugeVec,
+    lag_seconds: GaugeVec,
+    last_timestamp: GaugeVec,
+    retries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    duplicates: IntCounterVec,
+    invalid: IntCounterVec,
+    rebalances: IntCounterVec,
+    trace_invalid: IntCounterVec,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("max_destinations", &self.inner.destinations.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    /// Metrics in a registry of their own.
+    fn default() -> Self {
+        Self::builder()
+            .build()
+            .expect("a fresh registry has no conflicting families")
+    }
+}
+
+/// Builds [`Metrics`]; see [`Metrics::builder`].
+#[derive(Debug, Default)]
+pub struct MetricsBuilder {
+    registry: Option<Registry>,
+    max_destinations: Option<usize>,
+}
+
+impl MetricsBuilder {
+    /// Registers the families in `registry` instead of a new one.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// At most `max` distinct destinations per family; the rest are recorded as
+    /// `messaging_destination_name="_other"`. Default 1000.
+    pub fn max_destinations(mut self, max: usize) -> Self {
+        self.max_destinations = Some(max);
+        self
+    }
+
+    /// Registers every family of the [`CATALOGUE`].
+    ///
+    /// # Errors
+    ///
+    /// When the registry already holds a family of the same name.
+    pub fn build(self) -> Result<Metrics, prometheus::Error> {
+        let registry = self.registry.unwrap_or_default();
+        let families = Families::register(&registry)?;
+        Ok(Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                families,
+                destinations: DestinationLimit::new(
+                    self.max_destinations.unwrap_or(DEFAULT_MAX_DESTINATIONS),
+                ),
+                publishers: LabelCache::default(),
+                consumers: LabelCache::default(),
+                partitions: LabelCache::default(),
+            }),
+        })
+    }
+}
+
+impl Families {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        use catalogue as c;
+        fn histogram(
+            r: &Registry,
+            f: MetricFamily,
+            buckets: &[f64],
+        ) -> Result<HistogramVec, prometheus::Error> {
+            let vec = HistogramVec::new(
+                HistogramOpts::new(f.name, f.help).buckets(buckets.to_vec()),
+                f.labels,
+            )?;
+            r.register(Box::new(vec.clone()))?;
+            Ok(vec)
+        }
+        fn counter(r: &Registry, f: MetricFamily) -> Result<IntCounterVec, prometheus::Error> {
+            // The client library appends nothing: the catalogue names already end in `_total`.
+            let vec = IntCounterVec::new(Opts::new(f.name, f.help), f.labels)?;
+            r.register(Box::new(vec.clone()))?;
+            Ok(vec)
+        }
+        fn int_gauge(r: &Registry, f: MetricFamily) -> Result<IntGaugeVec, prometheus::Error> {
+            let vec = IntGaugeVec::new(Opts::new(f.name, f.help), f.labels)?;
+            r.register(Box::new(vec.clone()))?;
+            Ok(vec)
+        }
+        fn gauge(r: &Registry, f: MetricFamily) -> Result<GaugeVec, prometheus::Error> {
+            let vec = GaugeVec::new(Opts::new(f.name, f.help), f.labels)?;
+            r.register(Box::new(vec.clone()))?;
+            Ok(vec)
+        }
+        Ok(Self {
+            operation_duration: histogram(registry, c::OPERATION_DURATION, DURATION_BUCKETS)?,
+            sent: counter(registry, c::SENT_MESSAGES)?,
+            consumed: counter(registry, c::CONSUMED_MESSAGES)?,
+            process_duration: histogram(registry, c::PROCESS_DURATION, DURATION_BUCKETS)?,
+            queue_time: histogram(registry, c::QUEUE_TIME, QUEUE_TIME_BUCKETS)?,
+            in_flight: int_gauge(registry, c::IN_FLIGHT)?,
+            lag_messages: int_gauge(registry, c::LAG_MESSAGES)?,
+            lag_seconds: gauge(registry, c::LAG_SECONDS)?,
+            last_timestamp: gauge(registry, c::LAST_MESSAGE_TIMESTAMP)?,
+            retries: counter(registry, c::RETRIES)?,
+            dead_lettered: counter(registry, c::DEAD_LETTERED)?,
+            duplicates: counter(registry, c::DUPLICATES)?,
+            invalid: counter(registry, c::INVALID_MESSAGES)?,
+            rebalances: counter(registry, c::REBALANCES)?,
+            trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
+        })
+    }
+}
+
+impl Metrics {
+    /// Metrics in a registry of their own, at most 1000 destinations per family.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Configures the registry and the cardinality bound.
+    pub fn builder() -> MetricsBuilder {
+        MetricsBuilder::default()
+    }
+
+    /// The registry the families live in.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The registry's text exposition (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        encode_registry(&self.inner.registry)
+    }
+
+    /// A handler retried a message.
+    pub fn record_retry(&self, system: &str, destination: &str, group: &str, error_type: &str) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .retries
+            .with_label_values(&[system, &destination, group, error_type])
+            .inc();
+    }
+
+    /// A message was routed to its dead-letter destination.
+    pub fn record_dead_letter(
+        &self,
+        system: &str,
+        destination: &str,
+        group: &str,
+        error_type: &str,
+    ) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .dead_lettered
+            .with_label_values(&[system, &destination, group, error_type])
+            .inc();
+    }
+
+    /// A delivery was skipped because it was already processed.
+    pub fn record_duplicate(&self, system: &str, destination: &str, group: &str) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .duplicates
+            .with_label_values(&[system, &destination, group])
+            .inc();
+    }
+
+    /// A message was rejected before the handler; `reason` is `schema` or `decode`.
+    pub fn record_invalid(&self, system: &str, destination: &str, group: &str, reason: &str) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .invalid
+            .with_label_values(&[system, &destination, group, reason])
+            .inc();
+    }
+
+    /// A consumer-group rebalance was seen.
+    pub fn record_rebalance(&self, system: &str, group: &str) {
+        self.inner
+            .families
+            .rebalances
+            .with_label_values(&[system, group])
+            .inc();
+    }
+
+    /// An incoming trace context was unusable.
+    pub fn record_trace_context_invalid(&self, system: &str) {
+        self.inner
+            .families
+            .trace_invalid
+            .with_label_values(&[system])
+            .inc();
+    }
+
+    pub(crate) fn publisher(
+        &self,
+        system: &'static str,
+        destination: &str,
+    ) -> Arc<PublishInstruments> {
+        let inner = &self.inner;
+        let make = |destination: &str| PublishInstruments {
+            system,
+            destination: destination.into(),
+            ok_duration: inner.families.operation_duration.with_label_values(&[
+                system,
+                OPERATION_SEND,
+                destination,
+                "",
+            ]),
+            ok_sent: inner
+                .families
+                .sent
+                .with_label_values(&[system, destination, ""]),
+        };
+        if let Some(hit) = inner.publishers.get(&[system, destination], 0) {
+            return hit;
+        }
+        let label = inner.destinations.admit(destination);
+        inner
+            .publishers
+            .get_or_insert_with(&[system, &label], 0, || make(&label))
+    }
+
+    pub(crate) fn consumer(
+        &self,
+        system: &'static str,
+        destination: &str,
+        group: &str,
+    ) -> Arc<ConsumerInstruments> {
+        let inner = &self.inner;
+        if let Some(hit) = inner.consumers.get(&[system, destination, group], 0) {
+            return hit;
+        }
+        let label = inner.destinations.admit(destination);
+        let values = [system, &*label, group];
+        inner.consumers.get_or_insert_with(&values, 0, || {
+            let f = &inner.families;
+            ConsumerInstruments {
+                system,
+                destination: (*label).into(),
+                group: group.into(),
+                consumed: f.consumed.with_label_values(&values),
+                queue_time: f.queue_time.with_label_values(&values),
+                in_flight: f.in_flight.with_label_values(&values),
+                ok_duration: f
+                    .process_duration
+                    .with_label_values(&[system, &label, group, ""]),
+            }
+        })
+    }
+
+    pub(crate) fn partition(
+        &self,
+        system: &str,
+        destination: &str,
+        group: &str,
+        partition: Option<i32>,
+    ) -> Arc<PartitionState> {
+        let inner = &self.inner;
+        let slot = partition_slot(partition);
+        if let Some(hit) = inner.partitions.get(&[system, destination, group], slot) {
+            return hit;
+        }
+        let label = inner.destinations.admit(destination);
+        inner
+            .partitions
+            .get_or_insert_with(&[system, &label, group], slot, || {
+                let partition_label = partition.map(|p| p.to_string()).unwrap_or_default();
+                let values = [system, &*label, &*partition_label, group];
+                let f = &inner.families;
+                PartitionState {
+                    last_timestamp: f.last_timestamp.with_label_values(&values),
+                    lag_messages: f.lag_messages.with_label_values(&values),
+                    lag_seconds: f.lag_seconds.with_label_values(&values),
+                    last_created_nanos: AtomicU64::new(0),
+                    first_behind_nanos: AtomicU64::new(0),
+                }
+            })
+    }
+
+    pub(crate) fn process_error_duration(
+        &self,
+        consumer: &ConsumerInstruments,
+        error_type: &str,
+    ) -> Histogram {
+        self.inner.families.process_duration.with_label_values(&[
+            consumer.system,
+            &consumer.destination,
+            &consumer.group,
+            error_type,
+        ])
+    }
+
+    pub(crate) fn record_publish_error(
+        &self,
+        publisher: &PublishInstruments,
+        error_type: &str,
+        seconds: f64,
+    ) {
+        let f = &self.inner.families;
+        let (system, destination) = (publisher.system, &*publisher.destination);
+        f.operation_duration
+            .with_label_values(&[system, OPERATION_SEND, destination, error_type])
+            .observe(seconds);
+        f.sent
+            .with_label_values(&[system, destination, error_type])
+            .inc();
+    }
+}
+
+/// Text exposition of any registry.
+pub(crate) fn encode_registry(registry: &Registry) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_else(|e| format!("# eventscope: encoding failed: {e}\n"))
+}
+
+fn partition_slot(partition: Option<i32>) -> i64 {
+    partition.map_or(-1, i64::from)
+}
+
+/// Cached metric children of one publisher destination.
+pub(crate) struct PublishInstruments {
+    pub(crate) system: &'static str,
+    pub(crate) destination: Box<str>,
+    pub(crate) ok_duration: Histogram,
+    pub(crate) ok_sent: IntCounter,
+}
+
+/// Cached metric children of one consumer (system, destination, group).
+pub(crate) struct ConsumerInstruments {
+    pub(crate) system: &'static str,
+    pub(crate) destination: Box<str>,
+    pub(crate) group: Box<str>,
+    pub(crate) consumed: IntCounter,
+    pub(crate) queue_time: Histogram,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) ok_duration: Histogram,
+}
+
+/// Per-partition state behind the lag gauges.
+pub(crate) struct PartitionState {
+    last_timestamp: Gauge,
+    lag_messages: IntGauge,
+    lag_seconds: Gauge,
+    /// Creation time of the last message processed, ns since the epoch; 0 = none yet.
+    last_created_nanos: AtomicU64,
+    /// When the partition was first seen behind, ns since the epoch; 0 = not behind.
+    first_behind_nanos: AtomicU64,
+}
+
+impl PartitionState {
+    /// Records that a message created at `created` was processed.
+    pub(crate) fn processed(&self, created: SystemTime) {
+        let nanos = unix_nanos(created);
+        self.last_created_nanos
+            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
+        self.last_timestamp.set(nanos as f64 / 1e9);
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos()
+        .min(u128::from(u64::MAX)) as u64
+}
+
+/// Bounds the distinct destination label values.
+struct DestinationLimit {
+    max: usize,
+    seen: RwLock<std::collections::HashSet<Box<str>>>,
+}
+
+impl DestinationLimit {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: RwLock::default(),
+        }
+    }
+
+    fn admit<'a>(&self, destination: &'a str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        if self
+            .seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(destination)
+        {
+            return Cow::Borrowed(destination);
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(destination) {
+            Cow::Borrowed(destination)
+        } else if seen.len() < self.max {
+            seen.insert(destination.into());
+            Cow::Borrowed(destination)
+        } else {
+            Cow::Borrowed(OTHER_DESTINATION)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_beyond_the_bound_become_other() {
+        let metrics = Metrics::builder().max_destinations(2).build().unwrap();
+        for dest in ["a", "b", "c", "d", "a"] {
+            metrics.publisher("kafka", dest).ok_sent.inc();
+        }
+        let text = metrics.encode();
+        assert!(text.contains(r#"messaging_destination_name="a""#));
+        assert!(text.contains(r#"messaging_destination_name="b""#));
+        assert!(!text.contains(r#"messaging_destination_name="c""#));
+        assert!(text.contains(
+            r#"messaging_client_sent_messages_total{error_type="",messaging_destination_name="_other",messaging_system="kafka"} 2"#
+        ));
+    }
+
+    #[test]
+    fn registering_twice_in_one_registry_is_an_error() {
+        let registry = Registry::new();
+        Metrics::builder().registry(registry.clone()).build().unwrap();
+        assert!(Metrics::builder().registry(registry).build().is_err());
+    }
+
+    #[test]
+    fn catalogue_names_are_unique_and_counters_end_in_total() {
+        let mut names: Vec<_> = CATALOGUE.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CATALOGUE.len());
+        for f in CATALOGUE {
+            assert_eq!(f.kind == MetricKind::Counter, f.name.ends_with("_total"), "{}", f.name);
+        }
+    }
+}

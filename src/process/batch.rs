@@ -1,0 +1,211 @@
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
+use opentelemetry_semantic_conventions::attribute as semconv;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::future::{InFlight, Pending, ResponseFuture};
+use super::{ParentPolicy, ProcessLayer};
+use crate::classify::{ClassifyError, TypeNameClassifier};
+use crate::message::IncomingMessage;
+use crate::scope::MessageScope;
+use crate::span::{self, SpanStart};
+
+/// Applies [`BatchProcess`] to a handler of `Vec<M>`.
+///
+/// One `process {destination}` span per batch with `messaging.batch.message_count`, one link
+/// per message carrying that message's attributes; per-message consumed, queue-time and
+/// in-flight metrics; one process duration per batch. The span's parent is whatever span is
+/// current ([`ParentPolicy`] does not apply: a batch has many creation contexts).
+///
+/// No [`MessageScope`] is set for a batch as a whole; a handler that publishes per message
+/// wraps that work in [`MessageScope::of`]`(&message).scope(...)`.
+///
+/// # Example
+///
+/// ```
+/// use eventscope::memory::MemoryMessage;
+/// use eventscope::metrics::Metrics;
+/// use eventscope::process::BatchProcessLayer;
+/// use tower::{service_fn, Layer};
+///
+/// let handler = BatchProcessLayer::new(Metrics::new()).layer(service_fn(
+///     |batch: Vec<MemoryMessage>| async move { Ok::<_, std::io::Error>(batch.len()) },
+/// ));
+/// # let _ = handler;
+/// ```
+#[derive(Clone, Debug)]
+pub struct BatchProcessLayer<C = TypeNameClassifier> {
+    config: ProcessLayer<C>,
+}
+
+impl BatchProcessLayer {
+    /// Records into `metrics`, extracts W3C Trace Context + Baggage.
+    pub fn new(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            config: ProcessLayer::new(metrics).parent_policy(ParentPolicy::Link),
+        }
+    }
+}
+
+impl<C> BatchProcessLayer<C> {
+    /// Uses another propagator.
+    pub fn propagation(self, propagation: crate::propagation::Propagation) -> Self {
+        Self {
+            config: self.config.propagation(propagation),
+        }
+    }
+
+    /// Uses `classifier` to derive `error.type` from the handler's errors.
+    pub fn classify_errors<C2>(self, classifier: C2) -> BatchProcessLayer<C2> {
+        BatchProcessLayer {
+            config: self.config.classify_errors(classifier),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for BatchProcessLayer<C> {
+    type Service = BatchProcess<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BatchProcess {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// A batch handler that traces and measures every batch; built by [`BatchProcessLayer`].
+#[derive(Clone, Debug)]
+pub struct BatchProcess<S, C = TypeNameClassifier> {
+    inner: S,
+    config: ProcessLayer<C>,
+}
+
+impl<S, C> BatchProcess<S, C> {
+    /// The wrapped handler.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped handler, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the handler.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, M> Service<Vec<M>> for BatchProcess<S, C>
+where
+    S: Service<Vec<M>>,
+    M: IncomingMessage,
+    C: ClassifyError<S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, batch: Vec<M>) -> Self::Future {
+        let config = &self.config;
+        let metrics = &config.metrics;
+        let (system, destination, group) = match batch.first() {
+            Some(first) => (
+                first.system(),
+                first.destination().to_owned(),
+                first.consumer_group().unwrap_or("").to_owned(),
+            ),
+            None => ("", String::new(), String::new()),
+        };
+        let span = span::process(
+            &SpanStart {
+                system,
+                destination: &destination,
+                message_id: None,
+                conversation_id: None,
+                body_size: None,
+                partition: None,
+                group: (!group.is_empty()).then_some(group.as_str()),
+            },
+            Some(batch.len()),
+        );
+
+        let now = SystemTime::now();
+        let mut processed = Vec::new();
+        for message in &batch {
+            let extracted = config.propagation.extract(message);
+            if extracted.invalid {
+                metrics.record_trace_context_invalid(message.system());
+            }
+            let group = message.consumer_group().unwrap_or("");
+            let instruments = metrics.consumer(message.system(), message.destination(), group);
+            instruments.consumed.inc();
+            if let Some(created) = message.created_at() {
+                let waited = now.duration_since(created).unwrap_or_default();
+                instruments.queue_time.observe(waited.as_secs_f64());
+                let state = metrics.partition(
+                    message.system(),
+                    &instruments.destination,
+                    &instruments.group,
+                    message.partition(),
+                );
+                processed.push((state, created));
+            }
+            let creation = extracted.context.span().span_context().clone();
+            if creation.is_valid() && !span.is_disabled() {
+                span.add_link_with_attributes(creation, link_attributes(message));
+            }
+        }
+
+        let instruments = metrics.consumer(system, &destination, &group);
+        let in_flight = InFlight::many(instruments.in_flight.clone(), batch.len() as i64);
+        let start = Instant::now();
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(batch)
+        };
+        ResponseFuture::with_pending(
+            inner,
+            span,
+            None,
+            config.classifier.clone(),
+            Pending {
+                start,
+                instruments,
+                metrics: metrics.clone(),
+                processed,
+                _in_flight: in_flight,
+            },
+        )
+    }
+}
+
+fn link_attributes<M: IncomingMessage>(message: &M) -> Vec<KeyValue> {
+    let scope = MessageScope::of(message);
+    let mut attrs = vec![KeyValue::new(
+        semconv::MESSAGING_MESSAGE_CONVERSATION_ID,
+        scope.correlation_id().to_owned(),
+    )];
+    if let Some(id) = scope.message_id() {
+        attrs.push(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
+    }
+    if let Some(partition) = message.partition() {
+        attrs.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_PARTITION_ID,
+            partition.to_string(),
+        ));
+    }
+    message.extra_attributes(&mut attrs);
+    attrs
+}

@@ -1,0 +1,62 @@
+use tower_layer::Layer;
+
+use super::{ParentPolicy, Process};
+use crate::classify::TypeNameClassifier;
+use crate::metrics::Metrics;
+use crate::propagation::Propagation;
+
+/// Applies [`Process`] to a handler; see the [module docs](crate::process).
+#[derive(Clone, Debug)]
+pub struct ProcessLayer<C = TypeNameClassifier> {
+    pub(crate) metrics: Metrics,
+    pub(crate) propagation: Propagation,
+    pub(crate) policy: ParentPolicy,
+    pub(crate) classifier: C,
+}
+
+impl ProcessLayer {
+    /// Records into `metrics`, extracts W3C Trace Context + Baggage, [`ParentPolicy::Auto`].
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            propagation: Propagation::default(),
+            policy: ParentPolicy::Auto,
+            classifier: TypeNameClassifier,
+        }
+    }
+}
+
+impl<C> ProcessLayer<C> {
+    /// Uses another propagator.
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// How the process span relates to the message's creation context.
+    pub fn parent_policy(mut self, policy: ParentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Uses `classifier` to derive `error.type` from the handler's errors.
+    pub fn classify_errors<C2>(self, classifier: C2) -> ProcessLayer<C2> {
+        ProcessLayer {
+            metrics: self.metrics,
+            propagation: self.propagation,
+            policy: self.policy,
+            classifier,
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for ProcessLayer<C> {
+    type Service = Process<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Process {
+            inner,
+            config: self.clone(),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Traced and measured message processing.
+//!
+//! [`ProcessLayer`] wraps a handler: a [`tower::Service`] that takes an
+//! [`IncomingMessage`](crate::message::IncomingMessage). For every message it:
+//!
+//! - extracts the creation context from the headers (never failing: an unusable context counts in
+//!   `eventscope_trace_context_invalid_total` and the message is processed as a new root);
+//! - runs the handler inside a `process {destination}` CONSUMER span that links to the creation
+//!   context, and, per [`ParentPolicy`], also uses it as parent;
+//! - records `messaging_client_consumed_messages_total`, `messaging_consumer_queue_time_seconds`,
+//!   `messaging_consumer_in_flight_messages` (decremented even when the handler future is dropped)
+//!   and `messaging_process_duration_seconds` with `error_type` from a pluggable classifier;
+//! - sets a [`MessageScope`](crate::scope::MessageScope) so that whatever the handler publishes
+//!   through a [`PublishLayer`](crate::publish::PublishLayer) carries the same `correlation-id`
+//!   and `causation-id` = this message's id.
+//!
+//! [`BatchProcessLayer`] does the same for handlers that take a `Vec` of messages.
+//!
+//! The layer never settles messages: consumer drivers commit or ack only after the wrapped
+//! handler returned `Ok`.
+//!
+//! # Example
+//!
+//! ```
+//! use eventscope::memory::MemoryMessage;
+//! use eventscope::metrics::Metrics;
+//! use eventscope::process::{ParentPolicy, ProcessLayer};
+//! use tower::{service_fn, Layer};
+//!
+//! let metrics = Metrics::new();
+//! let handler = ProcessLayer::new(metrics)
+//!     .parent_policy(ParentPolicy::Parent)
+//!     .layer(service_fn(|message: MemoryMessage| async move {
+//!         tracing::info!(offset = message.offset(), "charging card");
+//!         Ok::<_, std::io::Error>(())
+//!     }));
+//! # let _ = handler;
+//! ```
+
+mod batch;
+pub mod future;
+mod layer;
+mod service;
+
+pub use self::batch::{BatchProcess, BatchProcessLayer};
+pub use self::layer::ProcessLayer;
+pub use self::service::Process;
+
+/// How the process span relates to the context the message was created in (SPEC §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParentPolicy {
+    /// Link to the creation context only; the parent is whatever span is current.
+    Link,
+    /// Use the creation context as parent, and link to it too.
+    Parent,
+    /// `Parent` when no span is current (a consumer loop), else `Link`.
+    #[default]
+    Auto,
+}
+
+impl ParentPolicy {
+    pub(crate) fn use_as_parent(self) -> bool {
+        match self {
+            Self::Link => false,
+            Self::Parent => true,
+            Self::Auto => !has_ambient_span(),
+        }
+    }
+}
+
+fn has_ambient_span() -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    !tracing::Span::current().is_none() || opentelemetry::Context::current().has_active_span()
+}

@@ -1,0 +1,63 @@
+use tower_layer::Layer;
+
+use super::Publish;
+use crate::classify::TypeNameClassifier;
+use crate::metrics::Metrics;
+use crate::propagation::Propagation;
+
+/// Applies [`Publish`] to a publisher service; see the [module docs](crate::publish).
+#[derive(Clone, Debug)]
+pub struct PublishLayer<C = TypeNameClassifier> {
+    pub(crate) metrics: Metrics,
+    pub(crate) propagation: Propagation,
+    pub(crate) inject: bool,
+    pub(crate) classifier: C,
+}
+
+impl PublishLayer {
+    /// Records into `metrics`, injects W3C Trace Context + Baggage.
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            propagation: Propagation::default(),
+            inject: true,
+            classifier: TypeNameClassifier,
+        }
+    }
+}
+
+impl<C> PublishLayer<C> {
+    /// Uses another propagator.
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// Switches trace-context injection off (or on again), for consumers that choke on
+    /// unknown headers. Spans, ids and metrics are unaffected.
+    pub fn inject_context(mut self, inject: bool) -> Self {
+        self.inject = inject;
+        self
+    }
+
+    /// Uses `classifier` to derive `error.type` from the publisher's errors.
+    pub fn classify_errors<C2>(self, classifier: C2) -> PublishLayer<C2> {
+        PublishLayer {
+            metrics: self.metrics,
+            propagation: self.propagation,
+            inject: self.inject,
+            classifier,
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for PublishLayer<C> {
+    type Service = Publish<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Publish {
+            inner,
+            config: self.clone(),
+        }
+    }
+}
