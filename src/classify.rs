@@ -62,7 +62,10 @@ mod tests {
     #[test]
     fn short_names() {
         assert_eq!(short_type_name("std::io::error::Error"), "Error");
-        assert_eq!(short_type_name("alloc::boxed::Box<dyn core::error::Error>"), OTHER);
+        assert_eq!(
+            short_type_name("alloc::boxed::Box<dyn core::error::Error>"),
+            OTHER
+        );
         assert_eq!(short_type_name("my::Wrapper<u8>"), "Wrapper");
         assert_eq!(short_type_name("Plain"), "Plain");
     }

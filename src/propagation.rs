@@ -276,9 +276,21 @@ mod tests {
     fn enforces_tracestate_and_baggage_bounds() {
         let members: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
         let state = members.join(",");
-        assert!(extract(&[("traceparent", PARENT.as_bytes()), ("tracestate", state.as_bytes())]).invalid);
+        assert!(
+            extract(&[
+                ("traceparent", PARENT.as_bytes()),
+                ("tracestate", state.as_bytes())
+            ])
+            .invalid
+        );
         let ok_state = members[..32].join(",");
-        assert!(!extract(&[("traceparent", PARENT.as_bytes()), ("tracestate", ok_state.as_bytes())]).invalid);
+        assert!(
+            !extract(&[
+                ("traceparent", PARENT.as_bytes()),
+                ("tracestate", ok_state.as_bytes())
+            ])
+            .invalid
+        );
 
         let big = format!("k={}", "v".repeat(BAGGAGE_MAX_BYTES));
         assert!(extract(&[("baggage", big.as_bytes())]).invalid);
@@ -292,7 +304,10 @@ mod tests {
     fn inject_replaces_instead_of_appending() {
         let incoming = extract(&[("traceparent", PARENT.as_bytes())]).context;
         let mut headers = HeaderList::new();
-        headers.push("TRACEPARENT", "00-11111111111111111111111111111111-2222222222222222-01");
+        headers.push(
+            "TRACEPARENT",
+            "00-11111111111111111111111111111111-2222222222222222-01",
+        );
         Propagation::default().inject(&incoming, &mut headers);
         let values: Vec<_> = headers
             .headers()

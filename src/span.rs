@@ -80,7 +80,10 @@ fn record_common(span: &Span, start: &SpanStart<'_>) {
         return;
     }
     if let Some(partition) = start.partition {
-        span.record(semconv::MESSAGING_DESTINATION_PARTITION_ID, display(partition));
+        span.record(
+            semconv::MESSAGING_DESTINATION_PARTITION_ID,
+            display(partition),
+        );
     }
     if let Some(size) = start.body_size {
         span.record(semconv::MESSAGING_MESSAGE_BODY_SIZE, size as i64);
@@ -102,5 +105,8 @@ pub(crate) fn record_error(span: &Span, error_type: &str) {
 
 /// Records the partition the broker reported after the span started.
 pub(crate) fn record_partition(span: &Span, partition: i32) {
-    span.record(semconv::MESSAGING_DESTINATION_PARTITION_ID, display(partition));
+    span.record(
+        semconv::MESSAGING_DESTINATION_PARTITION_ID,
+        display(partition),
+    );
 }

@@ -10,7 +10,6 @@ use super::consumer::MemoryConsumer;
 use super::publisher::MemoryPublisher;
 use super::record::{MemoryMessage, MemoryRecord, Stored};
 
-
 const DEFAULT_PARTITIONS: i32 = 3;
 const DEFAULT_RETENTION: usize = 100_000;
 
@@ -43,7 +42,10 @@ impl fmt::Display for MemoryError {
                 write!(f, "topic {topic} has no partition {partition}")
             }
             Self::TopicExists { topic, partitions } => {
-                write!(f, "topic {topic} already exists with {partitions} partitions")
+                write!(
+                    f,
+                    "topic {topic} already exists with {partitions} partitions"
+                )
             }
             Self::NoPartitions => f.write_str("a topic needs at least one partition"),
         }
@@ -222,7 +224,9 @@ impl MemoryBroker {
                 })
             }
             (None, Some(key)) => (fnv1a(key) % count as u64) as i32,
-            (None, None) => (topic.round_robin.fetch_add(1, Ordering::Relaxed) % count as u64) as i32,
+            (None, None) => {
+                (topic.round_robin.fetch_add(1, Ordering::Relaxed) % count as u64) as i32
+            }
         };
         let stored = Stored {
             key: record.key.map(Arc::from),
@@ -282,13 +286,18 @@ impl MemoryBroker {
     }
 
     pub(crate) fn watch_partition(&self, topic: &Topic, partition: i32) -> watch::Receiver<i64> {
-        topic.partitions[partition as usize].high_watermark.subscribe()
+        topic.partitions[partition as usize]
+            .high_watermark
+            .subscribe()
     }
 
     pub(crate) fn commit(&self, group: &str, topic: &Arc<str>, partition: i32, next: i64) {
         let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
         let group = groups.entry(group.to_owned()).or_default();
-        let slot = group.committed.entry((Arc::clone(topic), partition)).or_insert(next);
+        let slot = group
+            .committed
+            .entry((Arc::clone(topic), partition))
+            .or_insert(next);
         // Commits never move backwards.
         *slot = (*slot).max(next);
     }
@@ -302,9 +311,7 @@ impl MemoryBroker {
         let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
         let group = groups.entry(group.to_owned()).or_default();
         group.members.insert(id, topics.to_vec());
-        let generation = group
-            .generation
-            .get_or_insert_with(|| watch::channel(0).0);
+        let generation = group.generation.get_or_insert_with(|| watch::channel(0).0);
         generation.send_modify(|g| *g += 1);
         (id, generation.subscribe())
     }
@@ -387,7 +394,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
-
 
 #[cfg(test)]
 mod tests {

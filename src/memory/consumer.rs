@@ -230,7 +230,12 @@ fn note_worker(
     }
 }
 
-fn report_lag(broker: &MemoryBroker, metrics: &Metrics, group: &str, assigned: &[(Arc<Topic>, i32)]) {
+fn report_lag(
+    broker: &MemoryBroker,
+    metrics: &Metrics,
+    group: &str,
+    assigned: &[(Arc<Topic>, i32)],
+) {
     for (topic, partition) in assigned {
         let Some(high) = broker.high_watermark(&topic.name, *partition) else {
             continue;
@@ -238,7 +243,13 @@ fn report_lag(broker: &MemoryBroker, metrics: &Metrics, group: &str, assigned: &
         let next = broker
             .committed(group, &topic.name, *partition)
             .unwrap_or_else(|| broker.log_start(topic, *partition));
-        metrics.record_lag(MEMORY, &topic.name, group, Some(*partition), (high - next).max(0));
+        metrics.record_lag(
+            MEMORY,
+            &topic.name,
+            group,
+            Some(*partition),
+            (high - next).max(0),
+        );
     }
 }
 
@@ -291,7 +302,11 @@ impl PartitionWorker {
     }
 
     /// Hands one message to the handler until it succeeds; `Ok(false)` when asked to stop first.
-    async fn deliver<S>(&mut self, handler: &mut S, message: MemoryMessage) -> Result<bool, ConsumeError>
+    async fn deliver<S>(
+        &mut self,
+        handler: &mut S,
+        message: MemoryMessage,
+    ) -> Result<bool, ConsumeError>
     where
         S: Service<MemoryMessage>,
         S::Error: Into<BoxError>,

@@ -102,7 +102,9 @@ mod tests {
         metrics
             .encode()
             .lines()
-            .find(|l| l.starts_with(name) && l.contains(r#"messaging_destination_partition_id="0""#))
+            .find(|l| {
+                l.starts_with(name) && l.contains(r#"messaging_destination_partition_id="0""#)
+            })
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 

@@ -505,7 +505,10 @@ mod tests {
     #[test]
     fn registering_twice_in_one_registry_is_an_error() {
         let registry = Registry::new();
-        Metrics::builder().registry(registry.clone()).build().unwrap();
+        Metrics::builder()
+            .registry(registry.clone())
+            .build()
+            .unwrap();
         assert!(Metrics::builder().registry(registry).build().is_err());
     }
 
@@ -516,7 +519,12 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), CATALOGUE.len());
         for f in CATALOGUE {
-            assert_eq!(f.kind == MetricKind::Counter, f.name.ends_with("_total"), "{}", f.name);
+            assert_eq!(
+                f.kind == MetricKind::Counter,
+                f.name.ends_with("_total"),
+                "{}",
+                f.name
+            );
         }
     }
 }

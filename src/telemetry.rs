@@ -1,0 +1,338 @@
+//! One-call OpenTelemetry setup: OTLP export, W3C propagators, and a `tracing` subscriber whose
+//! log lines carry the `trace_id`.
+//!
+//! [`init`] honours the standard environment variables:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `OTEL_SERVICE_NAME` | `service.name` (else the name given to the builder, else the SDK default) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | where spans go |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` or `http/protobuf` (default, as the OpenTelemetry spec says) |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
+//! | `OTEL_SDK_DISABLED` | `true` turns tracing export off; logs still work |
+//! | `RUST_LOG` | the log and span filter (default `info`) |
+//!
+//! Call it inside a Tokio runtime (the gRPC exporter needs one) and keep the returned
+//! [`TelemetryGuard`]: dropping it flushes and shuts the exporter down.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let _telemetry = eventscope::telemetry::init()?;
+//! tracing::info!("spans and logs now go where OTEL_* says");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing::Dispatch;
+use tracing_subscriber::fmt::format::{Format, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Registry};
+
+/// Sets up telemetry from the environment and installs it globally; see the
+/// [module docs](self).
+///
+/// # Errors
+///
+/// When the exporter cannot be built or a global subscriber is already set.
+pub fn init() -> Result<TelemetryGuard, TelemetryError> {
+    TelemetryBuilder::default().install()
+}
+
+/// When spans are exported over OTLP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OtlpExport {
+    /// Always (to the SDK's default endpoint when no endpoint variable is set).
+    #[default]
+    Always,
+    /// Only when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+    IfConfigured,
+    /// Never.
+    Never,
+}
+
+/// Configures telemetry; [`init`] is `TelemetryBuilder::default().install()`.
+#[derive(Default)]
+pub struct TelemetryBuilder {
+    service_name: Option<String>,
+    otlp: OtlpExport,
+    exporters: Vec<
+        Box<
+            dyn FnOnce(
+                opentelemetry_sdk::trace::TracerProviderBuilder,
+            ) -> opentelemetry_sdk::trace::TracerProviderBuilder,
+        >,
+    >,
+    filter: Option<String>,
+    logs: Option<bool>,
+}
+
+impl fmt::Debug for TelemetryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryBuilder")
+            .field("service_name", &self.service_name)
+            .field("otlp", &self.otlp)
+            .field("extra_exporters", &self.exporters.len())
+            .field("filter", &self.filter)
+            .finish()
+    }
+}
+
+impl TelemetryBuilder {
+    /// `service.name` to use when `OTEL_SERVICE_NAME` is not set.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// When to export over OTLP (default [`OtlpExport::Always`]).
+    pub fn otlp(mut self, mode: OtlpExport) -> Self {
+        self.otlp = mode;
+        self
+    }
+
+    /// Also sends every finished span to `exporter` (batched).
+    pub fn with_exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
+        self.exporters.push(Box::new(move |builder| {
+            builder.with_batch_exporter(exporter)
+        }));
+        self
+    }
+
+    /// Also sends every finished span to `exporter` as soon as it ends (for tests and demos).
+    pub fn with_simple_exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
+        self.exporters.push(Box::new(move |builder| {
+            builder.with_simple_exporter(exporter)
+        }));
+        self
+    }
+
+    /// The `EnvFilter` directives to use when `RUST_LOG` is not set (default `info`).
+    pub fn default_filter(mut self, directives: impl Into<String>) -> Self {
+        self.filter = Some(directives.into());
+        self
+    }
+
+    /// Whether log lines are printed to stderr (default `true`).
+    pub fn logs(mut self, on: bool) -> Self {
+        self.logs = Some(on);
+        self
+    }
+
+    /// Builds the subscriber without installing it: for several services in one process, each
+    /// with its own `service.name`, run with [`tracing::dispatcher::with_default`] or
+    /// `tracing::instrument::WithSubscriber`.
+    ///
+    /// # Errors
+    ///
+    /// When the OTLP exporter cannot be built.
+    pub fn build(self) -> Result<Telemetry, TelemetryError> {
+        let disabled = env_true("OTEL_SDK_DISABLED");
+        let provider = if disabled {
+            None
+        } else {
+            let mut builder = SdkTracerProvider::builder().with_resource(self.resource());
+            if self.wants_otlp() {
+                builder = builder.with_batch_exporter(otlp_exporter()?);
+            }
+            for add in self.exporters {
+                builder = add(builder);
+            }
+            Some(builder.build())
+        };
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(self.filter.as_deref().unwrap_or("info")));
+        let logs = self.logs.unwrap_or(true).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .event_format(TraceIdFormat(Format::default()))
+        });
+        let otel = provider.as_ref().map(|provider| {
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("eventscope"))
+        });
+        let subscriber = Registry::default().with(filter).with(otel).with(logs);
+        Ok(Telemetry {
+            dispatch: Dispatch::new(subscriber),
+            guard: TelemetryGuard { provider },
+        })
+    }
+
+    /// Builds and installs globally: the subscriber, and the W3C Trace Context + Baggage
+    /// propagator as the global text-map propagator.
+    ///
+    /// # Errors
+    ///
+    /// When the exporter cannot be built or a global subscriber is already set.
+    pub fn install(self) -> Result<TelemetryGuard, TelemetryError> {
+        let Telemetry { dispatch, guard } = self.build()?;
+        tracing::dispatcher::set_global_default(dispatch)
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+        if let Some(provider) = &guard.provider {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+        }
+        Ok(guard)
+    }
+
+    fn resource(&self) -> Resource {
+        let builder = Resource::builder();
+        match &self.service_name {
+            Some(name) if std::env::var_os("OTEL_SERVICE_NAME").is_none() => {
+                builder.with_service_name(name.clone()).build()
+            }
+            _ => builder.build(),
+        }
+    }
+
+    fn wants_otlp(&self) -> bool {
+        match self.otlp {
+            OtlpExport::Always => true,
+            OtlpExport::Never => false,
+            OtlpExport::IfConfigured => otlp_configured(),
+        }
+    }
+}
+
+/// `true` when an OTLP endpoint variable is set.
+pub fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+fn env_true(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_default();
+    let built = match protocol.trim() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        "" | "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+        other => {
+            return Err(TelemetryError(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported (use grpc or http/protobuf)"
+            )))
+        }
+    };
+    built.map_err(|e| TelemetryError(format!("building the OTLP exporter: {e}")))
+}
+
+/// A built, not yet installed, telemetry pipeline; see [`TelemetryBuilder::build`].
+#[derive(Debug)]
+pub struct Telemetry {
+    dispatch: Dispatch,
+    guard: TelemetryGuard,
+}
+
+impl Telemetry {
+    /// The subscriber, to run code with.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// Splits into the subscriber and the guard that flushes on drop.
+    pub fn into_parts(self) -> (Dispatch, TelemetryGuard) {
+        (self.dispatch, self.guard)
+    }
+}
+
+/// Flushes and shuts the exporters down on drop.
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("exporting", &self.provider.is_some())
+            .finish()
+    }
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            if let Err(e) = provider.force_flush() {
+                eprintln!("eventscope: flushing spans failed: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("eventscope: shutting the tracer provider down failed: {e}");
+            }
+        }
+    }
+}
+
+/// Telemetry could not be set up.
+#[derive(Debug)]
+pub struct TelemetryError(String);
+
+impl fmt::Display for TelemetryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TelemetryError {}
+
+/// Prefixes each log line with the `trace_id` of the active span, so logs and traces join.
+struct TraceIdFormat<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for TraceIdFormat<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        // Entering a span activates its OpenTelemetry context, so the current context is the
+        // active span's.
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let span_context = span.span_context();
+        if span_context.is_valid() {
+            write!(writer, "trace_id={} ", span_context.trace_id())?;
+        }
+        self.0.format_event(ctx, writer, event)
+    }
+}

@@ -1,0 +1,85 @@
+//! Test harness: spans captured by the SDK's in-memory exporter through the real
+//! `tracing-opentelemetry` layer, and small helpers to read them.
+#![allow(dead_code)]
+
+use opentelemetry::trace::{SpanId, TracerProvider as _};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing_subscriber::layer::SubscriberExt;
+
+pub struct Capture {
+    pub exporter: InMemorySpanExporter,
+    pub provider: SdkTracerProvider,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+/// Installs a thread-local subscriber exporting every span to memory. Use with a
+/// current-thread runtime so spawned tasks see it.
+pub fn capture() -> Capture {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let guard = tracing::subscriber::set_default(subscriber);
+    Capture {
+        exporter,
+        provider,
+        _guard: guard,
+    }
+}
+
+impl Capture {
+    pub fn spans(&self) -> Vec<SpanData> {
+        let _ = self.provider.force_flush();
+        self.exporter.get_finished_spans().expect("finished spans")
+    }
+}
+
+pub fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+pub fn attr_str(span: &SpanData, key: &str) -> Option<String> {
+    attr(span, key).map(|v| v.as_str().into_owned())
+}
+
+pub fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+pub fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
+    let found = named(spans, name);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {name:?} span, got {}: {:?}",
+        found.len(),
+        spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+pub fn is_root(span: &SpanData) -> bool {
+    span.parent_span_id == SpanId::INVALID
+}
+
+/// The value of a sample line in a Prometheus text exposition, matched by name and label
+/// fragments.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && l[name.len()..].starts_with(['{', ' '])
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .reduce(|a, b| a + b)
+}
