@@ -10,7 +10,7 @@
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` or `http/protobuf` (default, as the OpenTelemetry spec says) |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
 //! | `OTEL_SDK_DISABLED` | `true` turns tracing export off; logs still work |
-//! | `RUST_LOG` | the log and span filter (default `info`) |
+//! | `RUST_LOG` | the filter for log lines (default `info`, or the builder's) and for spans (default `info`) |
 //!
 //! Call it inside a Tokio runtime (the gRPC exporter needs one) and keep the returned
 //! [`TelemetryGuard`]: dropping it flushes and shuts the exporter down.
@@ -38,6 +38,7 @@ use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::{EnvFilter, Registry};
 
 /// Sets up telemetry from the environment and installs it globally; see the
@@ -152,17 +153,22 @@ impl TelemetryBuilder {
             }
             Some(builder.build())
         };
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(self.filter.as_deref().unwrap_or("info")));
+        // Separate filters: quieting the logs must not silence the spans.
+        let env_or = |default: &str| {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+        };
         let logs = self.logs.unwrap_or(true).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .event_format(TraceIdFormat(Format::default()))
+                .with_filter(env_or(self.filter.as_deref().unwrap_or("info")))
         });
         let otel = provider.as_ref().map(|provider| {
-            tracing_opentelemetry::layer().with_tracer(provider.tracer("eventscope"))
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("eventscope"))
+                .with_filter(env_or("info"))
         });
-        let subscriber = Registry::default().with(filter).with(otel).with(logs);
+        let subscriber = Registry::default().with(otel).with(logs);
         Ok(Telemetry {
             dispatch: Dispatch::new(subscriber),
             guard: TelemetryGuard { provider },

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
@@ -8,6 +9,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::instrument::WithSubscriber;
 
 use super::broker::{MemoryBroker, Topic};
 use super::record::MemoryMessage;
@@ -33,7 +35,10 @@ pub struct MemoryConsumer {
     failure: FailurePolicy,
     lag_interval: Duration,
     metrics: Option<Metrics>,
+    classify: Option<ErrorClassifier>,
 }
+
+type ErrorClassifier = Arc<dyn Fn(&BoxError) -> Cow<'static, str> + Send + Sync>;
 
 impl fmt::Debug for MemoryConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -56,6 +61,7 @@ impl MemoryConsumer {
             failure: FailurePolicy::default(),
             lag_interval: Duration::from_secs(1),
             metrics: None,
+            classify: None,
         }
     }
 
@@ -84,6 +90,16 @@ impl MemoryConsumer {
     /// How often lag is reported (default 1 s).
     pub fn lag_interval(mut self, interval: Duration) -> Self {
         self.lag_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Derives the `error_type` of counted redeliveries from the handler's error (default: the
+    /// error's type name, see [`TypeNameClassifier`]).
+    pub fn classify_errors(
+        mut self,
+        classify: impl Fn(&BoxError) -> Cow<'static, str> + Send + Sync + 'static,
+    ) -> Self {
+        self.classify = Some(Arc::new(classify));
         self
     }
 
@@ -122,6 +138,7 @@ impl MemoryConsumer {
             failure,
             lag_interval,
             metrics,
+            classify,
         } = self;
         let (member, mut generation) = broker.join(&group, &topics);
         let permits = Arc::new(Semaphore::new(max_concurrency));
@@ -157,6 +174,7 @@ impl MemoryConsumer {
                 if stopped.contains(&(Arc::clone(&topic.name), *partition)) {
                     continue;
                 }
+                // Partition tasks report to the subscriber of the task that runs the consumer.
                 workers.spawn(
                     PartitionWorker {
                         broker: broker.clone(),
@@ -166,9 +184,11 @@ impl MemoryConsumer {
                         permits: Arc::clone(&permits),
                         failure,
                         metrics: metrics.clone(),
+                        classify: classify.clone(),
                         stop: stop_rx.clone(),
                     }
-                    .run(handler.clone()),
+                    .run(handler.clone())
+                    .with_current_subscriber(),
                 );
             }
 
@@ -196,8 +216,11 @@ impl MemoryConsumer {
         }
 
         broker.leave(&group, member);
+        // Leaving revokes every partition: their series go with them (SPEC §5).
         if let Some(m) = &metrics {
-            report_lag(&broker, m, &group, &assigned);
+            for (topic, partition) in &assigned {
+                m.remove_partition(MEMORY, &topic.name, &group, Some(*partition));
+            }
         }
         first_failure.map_or(Ok(()), Err)
     }
@@ -261,6 +284,7 @@ struct PartitionWorker {
     permits: Arc<Semaphore>,
     failure: FailurePolicy,
     metrics: Option<Metrics>,
+    classify: Option<ErrorClassifier>,
     stop: watch::Receiver<bool>,
 }
 
@@ -336,11 +360,16 @@ impl PartitionWorker {
                     })
                 }
                 FailurePolicy::Redeliver { backoff } => {
-                    let error_type = TypeNameClassifier.classify(&error);
+                    let type_name = TypeNameClassifier.classify(&error);
+                    let error: BoxError = error.into();
+                    let error_type = match &self.classify {
+                        Some(classify) => classify(&error),
+                        None => type_name,
+                    };
                     if let Some(m) = &self.metrics {
                         m.record_retry(MEMORY, &self.topic.name, &self.group, &error_type);
                     }
-                    tracing::debug!(offset = message.offset, error = %error.into(), "redelivering");
+                    tracing::debug!(offset = message.offset, error = %error, "redelivering");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         _ = self.stop.wait_for(|stop| *stop) => return Ok(false),

@@ -83,3 +83,37 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .reduce(|a, b| a + b)
 }
+
+/// The compiled demo (`cargo test` builds examples next to the test binaries).
+pub fn demo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let demo = debug.join("examples").join("order_pipeline");
+    assert!(
+        demo.exists(),
+        "{} is missing: build it with `cargo build --example order_pipeline` (cargo test does)",
+        demo.display()
+    );
+    demo
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

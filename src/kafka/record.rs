@@ -1,0 +1,382 @@
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::KeyValue;
+use opentelemetry_semantic_conventions::attribute as semconv;
+
+use crate::message::{
+    system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
+};
+use crate::propagation::header;
+
+/// A record to publish with a [`KafkaPublisher`](super::KafkaPublisher).
+///
+/// The record owns its data, so it can wait in a full producer queue without borrowing from
+/// the caller. Headers become librdkafka headers only when the record is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaRecord {
+    pub(crate) topic: String,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Option<Vec<u8>>,
+    pub(crate) headers: HeaderList,
+    pub(crate) partition: Option<i32>,
+    pub(crate) timestamp: Option<SystemTime>,
+}
+
+impl KafkaRecord {
+    /// A record for `topic` with `payload`, no key, no headers; the partitioner picks the
+    /// partition and the producer the timestamp.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            payload: Some(payload.into()),
+            ..Self::tombstone(topic)
+        }
+    }
+
+    /// A record without payload: a tombstone, which deletes `key` from a compacted topic.
+    pub fn tombstone(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            key: None,
+            payload: None,
+            headers: HeaderList::new(),
+            partition: None,
+            timestamp: None,
+        }
+    }
+
+    /// Sets the key; the default partitioner sends records with the same key to the same
+    /// partition.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a text header (kept alongside any of the same name).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push(name, value);
+        self
+    }
+
+    /// Adds a header with a raw value.
+    pub fn header_bytes(mut self, name: impl Into<String>, value: Vec<u8>) -> Self {
+        self.headers.push_bytes(name, value);
+        self
+    }
+
+    /// Sends to this partition instead of letting the partitioner choose.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the creation timestamp (default: when the producer accepts the record).
+    pub fn timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The payload; `None` for a tombstone.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    /// The record's headers.
+    pub fn headers(&self) -> &HeaderList {
+        &self.headers
+    }
+
+    /// Milliseconds since the epoch, as Kafka stores timestamps.
+    pub(crate) fn timestamp_millis(&self) -> Option<i64> {
+        self.timestamp.map(|t| {
+            let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+    }
+}
+
+impl Headers for KafkaRecord {
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter()
+    }
+}
+
+impl HeadersMut for KafkaRecord {
+    fn set_header(&mut self, name: &str, value: String) {
+        self.headers.set_header(name, value);
+    }
+}
+
+impl OutgoingMessage for KafkaRecord {
+    fn system(&self) -> &'static str {
+        system::KAFKA
+    }
+
+    fn destination(&self) -> &str {
+        &self.topic
+    }
+
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.headers
+            .header_str(header::MESSAGE_ID)
+            .map(Cow::Borrowed)
+    }
+
+    fn set_message_id(&mut self, id: String) {
+        self.headers.set_header(header::MESSAGE_ID, id);
+    }
+
+    fn partition(&self) -> Option<i32> {
+        self.partition
+    }
+
+    fn body_size(&self) -> Option<usize> {
+        self.payload.as_ref().map(Vec::len)
+    }
+
+    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
+        key_attributes(self.key.as_deref(), self.payload.is_none(), attrs);
+    }
+}
+
+/// Where the broker stored a published record: the publish span's partition and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KafkaDelivery {
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+impl Receipt for KafkaDelivery {
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition)
+    }
+
+    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
+        attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset));
+    }
+}
+
+/// The broker a consumer bootstraps from, for `server.address` / `server.port`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ServerAddress {
+    pub(crate) host: String,
+    pub(crate) port: Option<u16>,
+}
+
+impl ServerAddress {
+    /// The first entry of a `bootstrap.servers` list (`host:port`, `[v6]:port`, `host`).
+    pub(crate) fn from_bootstrap(servers: &str) -> Option<Self> {
+        let first = servers.split(',').map(str::trim).find(|s| !s.is_empty())?;
+        let first = first
+            .split_once("://")
+            .map_or(first, |(_scheme, rest)| rest);
+        let (host, port) = match first.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') => (host, port.parse().ok()),
+            _ => (first, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (!host.is_empty()).then(|| Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A message handed to a handler by a [`KafkaConsumer`](super::KafkaConsumer): an owned copy
+/// of what librdkafka delivered, cheap to clone.
+///
+/// Header names that are not UTF-8 cannot be read through `rdkafka` and are left out; values
+/// are kept as bytes. A message without headers, with a binary key or with unusable trace
+/// headers is processed as a new trace root.
+#[derive(Clone, Debug)]
+pub struct KafkaMessage {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) group: Arc<str>,
+    pub(crate) key: Option<Arc<[u8]>>,
+    pub(crate) payload: Option<Arc<[u8]>>,
+    pub(crate) headers: Arc<HeaderList>,
+    pub(crate) timestamp: Option<SystemTime>,
+    pub(crate) server: Option<Arc<ServerAddress>>,
+}
+
+impl KafkaMessage {
+    /// Topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Offset within the partition.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Key, if any (any bytes; not necessarily UTF-8).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// Payload; `None` for a tombstone.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    /// Headers, in the order the producer wrote them.
+    pub fn headers(&self) -> &HeaderList {
+        &self.headers
+    }
+
+    /// The record's timestamp (create or log-append time), when the broker reported one.
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        self.timestamp
+    }
+
+    /// The consumer group this message was consumed for.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+impl Headers for KafkaMessage {
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter()
+    }
+}
+
+impl IncomingMessage for KafkaMessage {
+    fn system(&self) -> &'static str {
+        system::KAFKA
+    }
+
+    fn destination(&self) -> &str {
+        &self.topic
+    }
+
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.headers
+            .header_str(header::MESSAGE_ID)
+            .map(Cow::Borrowed)
+    }
+
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition)
+    }
+
+    fn consumer_group(&self) -> Option<&str> {
+        (!self.group.is_empty()).then_some(&*self.group)
+    }
+
+    fn created_at(&self) -> Option<SystemTime> {
+        self.timestamp
+    }
+
+    fn body_size(&self) -> Option<usize> {
+        self.payload.as_ref().map(|p| p.len())
+    }
+
+    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
+        key_attributes(self.key.as_deref(), self.payload.is_none(), attrs);
+        attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset));
+        if let Some(server) = &self.server {
+            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, server.host.clone()));
+            if let Some(port) = server.port {
+                attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+        }
+    }
+}
+
+/// `messaging.kafka.message.key` (only when UTF-8) and `messaging.kafka.message.tombstone`.
+fn key_attributes(key: Option<&[u8]>, tombstone: bool, attrs: &mut Vec<KeyValue>) {
+    if let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+        attrs.push(KeyValue::new(
+            semconv::MESSAGING_KAFKA_MESSAGE_KEY,
+            key.to_owned(),
+        ));
+    }
+    if tombstone {
+        attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true));
+    }
+}
+
+/// A Kafka timestamp in milliseconds, `None` for the "not available" sentinels.
+pub(crate) fn system_time_from_millis(millis: Option<i64>) -> Option<SystemTime> {
+    let millis = u64::try_from(millis?).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attributes(message: &impl OutgoingMessage) -> Vec<KeyValue> {
+        let mut attrs = Vec::new();
+        message.extra_attributes(&mut attrs);
+        attrs
+    }
+
+    #[test]
+    fn key_attribute_only_for_utf8_keys() {
+        let text = KafkaRecord::new("t", b"x".to_vec()).key("customer-7");
+        assert_eq!(
+            attributes(&text),
+            vec![KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_KEY, "customer-7")]
+        );
+        let binary = KafkaRecord::new("t", b"x".to_vec()).key(vec![0xff, 0xfe]);
+        assert!(attributes(&binary).is_empty());
+        let tombstone = KafkaRecord::tombstone("t").key("k");
+        assert!(attributes(&tombstone)
+            .contains(&KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true)));
+        assert_eq!(tombstone.body_size(), None);
+    }
+
+    #[test]
+    fn message_id_lives_in_a_single_header() {
+        let mut record = KafkaRecord::new("t", b"x".to_vec()).header("Message-Id", "old");
+        record.set_message_id("new".into());
+        assert_eq!(record.message_id().as_deref(), Some("new"));
+        assert_eq!(record.headers().len(), 1);
+    }
+
+    #[test]
+    fn bootstrap_servers_parse() {
+        let parse = ServerAddress::from_bootstrap;
+        assert_eq!(
+            parse("127.0.0.1:9092,other:9093"),
+            Some(ServerAddress { host: "127.0.0.1".into(), port: Some(9092) })
+        );
+        assert_eq!(
+            parse(" [::1]:19092"),
+            Some(ServerAddress { host: "::1".into(), port: Some(19092) })
+        );
+        assert_eq!(
+            parse("PLAINTEXT://kafka"),
+            Some(ServerAddress { host: "kafka".into(), port: None })
+        );
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn sentinel_timestamps_are_none() {
+        assert_eq!(system_time_from_millis(Some(-1)), None);
+        assert_eq!(system_time_from_millis(None), None);
+        assert!(system_time_from_millis(Some(1_700_000_000_000)).is_some());
+        let record = KafkaRecord::new("t", Vec::new())
+            .timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(42));
+        assert_eq!(record.timestamp_millis(), Some(42));
+    }
+}

@@ -1,0 +1,133 @@
+//! The demo's `/metrics` exposition holds every family of the catalogue with exactly the SPEC
+//! §4 labels, and `promtool check metrics` accepts it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{demo_binary, free_port, Child};
+use eventscope::metrics::{MetricKind, CATALOGUE};
+
+fn label_names(line: &str) -> BTreeSet<String> {
+    let Some(start) = line.find('{') else {
+        return BTreeSet::new();
+    };
+    let end = line.rfind('}').unwrap();
+    let mut names = BTreeSet::new();
+    let mut rest = &line[start + 1..end];
+    while let Some(eq) = rest.find("=\"") {
+        names.insert(rest[..eq].trim_start_matches(',').to_owned());
+        // Skip the quoted value, honouring escapes.
+        let mut chars = rest[eq + 2..].char_indices();
+        let mut close = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    close = Some(eq + 2 + i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[close.unwrap()..];
+    }
+    names
+}
+
+fn missing(text: &str) -> Vec<&'static str> {
+    CATALOGUE
+        .iter()
+        .filter(|f| !text.lines().any(|l| l.starts_with(f.name)))
+        .map(|f| f.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_demo_exposes_every_family_with_its_labels_and_promtool_accepts_it() {
+    let port = free_port();
+    let _demo = Child(
+        Command::new(demo_binary())
+            .args([
+                "--forever",
+                "--rate",
+                "50",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    );
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let text = loop {
+        let text = match client.get(&url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let absent = missing(&text);
+        if absent.is_empty() {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "families never appeared: {absent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    for family in CATALOGUE {
+        let expected: BTreeSet<String> = family.labels.iter().map(|l| l.to_string()).collect();
+        let sample_name = match family.kind {
+            MetricKind::Histogram => format!("{}_count", family.name),
+            _ => family.name.to_owned(),
+        };
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&sample_name) && l[sample_name.len()..].starts_with('{'))
+            .unwrap_or_else(|| panic!("no sample of {sample_name}"));
+        assert_eq!(label_names(line), expected, "labels of {}", family.name);
+        let kind = match family.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        };
+        assert!(
+            text.contains(&format!("# TYPE {} {kind}", family.name)),
+            "{} is a {kind}",
+            family.name
+        );
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/run installs Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
