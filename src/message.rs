@@ -217,5 +217,9 @@ impl HeadersMut for HeaderList {
 
 /// Generates a new unique id (a UUIDv7: unique, and sortable by creation time).
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().hyphenated().to_string()
+    let mut buffer = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }

@@ -42,13 +42,12 @@ pub(crate) fn send(start: &SpanStart<'_>) -> Span {
         { semconv::MESSAGING_OPERATION_NAME } = OP_SEND,
         { semconv::MESSAGING_OPERATION_TYPE } = OP_SEND,
         { semconv::MESSAGING_DESTINATION_NAME } = start.destination,
-        { semconv::MESSAGING_DESTINATION_PARTITION_ID } = Empty,
+        { semconv::MESSAGING_DESTINATION_PARTITION_ID } = start.partition.map(display),
         { semconv::MESSAGING_MESSAGE_ID } = start.message_id,
         { semconv::MESSAGING_MESSAGE_CONVERSATION_ID } = start.conversation_id,
-        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = Empty,
+        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = start.body_size.map(|n| n as i64),
         { semconv::ERROR_TYPE } = Empty,
     );
-    record_common(&span, start);
     span
 }
 
@@ -63,31 +62,15 @@ pub(crate) fn process(start: &SpanStart<'_>, batch_size: Option<usize>) -> Span 
         { semconv::MESSAGING_OPERATION_NAME } = OP_PROCESS,
         { semconv::MESSAGING_OPERATION_TYPE } = OP_PROCESS,
         { semconv::MESSAGING_DESTINATION_NAME } = start.destination,
-        { semconv::MESSAGING_DESTINATION_PARTITION_ID } = Empty,
+        { semconv::MESSAGING_DESTINATION_PARTITION_ID } = start.partition.map(display),
         { semconv::MESSAGING_CONSUMER_GROUP_NAME } = start.group,
         { semconv::MESSAGING_MESSAGE_ID } = start.message_id,
         { semconv::MESSAGING_MESSAGE_CONVERSATION_ID } = start.conversation_id,
-        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = Empty,
+        { semconv::MESSAGING_MESSAGE_BODY_SIZE } = start.body_size.map(|n| n as i64),
         { semconv::MESSAGING_BATCH_MESSAGE_COUNT } = batch_size.map(|n| n as i64),
         { semconv::ERROR_TYPE } = Empty,
     );
-    record_common(&span, start);
     span
-}
-
-fn record_common(span: &Span, start: &SpanStart<'_>) {
-    if span.is_disabled() {
-        return;
-    }
-    if let Some(partition) = start.partition {
-        span.record(
-            semconv::MESSAGING_DESTINATION_PARTITION_ID,
-            display(partition),
-        );
-    }
-    if let Some(size) = start.body_size {
-        span.record(semconv::MESSAGING_MESSAGE_BODY_SIZE, size as i64);
-    }
 }
 
 /// Adds broker-specific attributes; before the span starts they are visible to samplers.

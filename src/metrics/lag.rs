@@ -74,6 +74,11 @@ impl Metrics {
     ) {
         let label = self.inner.destinations.admit(destination);
         let slot = partition_slot(partition);
+        // The process layer's combined entry holds the same state: evict both, so a partition
+        // assigned again starts from fresh series.
+        self.inner
+            .consumer_partitions
+            .remove(&[system, &label, group], slot);
         if self
             .inner
             .partitions

@@ -56,6 +56,7 @@ struct Inner {
     publishers: LabelCache<PublishInstruments>,
     consumers: LabelCache<ConsumerInstruments>,
     partitions: LabelCache<PartitionState>,
+    consumer_partitions: LabelCache<ConsumerPartition>,
 }
 
 struct Families {
@@ -132,6 +133,7 @@ impl MetricsBuilder {
                 publishers: LabelCache::default(),
                 consumers: LabelCache::default(),
                 partitions: LabelCache::default(),
+                consumer_partitions: LabelCache::default(),
             }),
         })
     }
@@ -318,7 +320,7 @@ impl Metrics {
             let f = &inner.families;
             ConsumerInstruments {
                 system,
-                destination: (*label).into(),
+                destination: Arc::from(&*label),
                 group: group.into(),
                 consumed: f.consumed.with_label_values(&values),
                 queue_time: f.queue_time.with_label_values(&values),
@@ -357,6 +359,28 @@ impl Metrics {
                     first_behind_nanos: AtomicU64::new(0),
                 }
             })
+    }
+
+    /// Consumer instruments and partition state in one lookup: the process layer's hot path.
+    pub(crate) fn consumer_partition(
+        &self,
+        system: &'static str,
+        destination: &str,
+        group: &str,
+        partition: Option<i32>,
+    ) -> Arc<ConsumerPartition> {
+        let slot = partition_slot(partition);
+        let cache = &self.inner.consumer_partitions;
+        if let Some(hit) = cache.get(&[system, destination, group], slot) {
+            return hit;
+        }
+        let consumer = self.consumer(system, destination, group);
+        let state = self.partition(system, &consumer.destination, group, partition);
+        let label = Arc::clone(&consumer.destination);
+        cache.get_or_insert_with(&[system, &label, group], slot, || ConsumerPartition {
+            consumer,
+            partition: state,
+        })
     }
 
     pub(crate) fn process_error_duration(
@@ -411,12 +435,18 @@ pub(crate) struct PublishInstruments {
 /// Cached metric children of one consumer (system, destination, group).
 pub(crate) struct ConsumerInstruments {
     pub(crate) system: &'static str,
-    pub(crate) destination: Box<str>,
+    pub(crate) destination: Arc<str>,
     pub(crate) group: Box<str>,
     pub(crate) consumed: IntCounter,
     pub(crate) queue_time: Histogram,
     pub(crate) in_flight: IntGauge,
     pub(crate) ok_duration: Histogram,
+}
+
+/// What the process layer records per message.
+pub(crate) struct ConsumerPartition {
+    pub(crate) consumer: Arc<ConsumerInstruments>,
+    pub(crate) partition: Arc<PartitionState>,
 }
 
 /// Per-partition state behind the lag gauges.

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -62,9 +63,13 @@ where
         }
         let scope = MessageScope::of(&message);
         let group = message.consumer_group().unwrap_or("");
-        let instruments = config
-            .metrics
-            .consumer(system, message.destination(), group);
+        let entry = config.metrics.consumer_partition(
+            system,
+            message.destination(),
+            group,
+            message.partition(),
+        );
+        let instruments = Arc::clone(&entry.consumer);
 
         let span = span::process(
             &SpanStart {
@@ -93,15 +98,7 @@ where
                 .unwrap_or_default();
             instruments.queue_time.observe(waited.as_secs_f64());
         }
-        let partition = created.map(|created| {
-            let state = config.metrics.partition(
-                system,
-                &instruments.destination,
-                &instruments.group,
-                message.partition(),
-            );
-            (state, created)
-        });
+        let partition = created.map(|created| (Arc::clone(&entry.partition), created));
         let in_flight = InFlight::new(instruments.in_flight.clone());
 
         let start = Instant::now();
