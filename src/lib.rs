@@ -49,8 +49,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`memory`]: the embedded in-memory broker, for demos and tests |
-//! | `otlp` | no | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
-//! | `server` | no | [`server`]: a `/metrics` HTTP endpoint |
+//! | `otlp` | yes | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
+//! | `server` | yes | [`server`]: a `/metrics` HTTP endpoint |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` |
 //!
 //! # Supported Rust versions
@@ -77,8 +77,15 @@ pub mod publish;
 pub mod scope;
 mod span;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "otlp")]

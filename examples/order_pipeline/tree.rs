@@ -11,8 +11,11 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 /// Most spans kept for printing; older ones are dropped in `--forever` mode.
 const KEEP: usize = 20_000;
 
+/// A finished span and the service that produced it.
+type ServiceSpan = (Arc<str>, SpanData);
+
 #[derive(Clone, Debug, Default)]
-pub struct Collected(Arc<Mutex<Vec<(Arc<str>, SpanData)>>>);
+pub struct Collected(Arc<Mutex<Vec<ServiceSpan>>>);
 
 /// A span exporter for one service that keeps its spans for the tree view.
 #[derive(Debug)]
@@ -31,7 +34,7 @@ impl Collected {
 
     /// Renders the trace as a tree, or `None` if none of its spans were seen.
     pub fn render(&self, trace: TraceId) -> Option<String> {
-        let spans: Vec<(Arc<str>, SpanData)> = self
+        let spans: Vec<ServiceSpan> = self
             .0
             .lock()
             .unwrap()
@@ -62,7 +65,7 @@ impl Collected {
         let mut out = format!("trace {trace}\n");
         fn walk(
             out: &mut String,
-            spans: &[(Arc<str>, SpanData)],
+            spans: &[ServiceSpan],
             children: &HashMap<SpanId, Vec<usize>>,
             node: usize,
             prefix: &str,

