@@ -54,6 +54,112 @@ fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     })
 }
 
+/// Runs the demo for `orders` orders with `env`, returning its stdout.
+async fn run_demo(orders: usize, env: Vec<(&'static str, String)>) -> String {
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(demo_binary());
+        command
+            .args(["--orders", &orders.to_string()])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .env_remove("OTEL_SERVICE_NAME")
+            .env_remove("OTEL_SDK_DISABLED")
+            .env_remove("OTEL_TRACES_SAMPLER")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("the demo runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
+async fn http_receiver() -> (std::net::SocketAddr, Arc<Mutex<usize>>) {
+    use prost::Message;
+    let spans = Arc::new(Mutex::new(0usize));
+    let counted = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counted = counted.clone();
+            async move {
+                let request =
+                    ExportTraceServiceRequest::decode(body).expect("a protobuf export request");
+                let n: usize = request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum();
+                *counted.lock().unwrap() += n;
+                ExportTraceServiceResponse::default().encode_to_vec()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, spans)
+}
+
+async fn received(spans: &Arc<Mutex<usize>>, at_least: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while *spans.lock().unwrap() < at_least && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = *spans.lock().unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_is_the_default_protocol() {
+    let (addr, spans) = http_receiver().await;
+    run_demo(
+        2,
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"))],
+    )
+    .await;
+    assert_eq!(
+        received(&spans, 16).await,
+        16,
+        "2 orders x 8 spans over OTLP/HTTP"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_and_sdk_switch_are_honoured() {
+    let (addr, spans) = http_receiver().await;
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"));
+    run_demo(
+        2,
+        vec![
+            endpoint.clone(),
+            ("OTEL_TRACES_SAMPLER", "always_off".into()),
+        ],
+    )
+    .await;
+    run_demo(
+        2,
+        vec![endpoint.clone(), ("OTEL_SDK_DISABLED", "true".into())],
+    )
+    .await;
+    // A last run that does export proves the receiver was listening all along.
+    run_demo(1, vec![endpoint]).await;
+    assert_eq!(
+        received(&spans, 8).await,
+        8,
+        "only the last run's 8 spans arrive"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_traces_reach_a_real_otlp_grpc_receiver() {
     let receiver = Receiver::default();

@@ -301,3 +301,43 @@ async fn link_policy_keeps_the_ambient_parent_and_links_the_creation_context() {
         );
     }
 }
+
+#[tokio::test]
+async fn injection_can_be_switched_off_without_losing_ids_or_spans() {
+    let capture = capture();
+    let broker = MemoryBroker::new();
+    broker.create_topic("legacy", 1).unwrap();
+    let metrics = Metrics::new();
+    PublishLayer::new(metrics.clone())
+        .inject_context(false)
+        .layer(broker.publisher())
+        .oneshot(MemoryRecord::new("legacy", b"x".to_vec()))
+        .await
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let collect = {
+        let seen = seen.clone();
+        service_fn(move |m: MemoryMessage| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(m);
+                Ok::<_, eventscope::driver::BoxError>(())
+            }
+        })
+    };
+    consume_until(
+        &broker,
+        "reader",
+        "legacy",
+        1,
+        collect,
+        seen.clone(),
+        &metrics,
+    )
+    .await;
+    let message = seen.lock().unwrap()[0].clone();
+    assert!(message.headers().get("traceparent").is_none());
+    assert!(message.headers().get("correlation-id").is_some());
+    assert!(message.headers().get("message-id").is_some());
+    one(&capture.spans(), "send legacy");
+}
