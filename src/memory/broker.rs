@@ -446,6 +446,37 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_publishers_get_unique_gap_free_offsets() {
+        let broker = MemoryBroker::new();
+        broker.create_topic("t", 3).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let broker = broker.clone();
+                std::thread::spawn(move || {
+                    (0..500)
+                        .map(|i| broker.append(record("t").key(format!("{t}-{i}"))).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut per_partition: HashMap<i32, Vec<i64>> = HashMap::new();
+        for thread in threads {
+            for (partition, offset) in thread.join().unwrap() {
+                per_partition.entry(partition).or_default().push(offset);
+            }
+        }
+        let mut total = 0;
+        for (partition, mut offsets) in per_partition {
+            offsets.sort_unstable();
+            let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+            assert_eq!(offsets, expected, "partition {partition}");
+            assert_eq!(broker.high_watermark("t", partition), Some(offsets.len() as i64));
+            total += offsets.len();
+        }
+        assert_eq!(total, 4000);
+    }
+
+    #[test]
     fn commits_never_move_backwards() {
         let broker = MemoryBroker::new();
         let topic: Arc<str> = Arc::from("t");
