@@ -16,6 +16,23 @@ use tower::{service_fn, Layer, ServiceExt};
 
 type Seen = Arc<Mutex<Vec<MemoryMessage>>>;
 
+/// A handler that keeps every message it gets.
+fn collector(
+    seen: Seen,
+) -> impl tower::Service<
+    MemoryMessage,
+    Response = (),
+    Error = eventscope::driver::BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |m: MemoryMessage| {
+        seen.lock().unwrap().push(m);
+        std::future::ready(Ok(()))
+    })
+}
+
 /// Runs a consumer until `count` messages were seen.
 async fn consume_until(
     broker: &MemoryBroker,
@@ -250,16 +267,7 @@ async fn link_policy_keeps_the_ambient_parent_and_links_the_creation_context() {
 
     // Read the message with a plain consumer, then process it under an ambient span.
     let seen: Seen = Arc::default();
-    let collect = {
-        let seen = seen.clone();
-        service_fn(move |m: MemoryMessage| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(m);
-                Ok::<_, eventscope::driver::BoxError>(())
-            }
-        })
-    };
+    let collect = collector(seen.clone());
     consume_until(
         &broker,
         "reader",
@@ -315,16 +323,7 @@ async fn injection_can_be_switched_off_without_losing_ids_or_spans() {
         .await
         .unwrap();
     let seen: Seen = Arc::default();
-    let collect = {
-        let seen = seen.clone();
-        service_fn(move |m: MemoryMessage| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(m);
-                Ok::<_, eventscope::driver::BoxError>(())
-            }
-        })
-    };
+    let collect = collector(seen.clone());
     consume_until(
         &broker,
         "reader",

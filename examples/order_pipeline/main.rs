@@ -194,6 +194,16 @@ impl<B: Bus> Shared<B> {
     fn roll(&self) -> f64 {
         self.dice.lock().unwrap().roll()
     }
+
+    /// Records that `role` is done with an event, whatever the outcome.
+    fn finish(&self, role: Role, event_id: &str) {
+        if role.idempotent() {
+            let mut seen = self.seen.lock().unwrap();
+            seen.entry(role).or_default().insert(event_id);
+        }
+        self.attempts.lock().unwrap().remove(event_id);
+        self.handled[&role].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 async fn handle<B: Bus>(
@@ -207,14 +217,13 @@ async fn handle<B: Bus>(
         message.destination().to_owned(),
         role.service(),
     );
-    let done = || shared.handled[&role].fetch_add(1, Ordering::Relaxed);
 
     let Ok(order) = serde_json::from_slice::<Envelope<OrderCreated>>(B::payload(&message)) else {
         shared
             .metrics
             .record_invalid(system, &topic, group, "decode");
         tracing::info!(%topic, "skipping a message that is not an OrderCreated envelope");
-        done();
+        shared.handled[&role].fetch_add(1, Ordering::Relaxed);
         return Ok(());
     };
     if order.data.items.is_empty() || order.data.items.iter().any(|i| i.quantity == 0) {
@@ -222,7 +231,7 @@ async fn handle<B: Bus>(
             .metrics
             .record_invalid(system, &topic, group, "schema");
         tracing::info!(order = %order.data.order_id, "skipping an order without items");
-        done();
+        shared.finish(role, &order.event_id);
         return Ok(());
     }
     if role.idempotent() {
@@ -269,21 +278,15 @@ async fn handle<B: Bus>(
                 .metrics
                 .record_dead_letter(system, &topic, group, "PaymentDeclined");
             tracing::info!(order = %order.data.order_id, "payment declined 3 times, dead-lettered");
-            shared.attempts.lock().unwrap().remove(&order.event_id);
-            shared
-                .seen
-                .lock()
-                .unwrap()
-                .entry(role)
-                .or_default()
-                .insert(&order.event_id);
-            done();
+            shared.finish(role, &order.event_id);
             return Ok(());
         }
     }
 
-    // The follow-up event carries the flow's ids: the scope is set by the process layer.
-    let scope = MessageScope::current().expect("handlers run inside the process layer's scope");
+    // The follow-up event carries the flow's ids: the process layer sets the scope.
+    let scope = MessageScope::current().unwrap_or_else(|| {
+        MessageScope::new(order.correlation_id.clone(), Some(order.event_id.clone()))
+    });
     let (follow_topic, event_type) = role.follow_up();
     let follow = Envelope::new(
         event_type,
@@ -301,17 +304,7 @@ async fn handle<B: Bus>(
         &[("message-id", &follow.event_id)],
     );
     publisher.oneshot(record).await?;
-    if role.idempotent() {
-        shared
-            .seen
-            .lock()
-            .unwrap()
-            .entry(role)
-            .or_default()
-            .insert(&order.event_id);
-    }
-    shared.attempts.lock().unwrap().remove(&order.event_id);
-    done();
+    shared.finish(role, &order.event_id);
     Ok(())
 }
 
