@@ -13,7 +13,9 @@ use std::future::{ready, Ready};
 use std::task::{Context, Poll};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use eventscope::message::{HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt};
+use eventscope::message::{
+    HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
+};
 use eventscope::metrics::Metrics;
 use eventscope::process::ProcessLayer;
 use eventscope::publish::PublishLayer;
@@ -33,7 +35,10 @@ struct Msg {
 
 impl Msg {
     fn new() -> Self {
-        Self { headers: HeaderList::new(), payload: vec![0u8; 256] }
+        Self {
+            headers: HeaderList::new(),
+            payload: vec![0u8; 256],
+        }
     }
 }
 
@@ -134,7 +139,10 @@ impl Service<Msg> for Handler {
 struct Discard;
 
 impl SpanExporter for Discard {
-    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         drop(batch);
         ready(Ok(()))
     }
@@ -166,14 +174,22 @@ fn bench(c: &mut Criterion) {
 
     group.bench_function("bare", |b| {
         let (mut p, mut h) = (Broker, Handler);
-        b.iter_batched(Msg::new, |m| round_trip(&mut p, &mut h, m), BatchSize::SmallInput)
+        b.iter_batched(
+            Msg::new,
+            |m| round_trip(&mut p, &mut h, m),
+            BatchSize::SmallInput,
+        )
     });
 
     let mut layered = |name: &str| {
         let mut p = PublishLayer::new(metrics.clone()).layer(Broker);
         let mut h = ProcessLayer::new(metrics.clone()).layer(Handler);
         group.bench_function(name, |b| {
-            b.iter_batched(Msg::new, |m| round_trip(&mut p, &mut h, m), BatchSize::SmallInput)
+            b.iter_batched(
+                Msg::new,
+                |m| round_trip(&mut p, &mut h, m),
+                BatchSize::SmallInput,
+            )
         });
     };
 

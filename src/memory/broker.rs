@@ -470,7 +470,10 @@ mod tests {
             offsets.sort_unstable();
             let expected: Vec<i64> = (0..offsets.len() as i64).collect();
             assert_eq!(offsets, expected, "partition {partition}");
-            assert_eq!(broker.high_watermark("t", partition), Some(offsets.len() as i64));
+            assert_eq!(
+                broker.high_watermark("t", partition),
+                Some(offsets.len() as i64)
+            );
             total += offsets.len();
         }
         assert_eq!(total, 4000);

@@ -1,0 +1,322 @@
+//! Every dashboard query returns data, and every shipped rule evaluates cleanly, against a real
+//! Prometheus scraping the running `order_pipeline` example.
+//!
+//! Starts the example (`target/debug/examples/order_pipeline --forever`) and `prometheus` (Debian
+//! package `prometheus`; `PROMETHEUS` overrides the path) on free loopback ports, with a 1 s
+//! scrape and evaluation interval and `alerts/*.yml` loaded. Build the example first:
+//! `cargo build --example order_pipeline`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const JOB: &str = "eventscope-demo";
+const DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(500);
+
+/// Kills and reaps a child process when dropped, so a failing assertion leaves nothing behind.
+struct Reaped {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Reaped {
+    /// Fails the test with a clear message if the process has already exited.
+    fn assert_running(&mut self, log: &Path) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early ({status}); its output:\n{}",
+                self.name,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A scratch directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("eventscope-live-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+}
+
+/// `target/debug/examples/order_pipeline`, next to this test's own `target/debug/deps`.
+fn demo_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let path = deps.join("../examples/order_pipeline");
+    assert!(
+        path.is_file(),
+        "the example binary {} is missing; run `cargo build --example order_pipeline` first",
+        path.display()
+    );
+    path
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Reaped {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Reaped { name, child }
+}
+
+/// Every `expr` of every dashboard target, with the dashboard file and panel title.
+fn dashboard_queries() -> Vec<(String, String, String)> {
+    fn walk(panels: &Value, file: &str, out: &mut Vec<(String, String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    let title = panel["title"].as_str().unwrap_or("?");
+                    out.push((file.to_owned(), title.to_owned(), expr.to_owned()));
+                }
+            }
+            walk(&panel["panels"], file, out);
+        }
+    }
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("dashboards"))
+        .expect("dashboards/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    for path in files {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read dashboard"))
+                .expect("dashboard JSON");
+        let file = path
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        walk(&json["panels"], &file, &mut out);
+    }
+    assert!(!out.is_empty(), "no dashboard queries found");
+    out
+}
+
+/// What Grafana would send with this job and instance selected and "All" groups and
+/// destinations.
+fn substitute(expr: &str, instance: &str) -> String {
+    let mut q = expr.replace("$__rate_interval", "1m");
+    q = q.replace("$job", JOB).replace("$instance", instance);
+    for var in ["$group", "$destination"] {
+        q = q.replace(var, ".*");
+    }
+    assert!(!q.contains('$'), "unsubstituted variable in {q}");
+    q
+}
+
+async fn get_json(client: &reqwest::Client, url: reqwest::Url) -> Result<Value, String> {
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+    if !status.is_success() || body["status"] != "success" {
+        return Err(format!("{url}: HTTP {status}: {body}"));
+    }
+    Ok(body)
+}
+
+async fn instant_query(client: &reqwest::Client, base: &str, query: &str) -> Result<usize, String> {
+    let url = reqwest::Url::parse_with_params(&format!("{base}/api/v1/query"), &[("query", query)])
+        .map_err(|e| e.to_string())?;
+    let body = get_json(client, url).await?;
+    Ok(body["data"]["result"].as_array().map_or(0, Vec::len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_rules_work_against_the_running_example() {
+    let demo_bin = demo_binary();
+    let prometheus_bin = std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".to_owned());
+    let tmp = TempDir::new();
+    let demo_addr = free_port();
+    let prom_addr = free_port();
+
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+         rule_files:\n  - {alerts}/*.yml\n\
+         scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{demo_addr}']\n",
+        alerts = root().join("alerts").display(),
+    );
+    let config_path = tmp.0.join("prometheus.yml");
+    std::fs::write(&config_path, config).expect("write prometheus.yml");
+
+    let demo_log = tmp.0.join("demo.log");
+    let mut demo = spawn(
+        "order_pipeline",
+        Command::new(&demo_bin)
+            .args(["--forever", "--metrics-addr", &demo_addr.to_string()])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        &demo_log,
+    );
+    let prom_log = tmp.0.join("prometheus.log");
+    let mut prometheus = spawn(
+        "prometheus",
+        Command::new(&prometheus_bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tmp.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .arg("--storage.tsdb.retention.time=1h"),
+        &prom_log,
+    );
+
+    let base = format!("http://{prom_addr}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let queries = dashboard_queries();
+    let started = Instant::now();
+
+    // Poll until every query has data and every rule evaluated cleanly, or the deadline passes.
+    let mut empty: BTreeMap<String, String>;
+    let mut unhealthy: Vec<String>;
+    loop {
+        demo.assert_running(&demo_log);
+        prometheus.assert_running(&prom_log);
+        empty = BTreeMap::new();
+        unhealthy = Vec::new();
+        let ready = instant_query(&client, &base, &format!("up{{job=\"{JOB}\"}} == 1")).await;
+        match ready {
+            Ok(n) if n > 0 => {
+                for (file, panel, expr) in &queries {
+                    let q = substitute(expr, &demo_addr.to_string());
+                    match instant_query(&client, &base, &q).await {
+                        Ok(n) if n > 0 => {}
+                        Ok(_) => {
+                            empty.insert(format!("{file} / {panel}: {q}"), "no series".to_owned());
+                        }
+                        Err(e) => {
+                            empty.insert(format!("{file} / {panel}: {q}"), e);
+                        }
+                    }
+                }
+                let url = reqwest::Url::parse(&format!("{base}/api/v1/rules")).expect("url");
+                match get_json(&client, url).await {
+                    Ok(body) => {
+                        let groups = body["data"]["groups"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        let mut count = 0;
+                        for rule in groups
+                            .iter()
+                            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                        {
+                            count += 1;
+                            if rule["health"] != "ok" {
+                                unhealthy.push(format!(
+                                    "{} health={} error={}",
+                                    rule["name"], rule["health"], rule["lastError"]
+                                ));
+                            }
+                        }
+                        if count == 0 {
+                            unhealthy.push("no rules loaded".to_owned());
+                        }
+                    }
+                    Err(e) => unhealthy.push(e),
+                }
+                if empty.is_empty() && unhealthy.is_empty() {
+                    break;
+                }
+            }
+            Ok(_) => {
+                empty.insert(
+                    "scrape".to_owned(),
+                    format!("target {demo_addr} not up yet"),
+                );
+            }
+            Err(e) => {
+                empty.insert("prometheus".to_owned(), e);
+            }
+        }
+        if started.elapsed() > DEADLINE {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    let report = |what: &str| {
+        format!(
+            "{what} after {:?}\nprometheus log tail:\n{}\ndemo log tail:\n{}",
+            started.elapsed(),
+            tail(&prom_log),
+            tail(&demo_log)
+        )
+    };
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}\n{}",
+        empty
+            .iter()
+            .map(|(q, why)| format!("  {q}\n    -> {why}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        report("gave up")
+    );
+    assert!(
+        unhealthy.is_empty(),
+        "rules not healthy:\n{}\n{}",
+        unhealthy.join("\n"),
+        report("gave up")
+    );
+    drop(prometheus);
+    drop(demo);
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
