@@ -27,6 +27,10 @@ use std::time::Duration;
 /// A boxed error from a handler.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Derives `error_type` for the driver's own counts (redeliveries) from a handler error.
+pub(crate) type ErrorClassifier =
+    std::sync::Arc<dyn Fn(&BoxError) -> std::borrow::Cow<'static, str> + Send + Sync>;
+
 /// What a driver does when the handler fails; see the [module docs](self).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FailurePolicy {

@@ -114,3 +114,126 @@ impl Bus for Memory {
         Box::pin(consumer.run(handler, stop))
     }
 }
+
+#[cfg(feature = "kafka")]
+pub use self::kafka_bus::Kafka;
+
+#[cfg(feature = "kafka")]
+mod kafka_bus {
+    use std::time::Duration;
+
+    use eventscope::driver::{BoxError, ConsumeError, FailurePolicy};
+    use eventscope::kafka::{
+        consumer_config, producer_config, EventscopeContext, KafkaConsumer, KafkaErrorClassifier,
+        KafkaMessage, KafkaPublisher, KafkaRecord,
+    };
+    use eventscope::metrics::Metrics;
+    use eventscope::publish::PublishLayer;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::FutureProducer;
+    use rdkafka::types::RDKafkaErrorCode;
+    use tower::util::BoxCloneSyncService;
+    use tower::{Layer, ServiceExt};
+
+    use super::{BoxFuture, Bus, Classify, Handler, Publisher};
+
+    /// The pipeline over a Kafka-compatible broker.
+    #[derive(Clone)]
+    pub struct Kafka {
+        bootstrap: String,
+        producer: FutureProducer,
+    }
+
+    impl Kafka {
+        /// Connects and creates the topics (3 partitions each) when they do not exist yet.
+        pub async fn connect(bootstrap: &str, topics: &[&str]) -> Result<Self, BoxError> {
+            let admin: AdminClient<DefaultClientContext> = producer_config(bootstrap).create()?;
+            let new: Vec<NewTopic<'_>> = topics
+                .iter()
+                .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
+                .collect();
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            for result in admin.create_topics(&new, &options).await? {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => return Err(format!("creating {topic}: {code}").into()),
+                }
+            }
+            Ok(Self {
+                bootstrap: bootstrap.to_owned(),
+                producer: producer_config(bootstrap).create()?,
+            })
+        }
+    }
+
+    impl Bus for Kafka {
+        type Record = KafkaRecord;
+        type Message = KafkaMessage;
+
+        fn describe(&self) -> String {
+            format!("Kafka at {}", self.bootstrap)
+        }
+
+        fn record(
+            &self,
+            topic: &str,
+            key: &str,
+            payload: Vec<u8>,
+            headers: &[(&str, &str)],
+        ) -> KafkaRecord {
+            headers
+                .iter()
+                .fold(KafkaRecord::new(topic, payload).key(key), |r, (n, v)| {
+                    r.header(*n, *v)
+                })
+        }
+
+        fn publisher(&self, metrics: &Metrics) -> Publisher<KafkaRecord> {
+            BoxCloneSyncService::new(
+                PublishLayer::new(metrics.clone())
+                    .classify_errors(KafkaErrorClassifier)
+                    .layer(KafkaPublisher::new(self.producer.clone()))
+                    .map_response(|_| ())
+                    .map_err(BoxError::from),
+            )
+        }
+
+        fn raw_publisher(&self) -> Publisher<KafkaRecord> {
+            BoxCloneSyncService::new(
+                KafkaPublisher::new(self.producer.clone())
+                    .map_response(|_| ())
+                    .map_err(BoxError::from),
+            )
+        }
+
+        fn payload(message: &KafkaMessage) -> &[u8] {
+            message.payload().unwrap_or_default()
+        }
+
+        fn consume(
+            &self,
+            group: &str,
+            topic: &str,
+            handler: Handler<KafkaMessage>,
+            metrics: &Metrics,
+            classify: Classify,
+            stop: BoxFuture<()>,
+        ) -> BoxFuture<Result<(), ConsumeError>> {
+            let config = consumer_config(&self.bootstrap, group);
+            let consumer: Result<StreamConsumer<EventscopeContext>, _> =
+                config.create_with_context(EventscopeContext::new(&config, metrics.clone()));
+            let consumer = match consumer.and_then(|c| c.subscribe(&[topic]).map(|()| c)) {
+                Ok(consumer) => consumer,
+                Err(e) => return Box::pin(async move { Err(ConsumeError::Broker(e.into())) }),
+            };
+            let driver = KafkaConsumer::new(consumer)
+                .classify_errors(classify)
+                .failure_policy(FailurePolicy::Redeliver {
+                    backoff: Duration::from_millis(100),
+                });
+            Box::pin(driver.run(handler, stop))
+        }
+    }
+}

@@ -6,8 +6,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 
+use super::record::Data;
 use crate::message::HeaderList;
 
 /// The headers librdkafka will send for `headers`.
@@ -27,43 +28,57 @@ pub(crate) fn to_owned_headers(headers: &HeaderList) -> Option<OwnedHeaders> {
     Some(owned)
 }
 
-/// Copies incoming headers; a header without value reads as an empty value.
+/// Copies incoming headers into `data`; a header without value reads as an empty value.
+/// Returns how many headers were skipped.
 ///
 /// `rdkafka` turns header names into `&str` with an `unwrap`, so a name that is not UTF-8
 /// (which only a hand-written client can produce) would panic inside `rdkafka`. Each header is
 /// therefore read behind `catch_unwind` and such a header is skipped: hostile input must never
-/// take the consumer down. Returns the headers and how many were skipped.
-pub(crate) fn read_headers<H: rdkafka::message::Headers>(headers: &H) -> (HeaderList, usize) {
-    let mut list = Vec::with_capacity(headers.count());
+/// take the consumer down.
+pub(crate) fn read_headers<H: rdkafka::message::Headers>(headers: &H, data: &mut Data) -> usize {
     let mut skipped = 0;
+    data.headers.reserve(headers.count());
     for index in 0..headers.count() {
-        match catch_unwind(AssertUnwindSafe(|| {
-            headers
-                .try_get(index)
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-        })) {
-            Ok(Some(pair)) => list.push(pair),
+        match catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
+            Ok(Some(header)) => data.push_header(header.key, header.value.unwrap_or_default()),
             Ok(None) => {}
             Err(_) => skipped += 1,
         }
     }
-    (HeaderList::from(list), skipped)
+    skipped
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn to_list(data: &Data) -> HeaderList {
+        let pairs = data
+            .headers
+            .iter()
+            .map(|((ns, ne), (vs, ve))| {
+                (
+                    data.names[*ns..*ne].to_owned(),
+                    data.bytes[*vs..*ve].to_vec(),
+                )
+            })
+            .collect::<Vec<_>>();
+        HeaderList::from(pairs)
+    }
+
     #[test]
     fn round_trip_keeps_order_duplicates_and_bytes() {
         let mut list = HeaderList::new();
-        list.push("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        list.push(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
         list.push_bytes("bin", vec![0xff, 0x00, 0xfe]);
         list.push("dup", "a").push("dup", "b");
         let owned = to_owned_headers(&list).expect("non-empty");
-        let (back, skipped) = read_headers(&owned);
-        assert_eq!(skipped, 0);
-        assert_eq!(back, list);
+        let mut data = Data::default();
+        assert_eq!(read_headers(&owned, &mut data), 0);
+        assert_eq!(to_list(&data), list);
     }
 
     #[test]
@@ -77,7 +92,8 @@ mod tests {
             key: "flag",
             value: None,
         });
-        let (back, _) = read_headers(&owned);
-        assert_eq!(back.get("flag"), Some(&b""[..]));
+        let mut data = Data::default();
+        read_headers(&owned, &mut data);
+        assert_eq!(to_list(&data).get("flag"), Some(&b""[..]));
     }
 }

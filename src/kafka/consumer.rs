@@ -1,44 +1,48 @@
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer};
+use futures_util::{FutureExt, StreamExt};
+use rdkafka::consumer::{
+    CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::carrier::read_headers;
-use super::context::{EventscopeContext, RebalanceEvent, Settings};
-use super::record::{system_time_from_millis, KafkaMessage};
+use super::context::{EventscopeContext, Progress, RebalanceEvent, Settings};
+use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
 use crate::classify::{ClassifyError, TypeNameClassifier};
-use crate::driver::{BoxError, ConsumeError, FailurePolicy};
+use crate::driver::{BoxError, ConsumeError, ErrorClassifier, FailurePolicy};
 use crate::message::system::KAFKA;
-use crate::message::HeaderList;
 use crate::metrics::Metrics;
+use tracing::instrument::WithSubscriber;
 
 /// Drives a handler with the messages of your `rdkafka` [`StreamConsumer`]; see the
 /// [module docs](super).
 ///
 /// The consumer must be created with an [`EventscopeContext`] and with
-/// `enable.auto.offset.store=false` ([`run`](Self::run) refuses to start otherwise): the driver
-/// stores a message's offset only after the handler returned `Ok`, and commits stored offsets
-/// every [`commit_interval`](Self::commit_interval), before partitions are revoked and at
-/// shutdown. Subscribe (or assign) before or after building the driver, as with any consumer.
+/// `enable.auto.offset.store=false` ([`run`](Self::run) refuses to start otherwise): a
+/// message's offset is stored only after the handler returned `Ok`, and stored offsets are
+/// committed every [`commit_interval`](Self::commit_interval), before partitions are revoked
+/// and at shutdown. Subscribe (or assign) before or after building the driver, as with any
+/// consumer; a partition that is revoked finishes its running handler call and its buffered
+/// messages are left to the next owner.
 ///
 /// Messages of one partition are handled in order, one batch at a time; partitions proceed
 /// independently, at most [`max_concurrency`](Self::max_concurrency) handler calls at once. A
-/// partition with more than [`max_buffered`](Self::max_buffered) messages waiting is paused in
-/// librdkafka until its handler has caught up to half of that, so memory stays bounded and a
+/// partition with [`max_buffered`](Self::max_buffered) messages waiting is paused in
+/// librdkafka until its handler has worked through half of them, so memory stays bounded and a
 /// slow partition does not hold the others up.
 pub struct KafkaConsumer<C: ConsumerContext + 'static = DefaultConsumerContext> {
     consumer: Arc<StreamConsumer<EventscopeContext<C>>>,
@@ -47,6 +51,7 @@ pub struct KafkaConsumer<C: ConsumerContext + 'static = DefaultConsumerContext> 
     commit_interval: Duration,
     max_buffered: usize,
     max_batch: usize,
+    classify: Option<ErrorClassifier>,
 }
 
 impl<C: ConsumerContext + 'static> fmt::Debug for KafkaConsumer<C> {
@@ -71,9 +76,20 @@ impl<C: ConsumerContext + 'static> KafkaConsumer<C> {
             max_concurrency: 16,
             failure: FailurePolicy::default(),
             commit_interval: Duration::from_secs(1),
-            max_buffered: 1000,
+            max_buffered: 2000,
             max_batch: 100,
+            classify: None,
         }
+    }
+
+    /// Derives the `error_type` of counted redeliveries from the handler's error (default: the
+    /// error's type name, see [`TypeNameClassifier`]).
+    pub fn classify_errors(
+        mut self,
+        classify: impl Fn(&BoxError) -> Cow<'static, str> + Send + Sync + 'static,
+    ) -> Self {
+        self.classify = Some(Arc::new(classify));
+        self
     }
 
     /// The consumer.
@@ -100,7 +116,9 @@ impl<C: ConsumerContext + 'static> KafkaConsumer<C> {
         self
     }
 
-    /// Messages buffered per partition before it is paused (default 1000).
+    /// Messages buffered per partition before it is paused (default 2000). Pausing discards
+    /// what librdkafka prefetched for the partition, so it is meant for handlers that really
+    /// fall behind, not as flow control for fast ones.
     pub fn max_buffered(mut self, max: usize) -> Self {
         self.max_buffered = max.max(2);
         self
@@ -124,7 +142,11 @@ impl<C: ConsumerContext + 'static> KafkaConsumer<C> {
     /// [`ConsumeError::PartitionStopped`] for the first partition stopped by a handler failure
     /// under [`FailurePolicy::StopPartition`] (reported at shutdown; other partitions go on);
     /// [`ConsumeError::Broker`] when the consumer is misconfigured or fails fatally.
-    pub async fn run<S>(self, handler: S, shutdown: impl Future<Output = ()>) -> Result<(), ConsumeError>
+    pub async fn run<S>(
+        self,
+        handler: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumeError>
     where
         S: Service<KafkaMessage> + Clone + Send + 'static,
         S::Future: Send,
@@ -180,20 +202,21 @@ impl<C: ConsumerContext + 'static> KafkaConsumer<C> {
         let mut driver = Driver {
             settings: Arc::clone(context.settings()),
             metrics: context.metrics().clone(),
-            consumer: Arc::clone(&consumer),
+            progress: Arc::clone(context.progress()),
+            consumer: Arc::clone(&consumer) as Arc<dyn PartitionControl>,
             handler,
             failure: self.failure,
+            classify: self.classify.clone(),
             max_batch,
             max_buffered: self.max_buffered,
             permits: Arc::new(Semaphore::new(self.max_concurrency)),
             control: control_tx,
-            topics: HashMap::new(),
+            partitions: Partitions::default(),
             tasks: HashMap::new(),
             retiring: HashMap::new(),
             workers: JoinSet::new(),
             first_failure: None,
             fatal: None,
-            empty_headers: Arc::new(HeaderList::new()),
         };
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,11 +231,14 @@ impl<C: ConsumerContext + 'static> KafkaConsumer<C> {
                 () = context.rebalanced() => driver.apply_rebalances(&context),
                 _ = commit_tick.tick() => commit(&consumer, CommitMode::Async),
                 received = consumer.recv() => {
-                    // Revocations queued while this message was fetched come first.
-                    driver.apply_rebalances(&context);
-                    match received {
-                        Ok(message) => driver.route(&message),
-                        Err(error) => driver.broker_error(error),
+                    driver.receive(&context, received).await;
+                    // Take what librdkafka already has without a round through `select!`.
+                    let mut stream = consumer.stream();
+                    for _ in 1..DRAIN {
+                        match stream.next().now_or_never() {
+                            Some(Some(received)) => driver.receive(&context, received).await,
+                            _ => break,
+                        }
                     }
                 }
             }
@@ -230,54 +256,32 @@ impl<C: ConsumerContext + 'static> KafkaConsumer<C> {
     }
 }
 
+/// Messages taken from librdkafka per wake-up of the dispatcher, at most.
+const DRAIN: usize = 64;
+
+/// Room reserved for headers when a message is copied out of librdkafka (trace context and
+/// ids take about 200 bytes).
+const HEADER_ROOM: usize = 256;
+
+/// Scheduler turns a full partition buffer gets to drain before the partition is paused.
+const RELIEVE_TURNS: usize = 16;
+
+/// Stores the progress of every partition, then commits the stored offsets.
 fn commit<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<EventscopeContext<C>>,
     mode: CommitMode,
 ) {
+    if let Err(error) = consumer.context().progress().store(consumer) {
+        tracing::warn!(%error, "storing offsets failed");
+    }
     match consumer.commit_consumer_state(mode) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(error) => tracing::warn!(%error, ?mode, "kafka commit failed"),
     }
 }
 
-/// Where a partition's worker stores the offsets of processed messages.
-trait StoreOffset: Send + Sync {
-    /// Stores `next`, the offset the partition resumes at.
-    fn store_next(&self, topic: &str, partition: i32, next: i64) -> Result<(), KafkaError>;
-}
-
-impl<C: ConsumerContext + 'static> StoreOffset for StreamConsumer<EventscopeContext<C>> {
-    fn store_next(&self, topic: &str, partition: i32, next: i64) -> Result<(), KafkaError> {
-        let mut list = TopicPartitionList::with_capacity(1);
-        list.add_partition_offset(topic, partition, Offset::Offset(next))?;
-        self.store_offsets(&list)
-    }
-}
-
-/// The dispatcher's state: one worker task per partition with messages.
-struct Driver<H> {
-    settings: Arc<Settings>,
-    metrics: Metrics,
-    consumer: Arc<dyn PartitionControl>,
-    handler: H,
-    failure: FailurePolicy,
-    max_batch: usize,
-    max_buffered: usize,
-    permits: Arc<Semaphore>,
-    control: mpsc::UnboundedSender<(Arc<str>, i32)>,
-    topics: HashMap<Arc<str>, HashMap<i32, Slot>>,
-    tasks: HashMap<Id, (Arc<str>, i32)>,
-    /// Workers of revoked partitions still finishing a message; a new worker for the same
-    /// partition waits for them, so order holds across a revoke and re-assign.
-    retiring: HashMap<(Arc<str>, i32), oneshot::Receiver<()>>,
-    workers: JoinSet<Result<(), ConsumeError>>,
-    first_failure: Option<ConsumeError>,
-    fatal: Option<ConsumeError>,
-    empty_headers: Arc<HeaderList>,
-}
-
 /// What the dispatcher needs from the consumer besides receiving.
-trait PartitionControl: StoreOffset {
+trait PartitionControl: Send + Sync {
     fn pause_partition(&self, topic: &str, partition: i32);
     fn resume_partition(&self, topic: &str, partition: i32);
     fn assigned(&self, topic: &str, partition: i32) -> bool;
@@ -307,6 +311,83 @@ impl<C: ConsumerContext + 'static> PartitionControl for StreamConsumer<Eventscop
     }
 }
 
+/// The dispatcher's state: one worker task per partition with messages.
+struct Driver<H> {
+    settings: Arc<Settings>,
+    metrics: Metrics,
+    progress: Arc<Progress>,
+    consumer: Arc<dyn PartitionControl>,
+    handler: H,
+    failure: FailurePolicy,
+    classify: Option<ErrorClassifier>,
+    max_batch: usize,
+    max_buffered: usize,
+    permits: Arc<Semaphore>,
+    control: mpsc::UnboundedSender<(Arc<str>, i32)>,
+    partitions: Partitions,
+    tasks: HashMap<Id, (Arc<str>, i32)>,
+    /// Workers of revoked partitions still finishing a message; a new worker for the same
+    /// partition waits for them, so order holds across a revoke and re-assign.
+    retiring: HashMap<(Arc<str>, i32), oneshot::Receiver<()>>,
+    workers: JoinSet<Result<(), ConsumeError>>,
+    first_failure: Option<ConsumeError>,
+    fatal: Option<ConsumeError>,
+}
+
+/// The partitions with a worker, by topic (a consumer reads few) and partition number (dense
+/// from 0), so routing a message costs no hashing.
+#[derive(Default)]
+struct Partitions {
+    topics: Vec<(Arc<str>, Vec<Option<Slot>>)>,
+}
+
+impl Partitions {
+    fn topic(&mut self, name: &str) -> &Arc<str> {
+        let index = match self.topics.iter().position(|(t, _)| &**t == name) {
+            Some(index) => index,
+            None => {
+                self.topics.push((Arc::from(name), Vec::new()));
+                self.topics.len() - 1
+            }
+        };
+        &self.topics[index].0
+    }
+
+    fn get(&self, topic: &str, partition: i32) -> Option<&Slot> {
+        let (_, slots) = self.topics.iter().find(|(t, _)| &**t == topic)?;
+        slots.get(usize::try_from(partition).ok()?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Slot> {
+        let (_, slots) = self.topics.iter_mut().find(|(t, _)| &**t == topic)?;
+        slots.get_mut(usize::try_from(partition).ok()?)?.as_mut()
+    }
+
+    fn insert(&mut self, topic: &Arc<str>, partition: i32, slot: Slot) {
+        let Ok(index) = usize::try_from(partition) else {
+            return;
+        };
+        self.topic(topic);
+        if let Some((_, slots)) = self.topics.iter_mut().find(|(t, _)| t == topic) {
+            if slots.len() <= index {
+                slots.resize_with(index + 1, || None);
+            }
+            slots[index] = Some(slot);
+        }
+    }
+
+    fn remove(&mut self, topic: &str, partition: i32) -> Option<Slot> {
+        let (_, slots) = self.topics.iter_mut().find(|(t, _)| &**t == topic)?;
+        slots.get_mut(usize::try_from(partition).ok()?)?.take()
+    }
+
+    fn slots_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.topics
+            .iter_mut()
+            .flat_map(|(_, slots)| slots.iter_mut().flatten())
+    }
+}
+
 /// A partition as the dispatcher sees it.
 struct Slot {
     state: SlotState,
@@ -317,6 +398,7 @@ enum SlotState {
     Running {
         task: Id,
         tx: mpsc::UnboundedSender<KafkaMessage>,
+        origin: Arc<Origin>,
         buffered: Arc<AtomicUsize>,
         stop: watch::Sender<bool>,
         done: oneshot::Receiver<()>,
@@ -325,66 +407,120 @@ enum SlotState {
     Stopped,
 }
 
+/// A partition whose buffer reached `max_buffered`.
+struct Full {
+    topic: Arc<str>,
+    partition: i32,
+    buffered: Arc<AtomicUsize>,
+}
+
 impl<H: Handle + Clone> Driver<H> {
-    fn route(&mut self, message: &BorrowedMessage<'_>) {
-        let (topic, partition) = (message.topic(), message.partition());
-        let topic: Arc<str> = match self.topics.get_key_value(topic) {
-            Some((name, _)) => Arc::clone(name),
-            None => {
-                let name: Arc<str> = Arc::from(topic);
-                self.topics.insert(Arc::clone(&name), HashMap::new());
-                name
+    /// Handles one item of librdkafka's stream.
+    async fn receive<C>(
+        &mut self,
+        context: &EventscopeContext<C>,
+        received: Result<BorrowedMessage<'_>, KafkaError>,
+    ) {
+        // Revocations queued while this message was fetched come first.
+        self.apply_rebalances(context);
+        let full = match received {
+            Ok(message) => self.route(&message),
+            Err(error) => {
+                self.broker_error(error);
+                None
             }
         };
-        let owned = self.detach(message, &topic);
-        let slot = match self.topics.get_mut(&topic).and_then(|p| p.get_mut(&partition)) {
-            Some(slot) => slot,
-            None => self.spawn(&topic, partition),
-        };
-        let SlotState::Running { tx, buffered, .. } = &slot.state else {
+        if let Some(full) = full {
+            self.relieve(full).await;
+        }
+        // librdkafka's stream never runs out of budget: let the partition workers run instead
+        // of filling their buffers until the partitions get paused.
+        tokio::task::coop::consume_budget().await;
+    }
+
+    /// Hands a message to its partition's worker; returns the partition when its buffer is
+    /// full and it is not paused yet.
+    fn route(&mut self, message: &BorrowedMessage<'_>) -> Option<Full> {
+        let partition = message.partition();
+        let topic = Arc::clone(self.partitions.topic(message.topic()));
+        if self.partitions.get(&topic, partition).is_none() {
+            self.spawn(&topic, partition);
+        }
+        let slot = self.partitions.get_mut(&topic, partition)?;
+        let SlotState::Running {
+            tx,
+            buffered,
+            origin,
+            ..
+        } = &slot.state
+        else {
             // Fetched before the pause took effect: left uncommitted, like everything after
             // the failed offset.
-            return;
+            return None;
         };
         let waiting = buffered.fetch_add(1, Ordering::AcqRel) + 1;
-        if tx.send(owned).is_err() {
+        if tx.send(Self::detach(message, origin)).is_err() {
             // The worker has ended (its outcome is on its way); the message stays uncommitted.
+            return None;
+        }
+        (waiting >= self.max_buffered && !slot.paused).then(|| Full {
+            topic,
+            partition,
+            buffered: Arc::clone(buffered),
+        })
+    }
+
+    /// A full buffer first gets a few turns of the scheduler to drain: pausing discards what
+    /// librdkafka prefetched for the partition and costs a fetch round trip on resume, so it
+    /// is kept for handlers that really fall behind.
+    async fn relieve(&mut self, full: Full) {
+        for _ in 0..RELIEVE_TURNS {
+            if full.buffered.load(Ordering::Acquire) < self.max_buffered {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        if full.buffered.load(Ordering::Acquire) < self.max_buffered {
             return;
         }
-        if waiting >= self.max_buffered && !slot.paused {
+        let Some(slot) = self.partitions.get_mut(&full.topic, full.partition) else {
+            return;
+        };
+        if !slot.paused && matches!(slot.state, SlotState::Running { .. }) {
             slot.paused = true;
-            self.consumer.pause_partition(&topic, partition);
+            self.consumer.pause_partition(&full.topic, full.partition);
         }
     }
 
-    fn detach(&self, message: &BorrowedMessage<'_>, topic: &Arc<str>) -> KafkaMessage {
-        let headers = match message.headers() {
-            Some(headers) => {
-                let (list, skipped) = read_headers(headers);
-                if skipped > 0 {
-                    tracing::warn!(
-                        topic = %topic, partition = message.partition(), offset = message.offset(),
-                        skipped, "skipped Kafka headers whose names are not UTF-8"
-                    );
-                }
-                Arc::new(list)
-            }
-            None => Arc::clone(&self.empty_headers),
+    fn detach(message: &BorrowedMessage<'_>, origin: &Arc<Origin>) -> KafkaMessage {
+        let (key, payload) = (message.key(), message.payload());
+        let sizes = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
+        let mut data = Data {
+            bytes: Vec::with_capacity(sizes + HEADER_ROOM),
+            ..Data::default()
         };
+        data.key = key.map(|key| data.push(key));
+        data.payload = payload.map(|payload| data.push(payload));
+        if let Some(headers) = message.headers() {
+            let skipped = read_headers(headers, &mut data);
+            if skipped > 0 {
+                tracing::warn!(
+                    topic = %origin.topic, partition = message.partition(),
+                    offset = message.offset(), skipped,
+                    "skipped Kafka headers whose names are not UTF-8"
+                );
+            }
+        }
         KafkaMessage {
-            topic: Arc::clone(topic),
+            origin: Arc::clone(origin),
             partition: message.partition(),
             offset: message.offset(),
-            group: Arc::clone(&self.settings.group),
-            key: message.key().map(Arc::from),
-            payload: message.payload().map(Arc::from),
-            headers,
             timestamp: system_time_from_millis(message.timestamp().to_millis()),
-            server: self.settings.server.clone(),
+            data: Arc::new(data),
         }
     }
 
-    fn spawn(&mut self, topic: &Arc<str>, partition: i32) -> &mut Slot {
+    fn spawn(&mut self, topic: &Arc<str>, partition: i32) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
@@ -400,39 +536,39 @@ impl<H: Handle + Clone> Driver<H> {
             stop: stop_rx,
             permits: Arc::clone(&self.permits),
             failure: self.failure,
-            store: Arc::clone(&self.consumer),
+            classify: self.classify.clone(),
+            progress: self.progress.track(topic, partition),
             metrics: self.metrics.clone(),
             max_batch: self.max_batch,
             predecessor: self.retiring.remove(&(Arc::clone(topic), partition)),
             _done: done_tx,
         };
+        // Workers report to the subscriber of the task that runs the consumer.
         let task = self
             .workers
-            .spawn(worker.run(self.handler.clone()))
+            .spawn(worker.run(self.handler.clone()).with_current_subscriber())
             .id();
         self.tasks.insert(task, (Arc::clone(topic), partition));
         let slot = Slot {
             state: SlotState::Running {
                 task,
                 tx,
+                origin: Arc::new(Origin {
+                    topic: Arc::clone(topic),
+                    group: Arc::clone(&self.settings.group),
+                    server: self.settings.server.clone(),
+                }),
                 buffered,
                 stop: stop_tx,
                 done: done_rx,
             },
             paused: false,
         };
-        let partitions = self.topics.entry(Arc::clone(topic)).or_default();
-        match partitions.entry(partition) {
-            Entry::Occupied(mut e) => {
-                e.insert(slot);
-                e.into_mut()
-            }
-            Entry::Vacant(e) => e.insert(slot),
-        }
+        self.partitions.insert(topic, partition, slot);
     }
 
     fn resume(&mut self, topic: &str, partition: i32) {
-        let Some(slot) = self.topics.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
+        let Some(slot) = self.partitions.get_mut(topic, partition) else {
             return;
         };
         if slot.paused && matches!(slot.state, SlotState::Running { .. }) {
@@ -441,7 +577,7 @@ impl<H: Handle + Clone> Driver<H> {
         }
     }
 
-    fn apply_rebalances(&mut self, context: &EventscopeContext<impl Sized>) {
+    fn apply_rebalances<C>(&mut self, context: &EventscopeContext<C>) {
         for event in context.take_rebalances() {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
@@ -452,9 +588,8 @@ impl<H: Handle + Clone> Driver<H> {
                 RebalanceEvent::Assigned(partitions) => {
                     for (topic, partition) in partitions {
                         let stopped = self
-                            .topics
-                            .get(topic.as_str())
-                            .and_then(|p| p.get(&partition))
+                            .partitions
+                            .get(&topic, partition)
                             .is_some_and(|s| matches!(s.state, SlotState::Stopped));
                         // librdkafka may keep a partition's pause across reassignment.
                         if stopped {
@@ -470,20 +605,20 @@ impl<H: Handle + Clone> Driver<H> {
 
     /// A revoked partition's worker finishes its current call and drops what is buffered.
     fn retire(&mut self, topic: &str, partition: i32) {
-        let Some((name, partitions)) = self.topics.get_key_value_mut_compat(topic) else {
-            return;
-        };
-        let name = Arc::clone(name);
-        let Some(slot) = partitions.get(&partition) else {
-            return;
-        };
-        if matches!(slot.state, SlotState::Stopped) {
+        if !matches!(
+            self.partitions.get(topic, partition),
+            Some(Slot {
+                state: SlotState::Running { .. },
+                ..
+            })
+        ) {
             return;
         }
+        let name = Arc::clone(self.partitions.topic(topic));
         if let Some(Slot {
             state: SlotState::Running { stop, done, .. },
             ..
-        }) = partitions.remove(&partition)
+        }) = self.partitions.remove(topic, partition)
         {
             let _ = stop.send(true);
             self.retiring.insert((name, partition), done);
@@ -491,11 +626,9 @@ impl<H: Handle + Clone> Driver<H> {
     }
 
     fn stop_all(&mut self) {
-        for partitions in self.topics.values_mut() {
-            for slot in partitions.values_mut() {
-                if let SlotState::Running { stop, .. } = &slot.state {
-                    let _ = stop.send(true);
-                }
+        for slot in self.partitions.slots_mut() {
+            if let SlotState::Running { stop, .. } = &slot.state {
+                let _ = stop.send(true);
             }
         }
     }
@@ -506,8 +639,7 @@ impl<H: Handle + Clone> Driver<H> {
             Err(join) => {
                 // A panicking handler must not take the consumer down silently.
                 tracing::error!(error = %join, "kafka partition task failed");
-                let task = join.id();
-                self.stop_partition(task);
+                self.stop_partition(join.id());
                 self.first_failure
                     .get_or_insert(ConsumeError::Broker(Box::new(join)));
                 return;
@@ -518,15 +650,11 @@ impl<H: Handle + Clone> Driver<H> {
                 let Some((topic, partition)) = self.tasks.remove(&task) else {
                     return;
                 };
-                let current = self
-                    .topics
-                    .get(&topic)
-                    .and_then(|p| p.get(&partition))
-                    .is_some_and(|s| matches!(&s.state, SlotState::Running { task: t, .. } if *t == task));
+                let current = self.partitions.get(&topic, partition).is_some_and(
+                    |s| matches!(&s.state, SlotState::Running { task: t, .. } if *t == task),
+                );
                 if current {
-                    if let Some(p) = self.topics.get_mut(&topic) {
-                        p.remove(&partition);
-                    }
+                    self.partitions.remove(&topic, partition);
                 } else if !self.consumer.assigned(&topic, partition) {
                     // A revoked partition's last message may have re-created its series.
                     self.metrics.remove_partition(
@@ -555,7 +683,7 @@ impl<H: Handle + Clone> Driver<H> {
         let Some((topic, partition)) = self.tasks.remove(&task) else {
             return;
         };
-        let Some(slot) = self.topics.get_mut(&topic).and_then(|p| p.get_mut(&partition)) else {
+        let Some(slot) = self.partitions.get_mut(&topic, partition) else {
             return;
         };
         if matches!(&slot.state, SlotState::Running { task: t, .. } if *t == task) {
@@ -569,27 +697,11 @@ impl<H: Handle + Clone> Driver<H> {
         match error {
             KafkaError::MessageConsumptionFatal(_) => {
                 tracing::error!(%error, "kafka consumer failed fatally");
-                self.fatal.get_or_insert(ConsumeError::Broker(Box::new(error)));
+                self.fatal
+                    .get_or_insert(ConsumeError::Broker(Box::new(error)));
             }
             error => tracing::warn!(%error, "kafka consumer error"),
         }
-    }
-}
-
-/// `HashMap::get_key_value` plus mutable access to the value, by `&str`.
-trait GetKeyValueMut {
-    fn get_key_value_mut_compat(
-        &mut self,
-        topic: &str,
-    ) -> Option<(&Arc<str>, &mut HashMap<i32, Slot>)>;
-}
-
-impl GetKeyValueMut for HashMap<Arc<str>, HashMap<i32, Slot>> {
-    fn get_key_value_mut_compat(
-        &mut self,
-        topic: &str,
-    ) -> Option<(&Arc<str>, &mut HashMap<i32, Slot>)> {
-        self.iter_mut().find(|(name, _)| &***name == topic)
     }
 }
 
@@ -608,13 +720,33 @@ impl Failure {
     }
 }
 
-/// How a worker hands a batch to the user's service: one by one, or as a `Vec`.
+/// What a worker hands to the handler at once.
+#[derive(Clone)]
+enum Work {
+    One(KafkaMessage),
+    Batch(Vec<KafkaMessage>),
+}
+
+impl Work {
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Batch(batch) => batch.len(),
+        }
+    }
+
+    /// First and last offset.
+    fn offsets(&self) -> Option<(i64, i64)> {
+        match self {
+            Self::One(m) => Some((m.offset, m.offset)),
+            Self::Batch(batch) => Some((batch.first()?.offset, batch.last()?.offset)),
+        }
+    }
+}
+
+/// How a worker hands work to the user's service: one message, or a `Vec` of them.
 trait Handle: Send + 'static {
-    /// Handles `batch` (exactly one message for single-message handlers).
-    fn handle(
-        &mut self,
-        batch: Vec<KafkaMessage>,
-    ) -> impl Future<Output = Result<(), Failure>> + Send;
+    fn handle(&mut self, work: Work) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 #[derive(Clone)]
@@ -626,11 +758,27 @@ where
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
 {
-    async fn handle(&mut self, batch: Vec<KafkaMessage>) -> Result<(), Failure> {
-        for message in batch {
-            let ready = self.0.ready().await.map_err(Failure::new)?;
-            ready.call(message).await.map_err(Failure::new)?;
+    async fn handle(&mut self, work: Work) -> Result<(), Failure> {
+        match work {
+            Work::One(message) => self.call(message).await,
+            Work::Batch(batch) => {
+                for message in batch {
+                    self.call(message).await?;
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+impl<S> One<S>
+where
+    S: Service<KafkaMessage>,
+    S::Error: Into<BoxError>,
+{
+    async fn call(&mut self, message: KafkaMessage) -> Result<(), Failure> {
+        let ready = self.0.ready().await.map_err(Failure::new)?;
+        ready.call(message).await.map_err(Failure::new)?;
         Ok(())
     }
 }
@@ -644,7 +792,11 @@ where
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
 {
-    async fn handle(&mut self, batch: Vec<KafkaMessage>) -> Result<(), Failure> {
+    async fn handle(&mut self, work: Work) -> Result<(), Failure> {
+        let batch = match work {
+            Work::One(message) => vec![message],
+            Work::Batch(batch) => batch,
+        };
         let ready = self.0.ready().await.map_err(Failure::new)?;
         ready.call(batch).await.map_err(Failure::new)?;
         Ok(())
@@ -663,7 +815,8 @@ struct Worker {
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
     failure: FailurePolicy,
-    store: Arc<dyn PartitionControl>,
+    classify: Option<ErrorClassifier>,
+    progress: Arc<AtomicI64>,
     metrics: Metrics,
     max_batch: usize,
     predecessor: Option<oneshot::Receiver<()>>,
@@ -680,24 +833,33 @@ impl Worker {
             }
         }
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = self.stop.wait_for(|stop| *stop) => return Ok(()),
-                message = self.rx.recv() => match message {
-                    Some(message) => message,
-                    None => return Ok(()),
+            let first = match self.rx.try_recv() {
+                Ok(message) => message,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    biased;
+                    _ = self.stop.wait_for(|stop| *stop) => return Ok(()),
+                    message = self.rx.recv() => match message {
+                        Some(message) => message,
+                        None => return Ok(()),
+                    },
                 },
             };
-            let mut batch = Vec::with_capacity(self.max_batch.min(64));
-            batch.push(first);
-            while batch.len() < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
+            let work = if self.max_batch == 1 {
+                Work::One(first)
+            } else {
+                let mut batch = Vec::with_capacity(self.max_batch.min(64));
+                batch.push(first);
+                while batch.len() < self.max_batch {
+                    match self.rx.try_recv() {
+                        Ok(message) => batch.push(message),
+                        Err(_) => break,
+                    }
                 }
-            }
-            self.took(batch.len());
-            if !self.deliver(&mut handler, batch).await? {
+                Work::Batch(batch)
+            };
+            self.took(work.len());
+            if !self.deliver(&mut handler, work).await? {
                 return Ok(());
             }
         }
@@ -713,24 +875,25 @@ impl Worker {
         }
     }
 
-    /// Hands `batch` to the handler per the failure policy; `Ok(false)` when asked to stop
+    /// Hands `work` to the handler per the failure policy; `Ok(false)` when asked to stop
     /// before it succeeded.
     async fn deliver<H: Handle>(
         &mut self,
         handler: &mut H,
-        mut batch: Vec<KafkaMessage>,
+        mut work: Work,
     ) -> Result<bool, ConsumeError> {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        let Some((first, last)) = work.offsets() else {
             return Ok(true);
         };
-        let (first, last) = (first.offset, last.offset);
         loop {
             if *self.stop.borrow() {
                 return Ok(false);
             }
             let attempt = match self.failure {
-                FailurePolicy::Redeliver { .. } => batch.clone(),
-                FailurePolicy::StopPartition => std::mem::take(&mut batch),
+                FailurePolicy::Redeliver { .. } => work.clone(),
+                FailurePolicy::StopPartition => {
+                    std::mem::replace(&mut work, Work::Batch(Vec::new()))
+                }
             };
             let result = {
                 let _permit = self.permits.acquire().await;
@@ -738,7 +901,7 @@ impl Worker {
             };
             let failure = match result {
                 Ok(()) => {
-                    self.store(last + 1)?;
+                    self.progress.store(last + 1, Ordering::Release);
                     return Ok(true);
                 }
                 Err(failure) => failure,
@@ -753,8 +916,12 @@ impl Worker {
                     })
                 }
                 FailurePolicy::Redeliver { backoff } => {
+                    let error_type = match &self.classify {
+                        Some(classify) => classify(&failure.error),
+                        None => failure.error_type.clone(),
+                    };
                     self.metrics
-                        .record_retry(KAFKA, &self.topic, &self.group, &failure.error_type);
+                        .record_retry(KAFKA, &self.topic, &self.group, &error_type);
                     tracing::debug!(
                         topic = %self.topic, partition = self.partition, offset = first,
                         error = %failure.error, "redelivering"
@@ -764,25 +931,6 @@ impl Worker {
                         _ = self.stop.wait_for(|stop| *stop) => return Ok(false),
                     }
                 }
-            }
-        }
-    }
-
-    fn store(&self, next: i64) -> Result<(), ConsumeError> {
-        match self.store.store_next(&self.topic, self.partition, next) {
-            Ok(()) => Ok(()),
-            Err(KafkaError::StoreOffset(RDKafkaErrorCode::InvalidArgument)) => {
-                Err(ConsumeError::Broker(
-                    "the consumer must be created with enable.auto.offset.store=false".into(),
-                ))
-            }
-            Err(error) => {
-                // Typically the partition was revoked meanwhile: its next owner redelivers.
-                tracing::debug!(
-                    %error, topic = %self.topic, partition = self.partition, next,
-                    "offset not stored"
-                );
-                Ok(())
             }
         }
     }

@@ -1,7 +1,8 @@
 use std::any::TypeId;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::error::Error;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::{ClientContext, OAuthToken};
@@ -12,7 +13,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -43,7 +44,63 @@ pub struct EventscopeContext<C = DefaultConsumerContext> {
     metrics: Metrics,
     settings: Arc<Settings>,
     rebalances: Mutex<VecDeque<RebalanceEvent>>,
+    /// Set while `rebalances` is not empty, so the driver can check it per message for free.
+    has_rebalances: AtomicBool,
     notify: Notify,
+    progress: Arc<Progress>,
+}
+
+/// Per partition, the offset after the last message the handler finished, kept in an atomic
+/// the partition's worker writes and handed to librdkafka's offset store only before a commit:
+/// a store per message would cost more than the rest of the driver.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    partitions: Mutex<HashMap<TopicPartition, Arc<AtomicI64>>>,
+}
+
+type TopicPartition = (Arc<str>, i32);
+
+/// No offset to store yet.
+const NOTHING_PROCESSED: i64 = -1;
+
+impl Progress {
+    /// The progress cell of a partition, shared by its successive workers.
+    pub(crate) fn track(&self, topic: &Arc<str>, partition: i32) -> Arc<AtomicI64> {
+        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            partitions
+                .entry((Arc::clone(topic), partition))
+                .or_insert_with(|| Arc::new(AtomicI64::new(NOTHING_PROCESSED))),
+        )
+    }
+
+    /// Stops storing a partition's progress (it was revoked: a later owner commits).
+    fn forget(&self, revoked: &[(String, i32)]) {
+        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        partitions.retain(|(topic, partition), _| {
+            !revoked
+                .iter()
+                .any(|(t, p)| p == partition && t.as_str() == &**topic)
+        });
+    }
+
+    /// Puts every partition's progress into the consumer's offset store.
+    pub(crate) fn store<K: ConsumerContext>(&self, consumer: &impl Consumer<K>) -> KafkaResult<()> {
+        let mut list = TopicPartitionList::new();
+        {
+            let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            for ((topic, partition), next) in partitions.iter() {
+                let next = next.load(Ordering::Acquire);
+                if next != NOTHING_PROCESSED {
+                    list.add_partition_offset(topic, *partition, Offset::Offset(next))?;
+                }
+            }
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        consumer.store_offsets(&list)
+    }
 }
 
 /// What the context knows from the consumer's configuration.
@@ -99,7 +156,9 @@ impl<C> EventscopeContext<C> {
             metrics,
             settings: Arc::new(Settings::from_config(config)),
             rebalances: Mutex::default(),
+            has_rebalances: AtomicBool::new(false),
             notify: Notify::new(),
+            progress: Arc::default(),
         }
     }
 
@@ -122,8 +181,15 @@ impl<C> EventscopeContext<C> {
         &self.settings
     }
 
+    pub(crate) fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
     /// Rebalances since the last call, oldest first.
     pub(crate) fn take_rebalances(&self) -> VecDeque<RebalanceEvent> {
+        if !self.has_rebalances.swap(false, Ordering::AcqRel) {
+            return VecDeque::new();
+        }
         std::mem::take(&mut *self.rebalances.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -137,6 +203,7 @@ impl<C> EventscopeContext<C> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(event);
+        self.has_rebalances.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 
@@ -244,14 +311,18 @@ impl<C: ConsumerContext + 'static> ConsumerContext for EventscopeContext<C> {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
         };
-        // Done work is stored; commit it while the partitions are still ours.
+        let revoked = elements(partitions);
+        // Commit the work done while the partitions are still ours.
         if !base_consumer.assignment_lost() {
+            if let Err(error) = self.progress.store(base_consumer) {
+                tracing::warn!(%error, "storing offsets before revocation failed");
+            }
             match base_consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                 Err(error) => tracing::warn!(%error, "commit before revocation failed"),
             }
         }
-        let revoked = elements(partitions);
+        self.progress.forget(&revoked);
         for (topic, partition) in &revoked {
             self.metrics
                 .remove_partition(KAFKA, topic, &self.settings.group, Some(*partition));

@@ -1,4 +1,16 @@
 //! Errors of the Kafka publisher.
+//!
+//! # Example
+//!
+//! ```
+//! use eventscope::kafka::KafkaErrorClassifier;
+//! use eventscope::metrics::Metrics;
+//! use eventscope::publish::PublishLayer;
+//!
+//! // `error.type` becomes `MessageTimedOut`, `MessageSizeTooLarge`, … instead of the type name.
+//! let layer = PublishLayer::new(Metrics::new()).classify_errors(KafkaErrorClassifier);
+//! # let _ = layer;
+//! ```
 
 use std::borrow::Cow;
 use std::fmt;

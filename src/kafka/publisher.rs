@@ -109,7 +109,6 @@ impl<C: ClientContext + 'static> Service<KafkaRecord> for KafkaPublisher<C> {
 
 /// A record that met a full queue, shared by the service (whose `poll_ready` waits for it) and
 /// the record's future (which may be polled first).
-#[derive(Debug)]
 pub(crate) enum Parked {
     Waiting(KafkaRecord),
     Queued(DeliveryFuture),

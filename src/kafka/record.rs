@@ -167,7 +167,7 @@ impl Receipt for KafkaDelivery {
 /// The broker a consumer bootstraps from, for `server.address` / `server.port`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ServerAddress {
-    pub(crate) host: String,
+    pub(crate) host: Arc<str>,
     pub(crate) port: Option<u16>,
 }
 
@@ -184,7 +184,7 @@ impl ServerAddress {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         (!host.is_empty()).then(|| Self {
-            host: host.to_owned(),
+            host: Arc::from(host),
             port,
         })
     }
@@ -198,21 +198,71 @@ impl ServerAddress {
 /// headers is processed as a new trace root.
 #[derive(Clone, Debug)]
 pub struct KafkaMessage {
-    pub(crate) topic: Arc<str>,
+    pub(crate) origin: Arc<Origin>,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
-    pub(crate) group: Arc<str>,
-    pub(crate) key: Option<Arc<[u8]>>,
-    pub(crate) payload: Option<Arc<[u8]>>,
-    pub(crate) headers: Arc<HeaderList>,
     pub(crate) timestamp: Option<SystemTime>,
+    pub(crate) data: Arc<Data>,
+}
+
+/// What all messages of a partition share.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
     pub(crate) server: Option<Arc<ServerAddress>>,
+}
+
+/// Start and end of a field in [`Data::bytes`].
+pub(crate) type Span = (usize, usize);
+
+/// Key, payload and header values of one message in a single buffer, header names in one
+/// string: copying a message out of librdkafka costs a few allocations, not one per field and
+/// header, and reading a header name needs no UTF-8 check.
+#[derive(Debug, Default)]
+pub(crate) struct Data {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) names: String,
+    pub(crate) key: Option<Span>,
+    pub(crate) payload: Option<Span>,
+    /// Each header's name (in `names`) and value (in `bytes`), in order.
+    pub(crate) headers: Vec<(Span, Span)>,
+}
+
+impl Data {
+    /// Appends `field` to the buffer.
+    pub(crate) fn push(&mut self, field: &[u8]) -> Span {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(field);
+        (start, self.bytes.len())
+    }
+
+    /// Appends a header.
+    pub(crate) fn push_header(&mut self, name: &str, value: &[u8]) {
+        let start = self.names.len();
+        self.names.push_str(name);
+        let value = self.push(value);
+        self.headers.push(((start, self.names.len()), value));
+    }
+
+    fn get(&self, (start, end): Span) -> &[u8] {
+        self.bytes.get(start..end).unwrap_or_default()
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter().map(|((start, end), value)| {
+            (
+                self.names.get(*start..*end).unwrap_or_default(),
+                self.get(*value),
+            )
+        })
+    }
 }
 
 impl KafkaMessage {
     /// Topic.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.origin.topic
     }
 
     /// Partition.
@@ -227,17 +277,24 @@ impl KafkaMessage {
 
     /// Key, if any (any bytes; not necessarily UTF-8).
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.data.key.map(|span| self.data.get(span))
     }
 
     /// Payload; `None` for a tombstone.
     pub fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        self.data.payload.map(|span| self.data.get(span))
     }
 
-    /// Headers, in the order the producer wrote them.
-    pub fn headers(&self) -> &HeaderList {
-        &self.headers
+    /// Headers, in the order the producer wrote them, duplicates included.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.data.headers()
+    }
+
+    /// The first value of header `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
     }
 
     /// The record's timestamp (create or log-append time), when the broker reported one.
@@ -247,13 +304,13 @@ impl KafkaMessage {
 
     /// The consumer group this message was consumed for.
     pub fn group(&self) -> &str {
-        &self.group
+        &self.origin.group
     }
 }
 
 impl Headers for KafkaMessage {
     fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers.iter()
+        self.data.headers()
     }
 }
 
@@ -263,13 +320,11 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn destination(&self) -> &str {
-        &self.topic
+        &self.origin.topic
     }
 
     fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.headers
-            .header_str(header::MESSAGE_ID)
-            .map(Cow::Borrowed)
+        self.header_str(header::MESSAGE_ID).map(Cow::Borrowed)
     }
 
     fn partition(&self) -> Option<i32> {
@@ -277,7 +332,8 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn consumer_group(&self) -> Option<&str> {
-        (!self.group.is_empty()).then_some(&*self.group)
+        let group = &*self.origin.group;
+        (!group.is_empty()).then_some(group)
     }
 
     fn created_at(&self) -> Option<SystemTime> {
@@ -285,14 +341,17 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn body_size(&self) -> Option<usize> {
-        self.payload.as_ref().map(|p| p.len())
+        self.payload().map(<[u8]>::len)
     }
 
     fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
-        key_attributes(self.key.as_deref(), self.payload.is_none(), attrs);
+        key_attributes(self.key(), self.data.payload.is_none(), attrs);
         attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset));
-        if let Some(server) = &self.server {
-            attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, server.host.clone()));
+        if let Some(server) = &self.origin.server {
+            attrs.push(KeyValue::new(
+                semconv::SERVER_ADDRESS,
+                Arc::clone(&server.host),
+            ));
             if let Some(port) = server.port {
                 attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }
@@ -309,7 +368,10 @@ fn key_attributes(key: Option<&[u8]>, tombstone: bool, attrs: &mut Vec<KeyValue>
         ));
     }
     if tombstone {
-        attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true));
+        attrs.push(KeyValue::new(
+            semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE,
+            true,
+        ));
     }
 }
 
@@ -334,13 +396,18 @@ mod tests {
         let text = KafkaRecord::new("t", b"x".to_vec()).key("customer-7");
         assert_eq!(
             attributes(&text),
-            vec![KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_KEY, "customer-7")]
+            vec![KeyValue::new(
+                semconv::MESSAGING_KAFKA_MESSAGE_KEY,
+                "customer-7"
+            )]
         );
         let binary = KafkaRecord::new("t", b"x".to_vec()).key(vec![0xff, 0xfe]);
         assert!(attributes(&binary).is_empty());
         let tombstone = KafkaRecord::tombstone("t").key("k");
-        assert!(attributes(&tombstone)
-            .contains(&KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true)));
+        assert!(attributes(&tombstone).contains(&KeyValue::new(
+            semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE,
+            true
+        )));
         assert_eq!(tombstone.body_size(), None);
     }
 
@@ -357,17 +424,61 @@ mod tests {
         let parse = ServerAddress::from_bootstrap;
         assert_eq!(
             parse("127.0.0.1:9092,other:9093"),
-            Some(ServerAddress { host: "127.0.0.1".into(), port: Some(9092) })
+            Some(ServerAddress {
+                host: "127.0.0.1".into(),
+                port: Some(9092)
+            })
         );
         assert_eq!(
             parse(" [::1]:19092"),
-            Some(ServerAddress { host: "::1".into(), port: Some(19092) })
+            Some(ServerAddress {
+                host: "::1".into(),
+                port: Some(19092)
+            })
         );
         assert_eq!(
             parse("PLAINTEXT://kafka"),
-            Some(ServerAddress { host: "kafka".into(), port: None })
+            Some(ServerAddress {
+                host: "kafka".into(),
+                port: None
+            })
         );
         assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn message_fields_share_one_buffer() {
+        let mut data = Data::default();
+        data.key = Some(data.push(&[0xff, 0x01]));
+        data.payload = Some(data.push(b"{}"));
+        for (name, value) in [("message-id", &b"m-1"[..]), ("Bin", &[0x00, 0xfe][..])] {
+            data.push_header(name, value);
+        }
+        let message = KafkaMessage {
+            origin: Arc::new(Origin {
+                topic: Arc::from("orders"),
+                group: Arc::from(""),
+                server: None,
+            }),
+            partition: 2,
+            offset: 7,
+            timestamp: None,
+            data: Arc::new(data),
+        };
+        assert_eq!(message.key(), Some(&[0xff, 0x01][..]));
+        assert_eq!(message.payload(), Some(&b"{}"[..]));
+        assert_eq!(message.header("bin"), Some(&[0x00, 0xfe][..]));
+        assert_eq!(
+            IncomingMessage::message_id(&message).as_deref(),
+            Some("m-1")
+        );
+        assert_eq!(message.consumer_group(), None);
+        let mut attrs = Vec::new();
+        message.extra_attributes(&mut attrs);
+        assert_eq!(
+            attrs,
+            vec![KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7)]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tracing::instrument::WithSubscriber;
 use super::broker::{MemoryBroker, Topic};
 use super::record::MemoryMessage;
 use crate::classify::{ClassifyError, TypeNameClassifier};
-use crate::driver::{BoxError, ConsumeError, FailurePolicy};
+use crate::driver::{BoxError, ConsumeError, ErrorClassifier, FailurePolicy};
 use crate::message::system::MEMORY;
 use crate::metrics::Metrics;
 
@@ -37,8 +37,6 @@ pub struct MemoryConsumer {
     metrics: Option<Metrics>,
     classify: Option<ErrorClassifier>,
 }
-
-type ErrorClassifier = Arc<dyn Fn(&BoxError) -> Cow<'static, str> + Send + Sync>;
 
 impl fmt::Debug for MemoryConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,76 @@
+//! Kafka through `rdkafka`: a traced publisher, a consumer driver that commits only what was
+//! processed, and consumer lag from librdkafka statistics.
+//!
+//! The adapter has the same parts as every broker adapter:
+//!
+//! - **carrier**: a [`KafkaRecord`] keeps its headers as a
+//!   [`HeaderList`](crate::message::HeaderList) until it is sent, so the
+//!   [`PublishLayer`](crate::publish::PublishLayer) can replace same-named headers; a
+//!   [`KafkaMessage`] carries an owned copy of the headers it arrived with;
+//! - **publisher**: [`KafkaPublisher`], a `tower::Service<KafkaRecord>` over your
+//!   `FutureProducer`, resolving on the delivery report with a [`KafkaDelivery`] (partition and
+//!   offset); it waits instead of failing when the producer queue is full;
+//! - **consumer driver**: [`KafkaConsumer`] feeds your `StreamConsumer`'s messages to a handler
+//!   (usually wrapped in a [`ProcessLayer`](crate::process::ProcessLayer)), in order per
+//!   partition, storing and committing offsets only after the handler succeeded; failures
+//!   follow the [`FailurePolicy`](crate::driver::FailurePolicy);
+//! - **lag source**: [`EventscopeContext`], the consumer context that turns librdkafka
+//!   statistics into `messaging_consumer_lag_messages` / `_seconds` and handles rebalances.
+//!
+//! Spans carry `messaging.kafka.message.key` (UTF-8 keys only), `messaging.kafka.offset`,
+//! `messaging.kafka.message.tombstone`, and on the consumer side `server.address` /
+//! `server.port` from `bootstrap.servers`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use eventscope::kafka::{self, EventscopeContext, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
+//! use eventscope::metrics::Metrics;
+//! use eventscope::process::ProcessLayer;
+//! use eventscope::publish::PublishLayer;
+//! use rdkafka::consumer::{Consumer, StreamConsumer};
+//! use rdkafka::producer::FutureProducer;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let metrics = Metrics::new();
+//!
+//! // Publish: your producer, wrapped.
+//! let producer: FutureProducer = kafka::producer_config("127.0.0.1:9092").create()?;
+//! let publisher = PublishLayer::new(metrics.clone()).layer(KafkaPublisher::new(producer));
+//! let delivery = publisher
+//!     .oneshot(KafkaRecord::new("orders", b"{\"id\":1}".to_vec()).key("customer-7"))
+//!     .await?;
+//! println!("stored at {}[{}]", delivery.partition, delivery.offset);
+//!
+//! // Consume: your consumer, created with eventscope's context, driving a wrapped handler.
+//! let config = kafka::consumer_config("127.0.0.1:9092", "billing");
+//! let consumer: StreamConsumer<EventscopeContext> =
+//!     config.create_with_context(EventscopeContext::new(&config, metrics.clone()))?;
+//! consumer.subscribe(&["orders"])?;
+//! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: KafkaMessage| async move {
+//!     tracing::info!(offset = m.offset(), "charging card");
+//!     Ok::<_, std::io::Error>(())
+//! }));
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! KafkaConsumer::new(consumer).max_concurrency(8).run(handler, shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod carrier;
+mod config;
+mod consumer;
+mod context;
+pub mod error;
+pub mod future;
+mod publisher;
+mod record;
+
+pub use self::config::{consumer_config, producer_config};
+pub use self::consumer::KafkaConsumer;
+pub use self::context::EventscopeContext;
+pub use self::error::{KafkaErrorClassifier, PublishError};
+pub use self::publisher::KafkaPublisher;
+pub use self::record::{KafkaDelivery, KafkaMessage, KafkaRecord};

@@ -1,0 +1,148 @@
+//! One trace runs from a publish through a real Kafka-compatible broker to the process span:
+//! the process span is a child of the send span (no ambient span: `ParentPolicy::Auto`), links
+//! to it, and both carry the messaging and Kafka semconv attributes.
+
+mod kafka_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
+use eventscope::metrics::Metrics;
+use eventscope::process::ProcessLayer;
+use eventscope::publish::PublishLayer;
+use kafka_support::*;
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::Value;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_semantic_conventions::attribute as semconv;
+use tokio::sync::Notify;
+use tower::{service_fn, Layer, ServiceExt};
+use tracing_subscriber::layer::SubscriberExt;
+
+fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn text(span: &SpanData, key: &str) -> String {
+    attr(span, key)
+        .map(|v| v.as_str().into_owned())
+        .unwrap_or_else(|| panic!("span {:?} has no {key}", span.name))
+}
+
+#[tokio::test]
+async fn publish_and_process_share_one_trace() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kafka_trace")));
+    // A current-thread runtime: the driver's tasks run on this thread, under this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let topic = unique("trace");
+    let group = unique("trace-group");
+    create_topic(&topic, 1).await;
+    let metrics = Metrics::new();
+
+    let publisher = PublishLayer::new(metrics.clone()).layer(KafkaPublisher::new(producer()));
+    let delivery = publisher
+        .oneshot(KafkaRecord::new(&topic, b"{\"order\":7}".to_vec()).key("customer-7"))
+        .await
+        .expect("delivered");
+    assert_eq!(delivery.partition, 0);
+
+    let config = config(&group);
+    let consumer = consumer(&config, &metrics);
+    assign(&consumer, &topic, 1);
+    let received: Arc<Mutex<Vec<KafkaMessage>>> = Arc::default();
+    let got_one = Arc::new(Notify::new());
+    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
+        let (received, got_one) = (received.clone(), got_one.clone());
+        move |m: KafkaMessage| {
+            received.lock().unwrap().push(m);
+            got_one.notify_one();
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        }
+    }));
+    let shutdown = async {
+        tokio::time::timeout(Duration::from_secs(30), got_one.notified())
+            .await
+            .expect("the message was not consumed within 30 s");
+    };
+    KafkaConsumer::new(consumer)
+        .run(handler, shutdown)
+        .await
+        .expect("consumer ran");
+
+    provider.force_flush().expect("flush");
+    let spans = exporter.get_finished_spans().expect("spans");
+    let send = spans
+        .iter()
+        .find(|s| s.name == format!("send {topic}"))
+        .expect("a send span");
+    let process = spans
+        .iter()
+        .find(|s| s.name == format!("process {topic}"))
+        .expect("a process span");
+
+    // One trace: publish → broker → process.
+    assert_eq!(send.span_kind, SpanKind::Producer);
+    assert_eq!(process.span_kind, SpanKind::Consumer);
+    assert_eq!(
+        process.span_context.trace_id(),
+        send.span_context.trace_id()
+    );
+    assert_eq!(process.parent_span_id, send.span_context.span_id());
+    let link = process
+        .links
+        .links
+        .first()
+        .expect("a link to the creation context");
+    assert_eq!(link.span_context.span_id(), send.span_context.span_id());
+    assert_eq!(link.span_context.trace_id(), send.span_context.trace_id());
+
+    // The message carried the send span's context and ids.
+    let message = received.lock().unwrap().pop().expect("received");
+    let traceparent = message.header("traceparent").expect("traceparent header");
+    let traceparent = std::str::from_utf8(traceparent).unwrap();
+    assert!(traceparent.contains(&send.span_context.span_id().to_string()));
+    assert_eq!(message.key(), Some(&b"customer-7"[..]));
+
+    // Semconv attributes on both sides.
+    for (span, operation) in [(send, "send"), (process, "process")] {
+        assert_eq!(text(span, semconv::MESSAGING_SYSTEM), "kafka");
+        assert_eq!(text(span, semconv::MESSAGING_OPERATION_NAME), operation);
+        assert_eq!(text(span, semconv::MESSAGING_DESTINATION_NAME), topic);
+        assert_eq!(text(span, semconv::MESSAGING_DESTINATION_PARTITION_ID), "0");
+        assert_eq!(
+            text(span, semconv::MESSAGING_KAFKA_MESSAGE_KEY),
+            "customer-7"
+        );
+        assert_eq!(
+            attr(span, semconv::MESSAGING_KAFKA_OFFSET),
+            Some(&Value::I64(delivery.offset)),
+            "{operation} span offset"
+        );
+        assert!(attr(span, semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE).is_none());
+    }
+    assert_eq!(
+        text(send, semconv::MESSAGING_MESSAGE_ID),
+        text(process, semconv::MESSAGING_MESSAGE_ID)
+    );
+    assert_eq!(
+        text(send, semconv::MESSAGING_MESSAGE_CONVERSATION_ID),
+        text(process, semconv::MESSAGING_MESSAGE_CONVERSATION_ID)
+    );
+    assert_eq!(text(process, semconv::MESSAGING_CONSUMER_GROUP_NAME), group);
+    assert_eq!(text(process, semconv::SERVER_ADDRESS), "127.0.0.1");
+    assert_eq!(attr(process, semconv::SERVER_PORT), Some(&Value::I64(9092)));
+    assert_eq!(
+        attr(process, semconv::MESSAGING_MESSAGE_BODY_SIZE),
+        Some(&Value::I64(11))
+    );
+}
