@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
 use eventscope::message::{
     HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
 };
@@ -168,6 +169,19 @@ fn subscriber(sampler: Sampler) -> (impl tracing::Subscriber + Send + Sync, SdkT
     (tracing_subscriber::registry().with(layer), provider)
 }
 
+/// Publish + process through both layers, in whatever subscriber is set.
+fn layered(group: &mut BenchmarkGroup<'_, WallTime>, metrics: &Metrics, name: &str) {
+    let mut p = PublishLayer::new(metrics.clone()).layer(Broker);
+    let mut h = ProcessLayer::new(metrics.clone()).layer(Handler);
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            Msg::new,
+            |m| round_trip(&mut p, &mut h, m),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish+process");
     let metrics = Metrics::new();
@@ -181,28 +195,33 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    let mut layered = |name: &str| {
-        let mut p = PublishLayer::new(metrics.clone()).layer(Broker);
-        let mut h = ProcessLayer::new(metrics.clone()).layer(Handler);
-        group.bench_function(name, |b| {
+    layered(&mut group, &metrics, "layers, no subscriber");
+    for (sampler, label) in [
+        (Sampler::AlwaysOff, "unsampled"),
+        (Sampler::AlwaysOn, "sampled"),
+    ] {
+        let (subscriber, _provider) = subscriber(sampler);
+        let _guard = tracing::subscriber::set_default(subscriber);
+        layered(&mut group, &metrics, &format!("layers, {label}"));
+        // The floor any tracing-based instrumentation pays: two spans without attributes,
+        // each entered and closed, around the bare round trip.
+        group.bench_function(format!("two empty tracing spans, {label}"), |b| {
+            let (mut p, mut h) = (Broker, Handler);
             b.iter_batched(
                 Msg::new,
-                |m| round_trip(&mut p, &mut h, m),
+                |m| {
+                    let Sent(delivered) = {
+                        let span = tracing::info_span!("send");
+                        let _entered = span.enter();
+                        p.call(m).now_or_never().unwrap().unwrap()
+                    };
+                    let span = tracing::info_span!("process");
+                    let _entered = span.enter();
+                    h.call(delivered).now_or_never().unwrap().unwrap()
+                },
                 BatchSize::SmallInput,
             )
         });
-    };
-
-    layered("layers, no subscriber");
-    {
-        let (subscriber, _provider) = subscriber(Sampler::AlwaysOff);
-        let _guard = tracing::subscriber::set_default(subscriber);
-        layered("layers, unsampled");
-    }
-    {
-        let (subscriber, _provider) = subscriber(Sampler::AlwaysOn);
-        let _guard = tracing::subscriber::set_default(subscriber);
-        layered("layers, sampled");
     }
     group.finish();
 }

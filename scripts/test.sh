@@ -13,7 +13,7 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing Debian's prometheus package (promtool, prometheus)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     else
         echo "test.sh: promtool and prometheus are needed: sudo apt-get install prometheus" >&2
         exit 1
