@@ -9,8 +9,7 @@
 //! alone: span creation, header injection and extraction, ids, metrics.
 
 use std::borrow::Cow;
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
+use std::future::ready;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
@@ -24,7 +23,7 @@ use futures_util::FutureExt;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
-use tower::{Layer, Service};
+use tower::{service_fn, Layer, Service};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// A message that is both what is published and what is consumed.
@@ -106,34 +105,14 @@ impl Receipt for Sent {
     }
 }
 
-#[derive(Clone)]
-struct Broker;
-
-impl Service<Msg> for Broker {
-    type Response = Sent;
-    type Error = std::io::Error;
-    type Future = Ready<Result<Sent, std::io::Error>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, m: Msg) -> Self::Future {
-        ready(Ok(Sent(m)))
-    }
+/// The broker acknowledges at once, handing the message back so it can be "consumed".
+fn broker() -> impl Service<Msg, Response = Sent, Error = std::io::Error> + Clone {
+    service_fn(|m: Msg| ready(Ok(Sent(m))))
 }
 
-#[derive(Clone)]
-struct Handler;
-
-impl Service<Msg> for Handler {
-    type Response = usize;
-    type Error = std::io::Error;
-    type Future = Ready<Result<usize, std::io::Error>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, m: Msg) -> Self::Future {
-        ready(Ok(m.payload.len()))
-    }
+/// The handler completes at once.
+fn handler() -> impl Service<Msg, Response = usize, Error = std::io::Error> + Clone {
+    service_fn(|m: Msg| ready(Ok(m.payload.len())))
 }
 
 #[derive(Debug)]
@@ -171,8 +150,8 @@ fn subscriber(sampler: Sampler) -> (impl tracing::Subscriber + Send + Sync, SdkT
 
 /// Publish + process through both layers, in whatever subscriber is set.
 fn layered(group: &mut BenchmarkGroup<'_, WallTime>, metrics: &Metrics, name: &str) {
-    let mut p = PublishLayer::new(metrics.clone()).layer(Broker);
-    let mut h = ProcessLayer::new(metrics.clone()).layer(Handler);
+    let mut p = PublishLayer::new(metrics.clone()).layer(broker());
+    let mut h = ProcessLayer::new(metrics.clone()).layer(handler());
     group.bench_function(name, |b| {
         b.iter_batched(
             Msg::new,
@@ -187,7 +166,7 @@ fn bench(c: &mut Criterion) {
     let metrics = Metrics::new();
 
     group.bench_function("bare", |b| {
-        let (mut p, mut h) = (Broker, Handler);
+        let (mut p, mut h) = (broker(), handler());
         b.iter_batched(
             Msg::new,
             |m| round_trip(&mut p, &mut h, m),
@@ -206,7 +185,7 @@ fn bench(c: &mut Criterion) {
         // The floor any tracing-based instrumentation pays: two spans without attributes,
         // each entered and closed, around the bare round trip.
         group.bench_function(format!("two empty tracing spans, {label}"), |b| {
-            let (mut p, mut h) = (Broker, Handler);
+            let (mut p, mut h) = (broker(), handler());
             b.iter_batched(
                 Msg::new,
                 |m| {

@@ -178,26 +178,19 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     assert_eq!(links, vec![send_orders.span_context.span_id()]);
 
     // Attributes at the SPEC's names.
-    assert_eq!(
-        attr_str(process_orders, "messaging.system").as_deref(),
-        Some("memory")
-    );
-    assert_eq!(
-        attr_str(process_orders, "messaging.destination.name").as_deref(),
-        Some("orders")
-    );
-    assert_eq!(
-        attr_str(process_orders, "messaging.operation.type").as_deref(),
-        Some("process")
-    );
-    assert_eq!(
-        attr_str(process_orders, "messaging.operation.name").as_deref(),
-        Some("process")
-    );
-    assert_eq!(
-        attr_str(process_orders, "messaging.consumer.group.name").as_deref(),
-        Some("payment-service")
-    );
+    for (key, want) in [
+        ("messaging.system", "memory"),
+        ("messaging.destination.name", "orders"),
+        ("messaging.operation.type", "process"),
+        ("messaging.operation.name", "process"),
+        ("messaging.consumer.group.name", "payment-service"),
+    ] {
+        assert_eq!(
+            attr_str(process_orders, key).as_deref(),
+            Some(want),
+            "{key}"
+        );
+    }
     assert_eq!(
         attr_str(process_orders, "messaging.destination.partition.id"),
         Some(order.partition().to_string())
