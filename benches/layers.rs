@@ -8,7 +8,6 @@
 //! The inner publisher and handler complete immediately, so what is measured is the layers
 //! alone: span creation, header injection and extraction, ids, metrics.
 
-use std::borrow::Cow;
 use std::future::ready;
 
 use criterion::measurement::WallTime;
@@ -61,12 +60,6 @@ impl OutgoingMessage for Msg {
     fn destination(&self) -> &str {
         "orders"
     }
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.headers.header_str("message-id").map(Cow::Borrowed)
-    }
-    fn set_message_id(&mut self, id: String) {
-        self.headers.set_header("message-id", id);
-    }
     fn body_size(&self) -> Option<usize> {
         Some(self.payload.len())
     }
@@ -78,9 +71,6 @@ impl IncomingMessage for Msg {
     }
     fn destination(&self) -> &str {
         "orders"
-    }
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.headers.header_str("message-id").map(Cow::Borrowed)
     }
     fn partition(&self) -> Option<i32> {
         Some(0)

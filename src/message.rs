@@ -75,9 +75,11 @@ pub trait IncomingMessage: Headers {
     fn system(&self) -> &'static str;
     /// Topic, queue or subject the message was received from.
     fn destination(&self) -> &str;
-    /// The message id: a native id field, else the `message-id` header.
+    /// The message id. The default reads the `message-id` header; protocols with a native id
+    /// field (AMQP, JetStream) override it.
     fn message_id(&self) -> Option<Cow<'_, str>> {
-        None
+        self.header_str(crate::propagation::header::MESSAGE_ID)
+            .map(Cow::Borrowed)
     }
     /// Partition the message was read from.
     fn partition(&self) -> Option<i32> {
@@ -107,11 +109,17 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     fn system(&self) -> &'static str;
     /// Topic, exchange/routing key or subject the message goes to.
     fn destination(&self) -> &str;
-    /// The message id, if the caller already set one.
-    fn message_id(&self) -> Option<Cow<'_, str>>;
-    /// Stores a generated message id: in a native id field where the protocol has one, else in
-    /// the `message-id` header.
-    fn set_message_id(&mut self, id: String);
+    /// The message id, if the caller already set one. The default reads the `message-id`
+    /// header; protocols with a native id field override it and
+    /// [`set_message_id`](Self::set_message_id) together.
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        self.header_str(crate::propagation::header::MESSAGE_ID)
+            .map(Cow::Borrowed)
+    }
+    /// Stores a generated message id; the default writes the `message-id` header.
+    fn set_message_id(&mut self, id: String) {
+        self.set_header(crate::propagation::header::MESSAGE_ID, id);
+    }
     /// Partition chosen by the caller, if any.
     fn partition(&self) -> Option<i32> {
         None

@@ -19,6 +19,7 @@
 //! assert!(MessageScope::current().is_none());
 //! ```
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -64,10 +65,7 @@ impl MessageScope {
             .header_str(header::CORRELATION_ID)
             .filter(|id| !id.is_empty())
             .map_or_else(crate::message::new_id, str::to_owned);
-        let message_id = message
-            .message_id()
-            .map(|id| id.into_owned())
-            .or_else(|| message.header_str(header::MESSAGE_ID).map(str::to_owned));
+        let message_id = message.message_id().map(Cow::into_owned);
         Self::new(correlation_id, message_id)
     }
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -31,9 +30,6 @@ impl IncomingMessage for Raw {
     }
     fn destination(&self) -> &str {
         "hostile"
-    }
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        None
     }
 }
 

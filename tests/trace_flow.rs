@@ -33,6 +33,23 @@ fn collector(
     })
 }
 
+/// Reads the first message of `topic` with a plain (unlayered) consumer.
+async fn read_one(broker: &MemoryBroker, topic: &str, metrics: &Metrics) -> MemoryMessage {
+    let seen: Seen = Arc::default();
+    consume_until(
+        broker,
+        "reader",
+        topic,
+        1,
+        collector(seen.clone()),
+        seen.clone(),
+        metrics,
+    )
+    .await;
+    let message = seen.lock().unwrap()[0].clone();
+    message
+}
+
 /// Runs a consumer until `count` messages were seen.
 async fn consume_until(
     broker: &MemoryBroker,
@@ -259,19 +276,7 @@ async fn link_policy_keeps_the_ambient_parent_and_links_the_creation_context() {
     assert!(topic >= 1);
 
     // Read the message with a plain consumer, then process it under an ambient span.
-    let seen: Seen = Arc::default();
-    let collect = collector(seen.clone());
-    consume_until(
-        &broker,
-        "reader",
-        "audit",
-        1,
-        collect,
-        seen.clone(),
-        &metrics,
-    )
-    .await;
-    let message = seen.lock().unwrap()[0].clone();
+    let message = read_one(&broker, "audit", &metrics).await;
 
     for policy in [ParentPolicy::Link, ParentPolicy::Auto] {
         let ambient = tracing::info_span!("poll loop");
@@ -315,19 +320,7 @@ async fn injection_can_be_switched_off_without_losing_ids_or_spans() {
         .oneshot(MemoryRecord::new("legacy", b"x".to_vec()))
         .await
         .unwrap();
-    let seen: Seen = Arc::default();
-    let collect = collector(seen.clone());
-    consume_until(
-        &broker,
-        "reader",
-        "legacy",
-        1,
-        collect,
-        seen.clone(),
-        &metrics,
-    )
-    .await;
-    let message = seen.lock().unwrap()[0].clone();
+    let message = read_one(&broker, "legacy", &metrics).await;
     assert!(message.headers().get("traceparent").is_none());
     assert!(message.headers().get("correlation-id").is_some());
     assert!(message.headers().get("message-id").is_some());

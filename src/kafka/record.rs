@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +7,6 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use crate::message::{
     system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
 };
-use crate::propagation::header;
 
 /// A record to publish with a [`KafkaPublisher`](super::KafkaPublisher).
 ///
@@ -120,16 +118,6 @@ impl OutgoingMessage for KafkaRecord {
 
     fn destination(&self) -> &str {
         &self.topic
-    }
-
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.headers
-            .header_str(header::MESSAGE_ID)
-            .map(Cow::Borrowed)
-    }
-
-    fn set_message_id(&mut self, id: String) {
-        self.headers.set_header(header::MESSAGE_ID, id);
     }
 
     fn partition(&self) -> Option<i32> {
@@ -321,10 +309,6 @@ impl IncomingMessage for KafkaMessage {
 
     fn destination(&self) -> &str {
         &self.origin.topic
-    }
-
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.header_str(header::MESSAGE_ID).map(Cow::Borrowed)
     }
 
     fn partition(&self) -> Option<i32> {

@@ -1,11 +1,9 @@
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::message::{
     system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
 };
-use crate::propagation::header;
 
 /// A record to publish to the embedded broker.
 #[derive(Clone, Debug)]
@@ -86,16 +84,6 @@ impl OutgoingMessage for MemoryRecord {
 
     fn destination(&self) -> &str {
         &self.topic
-    }
-
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.headers
-            .header_str(header::MESSAGE_ID)
-            .map(Cow::Borrowed)
-    }
-
-    fn set_message_id(&mut self, id: String) {
-        self.headers.set_header(header::MESSAGE_ID, id);
     }
 
     fn partition(&self) -> Option<i32> {
@@ -194,12 +182,6 @@ impl IncomingMessage for MemoryMessage {
 
     fn destination(&self) -> &str {
         &self.topic
-    }
-
-    fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.headers
-            .header_str(header::MESSAGE_ID)
-            .map(Cow::Borrowed)
     }
 
     fn partition(&self) -> Option<i32> {
