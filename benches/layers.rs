@@ -2,16 +2,28 @@
 //! services in the same run.
 //!
 //! ```text
-//! cargo bench --bench layers
+//! cargo bench --bench layers                 # criterion times
+//! scripts/bench-instructions.sh              # callgrind instructions per round trip
 //! ```
 //!
 //! The inner publisher and handler complete immediately, so what is measured is the layers
-//! alone: span creation, header injection and extraction, ids, metrics.
+//! alone: span start, header injection and extraction, ids, metrics. Cases:
+//!
+//! - `bare`: the same services without layers;
+//! - `no-sdk`: the layers with no tracer provider installed (the global no-op one);
+//! - `unsampled`: an SDK provider whose parent-based sampler drops the root (ratio 0), so the
+//!   process span is unsampled because its parent is;
+//! - `sampled`: an SDK provider sampling everything into a batch processor whose exporter
+//!   discards.
+//!
+//! With `EVENTSCOPE_CALLGRIND=<case>` the binary runs that case's round trip a fixed number of
+//! times instead (after a warm-up), for `valgrind --tool=callgrind
+//! --toggle-collect='*measured_round_trip*'`.
 
 use std::future::ready;
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
+use criterion::{BatchSize, BenchmarkGroup, Criterion};
 use eventscope::message::{
     HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
 };
@@ -19,11 +31,9 @@ use eventscope::metrics::Metrics;
 use eventscope::process::ProcessLayer;
 use eventscope::publish::PublishLayer;
 use futures_util::FutureExt;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Layer, Service};
-use tracing_subscriber::layer::SubscriberExt;
 
 /// A message that is both what is published and what is consumed.
 #[derive(Clone, Debug)]
@@ -50,6 +60,14 @@ impl Headers for Msg {
 impl HeadersMut for Msg {
     fn set_header(&mut self, name: &str, value: String) {
         self.headers.set_header(name, value);
+    }
+
+    fn set_static_header(&mut self, name: &'static str, value: String) {
+        self.headers.set_static_header(name, value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        self.headers.remove(name);
     }
 }
 
@@ -81,8 +99,8 @@ impl IncomingMessage for Msg {
     fn created_at(&self) -> Option<std::time::SystemTime> {
         Some(std::time::SystemTime::now())
     }
-    fn body_size(&self) -> Option<usize> {
-        Some(self.payload.len())
+    fn payload(&self) -> &[u8] {
+        &self.payload
     }
 }
 
@@ -118,6 +136,82 @@ impl SpanExporter for Discard {
     }
 }
 
+const CASES: [&str; 4] = ["bare", "no-sdk", "unsampled", "sampled"];
+
+fn provider(name: &str) -> Option<SdkTracerProvider> {
+    match name {
+        "unsampled" => Some(
+            SdkTracerProvider::builder()
+                .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                    0.0,
+                ))))
+                .with_simple_exporter(Discard)
+                .build(),
+        ),
+        "sampled" => Some(
+            SdkTracerProvider::builder()
+                .with_sampler(Sampler::AlwaysOn)
+                .with_batch_exporter(Discard)
+                .build(),
+        ),
+        _ => None,
+    }
+}
+
+/// Where a case runs: timed by criterion, or counted by callgrind.
+enum Mode<'a, 'b> {
+    Criterion(&'a mut BenchmarkGroup<'b, WallTime>),
+    Callgrind(usize),
+}
+
+/// Runs case `name` in `mode`.
+fn run(name: &str, metrics: &Metrics, mode: Mode<'_, '_>) {
+    let provider = provider(name);
+    if name == "bare" {
+        return drive(name, broker(), handler(), mode);
+    }
+    let mut publish = PublishLayer::new(metrics.clone());
+    let mut process = ProcessLayer::new(metrics.clone());
+    if let Some(provider) = &provider {
+        publish = publish.tracer_provider(provider);
+        process = process.tracer_provider(provider);
+    }
+    drive(
+        name,
+        publish.layer(broker()),
+        process.layer(handler()),
+        mode,
+    );
+}
+
+fn drive<P, H>(name: &str, mut p: P, mut h: H, mode: Mode<'_, '_>)
+where
+    P: Service<Msg, Response = Sent>,
+    P::Error: std::fmt::Debug,
+    H: Service<Msg, Response = usize>,
+    H::Error: std::fmt::Debug,
+{
+    match mode {
+        Mode::Criterion(group) => {
+            group.bench_function(name, |b| {
+                b.iter_batched(
+                    Msg::new,
+                    |m| round_trip(&mut p, &mut h, m),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        Mode::Callgrind(iterations) => {
+            for _ in 0..100 {
+                std::hint::black_box(round_trip(&mut p, &mut h, Msg::new()));
+            }
+            for _ in 0..iterations {
+                std::hint::black_box(measured_round_trip(&mut p, &mut h, Msg::new()));
+            }
+        }
+    }
+}
+
 fn round_trip<P, H>(publisher: &mut P, handler: &mut H, message: Msg) -> usize
 where
     P: Service<Msg, Response = Sent>,
@@ -129,71 +223,35 @@ where
     handler.call(delivered).now_or_never().unwrap().unwrap()
 }
 
-fn subscriber(sampler: Sampler) -> (impl tracing::Subscriber + Send + Sync, SdkTracerProvider) {
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(sampler)
-        .with_simple_exporter(Discard)
-        .build();
-    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
-    (tracing_subscriber::registry().with(layer), provider)
+/// The function callgrind counts (`--toggle-collect`), so warm-up calls are not counted.
+#[inline(never)]
+fn measured_round_trip<P, H>(publisher: &mut P, handler: &mut H, message: Msg) -> usize
+where
+    P: Service<Msg, Response = Sent>,
+    P::Error: std::fmt::Debug,
+    H: Service<Msg, Response = usize>,
+    H::Error: std::fmt::Debug,
+{
+    round_trip(publisher, handler, message)
 }
 
-/// Publish + process through both layers, in whatever subscriber is set.
-fn layered(group: &mut BenchmarkGroup<'_, WallTime>, metrics: &Metrics, name: &str) {
-    let mut p = PublishLayer::new(metrics.clone()).layer(broker());
-    let mut h = ProcessLayer::new(metrics.clone()).layer(handler());
-    group.bench_function(name, |b| {
-        b.iter_batched(
-            Msg::new,
-            |m| round_trip(&mut p, &mut h, m),
-            BatchSize::SmallInput,
-        )
-    });
-}
-
-fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("publish+process");
+fn main() {
     let metrics = Metrics::new();
-
-    group.bench_function("bare", |b| {
-        let (mut p, mut h) = (broker(), handler());
-        b.iter_batched(
-            Msg::new,
-            |m| round_trip(&mut p, &mut h, m),
-            BatchSize::SmallInput,
-        )
-    });
-
-    layered(&mut group, &metrics, "layers, no subscriber");
-    for (sampler, label) in [
-        (Sampler::AlwaysOff, "unsampled"),
-        (Sampler::AlwaysOn, "sampled"),
-    ] {
-        let (subscriber, _provider) = subscriber(sampler);
-        let _guard = tracing::subscriber::set_default(subscriber);
-        layered(&mut group, &metrics, &format!("layers, {label}"));
-        // The floor any tracing-based instrumentation pays: two spans without attributes,
-        // each entered and closed, around the bare round trip.
-        group.bench_function(format!("two empty tracing spans, {label}"), |b| {
-            let (mut p, mut h) = (broker(), handler());
-            b.iter_batched(
-                Msg::new,
-                |m| {
-                    let Sent(delivered) = {
-                        let span = tracing::info_span!("send");
-                        let _entered = span.enter();
-                        p.call(m).now_or_never().unwrap().unwrap()
-                    };
-                    let span = tracing::info_span!("process");
-                    let _entered = span.enter();
-                    h.call(delivered).now_or_never().unwrap().unwrap()
-                },
-                BatchSize::SmallInput,
-            )
-        });
+    if let Ok(name) = std::env::var("EVENTSCOPE_CALLGRIND") {
+        let iterations = std::env::var("EVENTSCOPE_CALLGRIND_ITERATIONS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2_000);
+        run(&name, &metrics, Mode::Callgrind(iterations));
+        return;
     }
-    group.finish();
+    let mut criterion = Criterion::default().configure_from_args();
+    {
+        let mut group = criterion.benchmark_group("publish+process");
+        for name in CASES {
+            run(name, &metrics, Mode::Criterion(&mut group));
+        }
+        group.finish();
+    }
+    criterion.final_summary();
 }
-
-criterion_group!(benches, bench);
-criterion_main!(benches);

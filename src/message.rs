@@ -28,6 +28,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::fmt;
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -64,6 +65,89 @@ pub trait HeadersMut {
     /// Sets `name` to `value`, removing every other header of the same name (ASCII
     /// case-insensitive) so that a republished message never carries two.
     fn set_header(&mut self, name: &str, value: String);
+
+    /// [`set_header`](Self::set_header) for a name known at compile time (the headers eventscope
+    /// writes), so that a carrier can store the name without copying it. The default forwards.
+    fn set_static_header(&mut self, name: &'static str, value: String) {
+        self.set_header(name, value);
+    }
+
+    /// Removes every header called `name` (ASCII case-insensitive). Injection uses it so a
+    /// stale `tracestate` does not outlive its `traceparent`; the default does nothing, for
+    /// carriers that cannot remove.
+    fn remove_header(&mut self, name: &str) {
+        let _ = name;
+    }
+}
+
+/// Broker-specific span attributes, written by adapters without naming OpenTelemetry types.
+///
+/// Keys are attribute names of the semantic conventions (`messaging.kafka.offset`, …). The
+/// layers call the adapters' `extra_attributes` only for spans that are recorded.
+///
+/// # Example
+///
+/// ```
+/// use eventscope::message::SpanAttributes;
+///
+/// let mut attributes = SpanAttributes::new();
+/// attributes.int("messaging.kafka.offset", 42).string("messaging.kafka.message.key", "k-1");
+/// assert_eq!(attributes.len(), 2);
+/// ```
+#[derive(Default)]
+pub struct SpanAttributes {
+    values: Vec<KeyValue>,
+}
+
+impl fmt::Debug for SpanAttributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.values
+                    .iter()
+                    .map(|kv| (kv.key.as_str(), kv.value.as_str())),
+            )
+            .finish()
+    }
+}
+
+impl SpanAttributes {
+    /// No attributes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A text attribute.
+    pub fn string(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
+        self.values.push(KeyValue::new(key, value.into()));
+        self
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &'static str, value: i64) -> &mut Self {
+        self.values.push(KeyValue::new(key, value));
+        self
+    }
+
+    /// A boolean attribute.
+    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
+        self.values.push(KeyValue::new(key, value));
+        self
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// `true` when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub(crate) fn into_key_values(self) -> Vec<KeyValue> {
+        self.values
+    }
 }
 
 /// What a consumer driver hands to the process layer.
@@ -93,14 +177,41 @@ pub trait IncomingMessage: Headers {
     fn created_at(&self) -> Option<SystemTime> {
         None
     }
-    /// Size of the payload in bytes.
+    /// Size of the payload in bytes; the default is the length of [`payload`](Self::payload).
     fn body_size(&self) -> Option<usize> {
+        Some(self.payload().len())
+    }
+    /// The payload bytes (empty when the adapter does not expose them).
+    fn payload(&self) -> &[u8] {
+        &[]
+    }
+    /// The message key, where the broker has one (Kafka, the embedded broker).
+    fn key(&self) -> Option<&[u8]> {
         None
     }
-    /// Broker-specific span attributes (offset, routing key, key, …), appended to `attrs`.
-    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
-        let _ = attrs;
+    /// How many times this message has been delivered, counting this delivery (1 = first),
+    /// where the broker or the driver knows it.
+    fn delivery_attempt(&self) -> Option<u32> {
+        None
     }
+    /// Broker-specific span attributes (offset, routing key, key, …). Called only for spans
+    /// that are recorded.
+    fn extra_attributes(&self, attributes: &mut SpanAttributes) {
+        let _ = attributes;
+    }
+}
+
+/// An incoming message that can be sent on again as a new outgoing record: to a dead-letter
+/// destination, or replayed.
+///
+/// The copy keeps the key, the payload and every header (the publish layer then replaces the
+/// trace context and ids as for any publish, and `causation-id` names this message).
+pub trait Republish: IncomingMessage {
+    /// The adapter's outgoing record type.
+    type Record: OutgoingMessage;
+
+    /// A record for `destination` with this message's key, payload and headers.
+    fn republish(&self, destination: &str) -> Self::Record;
 }
 
 /// What a publisher service takes, as seen by the publish layer.
@@ -128,9 +239,9 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     fn body_size(&self) -> Option<usize> {
         None
     }
-    /// Broker-specific span attributes, appended to `attrs`.
-    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
-        let _ = attrs;
+    /// Broker-specific span attributes. Called only for spans that are recorded.
+    fn extra_attributes(&self, attributes: &mut SpanAttributes) {
+        let _ = attributes;
     }
 }
 
@@ -141,8 +252,9 @@ pub trait Receipt {
         None
     }
     /// Broker-specific span attributes known from the acknowledgement (offset, sequence, …).
-    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
-        let _ = attrs;
+    /// Called only for spans that are recorded.
+    fn extra_attributes(&self, attributes: &mut SpanAttributes) {
+        let _ = attributes;
     }
 }
 
@@ -151,7 +263,7 @@ impl Receipt for () {}
 /// An ordered, owned list of headers with byte values: what the embedded broker stores and
 /// what publisher records carry until they are handed to a client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HeaderList(Vec<(String, Vec<u8>)>);
+pub struct HeaderList(Vec<(Cow<'static, str>, Vec<u8>)>);
 
 impl HeaderList {
     /// An empty list.
@@ -166,7 +278,7 @@ impl HeaderList {
 
     /// Appends a header with a raw value, keeping any existing header of the same name.
     pub fn push_bytes(&mut self, name: impl Into<String>, value: Vec<u8>) -> &mut Self {
-        self.0.push((name.into(), value));
+        self.0.push((Cow::Owned(name.into()), value));
         self
     }
 
@@ -195,18 +307,44 @@ impl HeaderList {
 
     /// The headers as `(name, value)` pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.0.iter().map(|(k, v)| (&**k, v.as_slice()))
     }
 
     /// The underlying pairs.
     pub fn into_vec(self) -> Vec<(String, Vec<u8>)> {
         self.0
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v))
+            .collect()
+    }
+
+    fn replace(&mut self, name: Cow<'static, str>, value: String) {
+        let value = value.into_bytes();
+        // Overwrite the first of the same name in place; drop any later duplicates.
+        match self
+            .0
+            .iter()
+            .position(|(key, _)| key.eq_ignore_ascii_case(&name))
+        {
+            Some(first) => {
+                self.0[first] = (name, value);
+                let mut index = first + 1;
+                while index < self.0.len() {
+                    if self.0[index].0.eq_ignore_ascii_case(&self.0[first].0) {
+                        self.0.remove(index);
+                    } else {
+                        index += 1;
+                    }
+                }
+            }
+            None => self.0.push((name, value)),
+        }
     }
 }
 
 impl From<Vec<(String, Vec<u8>)>> for HeaderList {
     fn from(pairs: Vec<(String, Vec<u8>)>) -> Self {
-        Self(pairs)
+        Self(pairs.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect())
     }
 }
 
@@ -218,8 +356,15 @@ impl Headers for HeaderList {
 
 impl HeadersMut for HeaderList {
     fn set_header(&mut self, name: &str, value: String) {
+        self.replace(Cow::Owned(name.to_owned()), value);
+    }
+
+    fn set_static_header(&mut self, name: &'static str, value: String) {
+        self.replace(Cow::Borrowed(name), value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
         self.remove(name);
-        self.0.push((name.to_owned(), value.into_bytes()));
     }
 }
 

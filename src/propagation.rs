@@ -25,12 +25,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::propagation::{
-    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
-};
-use opentelemetry::trace::{TraceContextExt, TraceState};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::BaggagePropagator;
 
 use crate::message::{Headers, HeadersMut};
 
@@ -94,7 +93,14 @@ pub struct HeaderInjector<'a, H: ?Sized>(pub &'a mut H);
 
 impl<H: HeadersMut + ?Sized> Injector for HeaderInjector<'_, H> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.set_header(key, value);
+        // The W3C names are the common case: keep them without copying.
+        match [header::TRACEPARENT, header::TRACESTATE, header::BAGGAGE]
+            .into_iter()
+            .find(|known| known.eq_ignore_ascii_case(key))
+        {
+            Some(known) => self.0.set_static_header(known, value),
+            None => self.0.set_header(key, value),
+        }
     }
 }
 
@@ -109,26 +115,23 @@ pub struct Extracted {
 
 /// The propagator the layers inject and extract with, plus the header bounds of SPEC §2.
 ///
-/// The default is W3C Trace Context + W3C Baggage. Any [`TextMapPropagator`] can be plugged in.
-#[derive(Clone)]
+/// The default is W3C Trace Context + W3C Baggage, read and written by eventscope's own fast
+/// path (no formatting machinery, no allocation beyond the header values). Any
+/// [`TextMapPropagator`] can be plugged in instead with [`Propagation::new`].
+#[derive(Clone, Default)]
 pub struct Propagation {
-    propagator: Arc<dyn TextMapPropagator + Send + Sync>,
+    custom: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
 }
 
 impl fmt::Debug for Propagation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Propagation")
-            .field("fields", &self.propagator.fields().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl Default for Propagation {
-    fn default() -> Self {
-        Self::new(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]))
+        match &self.custom {
+            None => f.write_str("Propagation(W3C Trace Context + Baggage)"),
+            Some(propagator) => f
+                .debug_struct("Propagation")
+                .field("fields", &propagator.fields().collect::<Vec<_>>())
+                .finish(),
+        }
     }
 }
 
@@ -136,14 +139,31 @@ impl Propagation {
     /// Uses `propagator` instead of W3C Trace Context + Baggage.
     pub fn new(propagator: impl TextMapPropagator + Send + Sync + 'static) -> Self {
         Self {
-            propagator: Arc::new(propagator),
+            custom: Some(Arc::new(propagator)),
         }
     }
 
     /// Writes `cx` into `headers`, replacing existing headers of the same names.
     pub fn inject<H: HeadersMut + ?Sized>(&self, cx: &Context, headers: &mut H) {
-        self.propagator
-            .inject_context(cx, &mut HeaderInjector(headers));
+        if let Some(propagator) = &self.custom {
+            propagator.inject_context(cx, &mut HeaderInjector(headers));
+            return;
+        }
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            headers.set_static_header(header::TRACEPARENT, traceparent(sc));
+            let state = sc.trace_state().header();
+            if state.is_empty() {
+                // A stale `tracestate` must not outlive the `traceparent` it belonged to.
+                headers.remove_header(header::TRACESTATE);
+            } else {
+                headers.set_static_header(header::TRACESTATE, state);
+            }
+        }
+        if cx.baggage().len() > 0 {
+            BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+        }
     }
 
     /// Reads the creation context from `headers`. Never fails and never panics.
@@ -155,11 +175,45 @@ impl Propagation {
         if scan.invalid {
             return Extracted::rejected();
         }
-        let context = self
-            .propagator
-            .extract_with_context(&Context::new(), &HeaderExtractor(headers));
-        if scan.traceparent && !context.span().span_context().is_valid() {
-            return Extracted::rejected();
+        if let Some(propagator) = &self.custom {
+            let context =
+                propagator.extract_with_context(&Context::new(), &HeaderExtractor(headers));
+            if scan.traceparent.is_some() && !context.span().span_context().is_valid() {
+                return Extracted::rejected();
+            }
+            return Extracted {
+                context,
+                invalid: false,
+            };
+        }
+        let mut context = Context::new();
+        if let Some(value) = scan.traceparent {
+            let Some(mut sc) = parse_traceparent(value) else {
+                return Extracted::rejected();
+            };
+            if let Some(state) = scan.tracestate {
+                // Checked to be UTF-8 and within bounds by the scan.
+                match std::str::from_utf8(state)
+                    .ok()
+                    .and_then(|s| s.parse::<TraceState>().ok())
+                {
+                    Some(state) => {
+                        sc = SpanContext::new(
+                            sc.trace_id(),
+                            sc.span_id(),
+                            sc.trace_flags(),
+                            true,
+                            state,
+                        )
+                    }
+                    None => return Extracted::rejected(),
+                }
+            }
+            context = context.with_remote_span_context(sc);
+        }
+        if scan.baggage_members > 0 {
+            context =
+                BaggagePropagator::new().extract_with_context(&context, &HeaderExtractor(headers));
         }
         Extracted {
             context,
@@ -177,43 +231,114 @@ impl Extracted {
     }
 }
 
-/// One pass over the headers that decides whether the trace headers are acceptable at all,
-/// before a propagator (which would silently drop what it cannot parse) sees them.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `00-{trace id}-{span id}-{flags}`, written without the formatting machinery.
+fn traceparent(sc: &SpanContext) -> String {
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    hex_into(&mut out[3..35], &sc.trace_id().to_bytes());
+    out[35] = b'-';
+    hex_into(&mut out[36..52], &sc.span_id().to_bytes());
+    out[52] = b'-';
+    let flags = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    hex_into(&mut out[53..55], &[flags]);
+    // Only ASCII hex digits and dashes were written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
+}
+
+/// Lower-case hex digits into `out`; `None` on any other byte.
+fn unhex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
+    }
+    let mut out = [0u8; N];
+    if digits.len() != 2 * N {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// W3C Trace Context `traceparent`: exactly the version-00 layout, or a later version's with
+/// its extra fields ignored. Ids must be lower-case hex and not all zero.
+fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
+    let value = value.trim_ascii();
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let [version] = unhex::<1>(&value[..2])?;
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    let trace_id = TraceId::from_bytes(unhex::<16>(&value[3..35])?);
+    let span_id = SpanId::from_bytes(unhex::<8>(&value[36..52])?);
+    let [flags] = unhex::<1>(&value[53..55])?;
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    );
+    sc.is_valid().then_some(sc)
+}
+
+/// One pass over the headers that finds the trace headers and decides whether they are
+/// acceptable at all (SPEC §2 bounds), before anything parses them.
 #[derive(Default)]
-struct Scan {
-    traceparent: bool,
-    tracestate: bool,
+struct Scan<'a> {
+    traceparent: Option<&'a [u8]>,
+    tracestate: Option<&'a [u8]>,
     baggage_bytes: usize,
     baggage_members: usize,
     invalid: bool,
 }
 
-impl Scan {
-    fn observe(&mut self, name: &str, value: &[u8]) {
+impl<'a> Scan<'a> {
+    fn observe(&mut self, name: &str, value: &'a [u8]) {
         if name.eq_ignore_ascii_case(header::TRACEPARENT) {
-            let duplicate = std::mem::replace(&mut self.traceparent, true);
+            let duplicate = self.traceparent.replace(value).is_some();
             self.invalid |= duplicate || value.len() > TRACEPARENT_MAX_BYTES || !value.is_ascii();
         } else if name.eq_ignore_ascii_case(header::TRACESTATE) {
-            let duplicate = std::mem::replace(&mut self.tracestate, true);
+            let duplicate = self.tracestate.replace(value).is_some();
             self.invalid |= duplicate || !tracestate_ok(value);
         } else if name.eq_ignore_ascii_case(header::BAGGAGE) {
             self.baggage_bytes += value.len();
-            self.baggage_members += value.split(|b| *b == b',').count();
-            self.invalid |= std::str::from_utf8(value).is_err()
-                || self.baggage_bytes > BAGGAGE_MAX_BYTES
-                || self.baggage_members > BAGGAGE_MAX_MEMBERS;
+            // Counting stops at the bound, so a huge header costs one bounded pass.
+            self.baggage_members += value
+                .iter()
+                .filter(|b| **b == b',')
+                .take(BAGGAGE_MAX_MEMBERS + 1)
+                .count()
+                + 1;
+            self.invalid |= self.baggage_bytes > BAGGAGE_MAX_BYTES
+                || self.baggage_members > BAGGAGE_MAX_MEMBERS
+                || std::str::from_utf8(value).is_err();
         }
     }
 }
 
 fn tracestate_ok(value: &[u8]) -> bool {
-    if value.len() > TRACESTATE_MAX_BYTES {
-        return false;
-    }
-    let Ok(text) = std::str::from_utf8(value) else {
-        return false;
-    };
-    text.split(',').count() <= TRACESTATE_MAX_MEMBERS && text.parse::<TraceState>().is_ok()
+    value.len() <= TRACESTATE_MAX_BYTES
+        && std::str::from_utf8(value).is_ok()
+        && value.iter().filter(|b| **b == b',').count() < TRACESTATE_MAX_MEMBERS
 }
 
 #[cfg(test)]

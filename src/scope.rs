@@ -19,7 +19,6 @@
 //! assert!(MessageScope::current().is_none());
 //! ```
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,38 +34,82 @@ thread_local! {
     static CURRENT: RefCell<Option<MessageScope>> = const { RefCell::new(None) };
 }
 
+/// The longest `correlation-id`, `causation-id` or `message-id` that is propagated (SPEC §2).
+/// A longer or non-UTF-8 incoming id is replaced by a fresh one and counted as invalid.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// `true` when `id` may be propagated: non-empty, UTF-8 and at most [`MAX_ID_BYTES`].
+pub(crate) fn id_ok(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && std::str::from_utf8(id).is_ok()
+}
+
 /// Correlation id and message id of the message whose processing is under way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageScope {
-    inner: Arc<ScopeIds>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct ScopeIds {
-    correlation_id: String,
-    message_id: Option<String>,
+    /// The correlation id followed by the message id, in one allocation.
+    ids: Arc<str>,
+    correlation_len: u32,
+    has_message_id: bool,
 }
 
 impl MessageScope {
     /// A scope with the given ids.
     pub fn new(correlation_id: impl Into<String>, message_id: Option<String>) -> Self {
+        let correlation_id = correlation_id.into();
+        Self::from_parts(&correlation_id, message_id.as_deref())
+    }
+
+    fn from_parts(correlation_id: &str, message_id: Option<&str>) -> Self {
+        let mut ids = String::with_capacity(correlation_id.len() + message_id.map_or(0, str::len));
+        ids.push_str(correlation_id);
+        ids.push_str(message_id.unwrap_or(""));
         Self {
-            inner: Arc::new(ScopeIds {
-                correlation_id: correlation_id.into(),
-                message_id,
-            }),
+            ids: Arc::from(ids),
+            correlation_len: correlation_id.len() as u32,
+            has_message_id: message_id.is_some(),
         }
     }
 
     /// The scope of an incoming message: its `correlation-id` (a new id when it has none, so
-    /// that the flow it starts is still correlated) and its message id.
+    /// that the flow it starts is still correlated) and its message id. Ids over
+    /// [`MAX_ID_BYTES`] or not UTF-8 are replaced by fresh ones.
     pub fn of<M: IncomingMessage + ?Sized>(message: &M) -> Self {
-        let correlation_id = message
-            .header_str(header::CORRELATION_ID)
-            .filter(|id| !id.is_empty())
-            .map_or_else(crate::message::new_id, str::to_owned);
-        let message_id = message.message_id().map(Cow::into_owned);
-        Self::new(correlation_id, message_id)
+        Self::checked(message).0
+    }
+
+    /// [`of`](Self::of), and whether an incoming id was unusable (for the invalid count).
+    pub(crate) fn checked<M: IncomingMessage + ?Sized>(message: &M) -> (Self, bool) {
+        let mut correlation: Option<&[u8]> = None;
+        let mut invalid = false;
+        for (name, value) in message.headers() {
+            let correlation_header = name.eq_ignore_ascii_case(header::CORRELATION_ID);
+            if correlation_header
+                || name.eq_ignore_ascii_case(header::CAUSATION_ID)
+                || name.eq_ignore_ascii_case(header::MESSAGE_ID)
+            {
+                // An empty id is a missing one, not a malformed one.
+                invalid |= !value.is_empty() && !id_ok(value);
+                if correlation_header && correlation.is_none() {
+                    correlation = Some(value);
+                }
+            }
+        }
+        let mut fresh = IdBuffer::new();
+        let correlation_id = match correlation {
+            Some(id) if id_ok(id) => std::str::from_utf8(id).unwrap_or_default(),
+            _ => fresh.new_id(),
+        };
+        let native = message.message_id();
+        let mut fresh_message = IdBuffer::new();
+        let message_id = match native.as_deref() {
+            Some(id) if id_ok(id.as_bytes()) => Some(id),
+            Some(id) if !id.is_empty() => {
+                invalid = true;
+                Some(fresh_message.new_id())
+            }
+            _ => None,
+        };
+        (Self::from_parts(correlation_id, message_id), invalid)
     }
 
     /// The scope set on this thread by the innermost handler being polled.
@@ -74,14 +117,20 @@ impl MessageScope {
         CURRENT.with(|current| current.borrow().clone())
     }
 
+    /// Runs `f` with the current scope, without cloning it.
+    pub(crate) fn with_current<T>(f: impl FnOnce(Option<&MessageScope>) -> T) -> T {
+        CURRENT.with(|current| f(current.borrow().as_ref()))
+    }
+
     /// The business flow id.
     pub fn correlation_id(&self) -> &str {
-        &self.inner.correlation_id
+        &self.ids[..self.correlation_len as usize]
     }
 
     /// The id of the message being processed.
     pub fn message_id(&self) -> Option<&str> {
-        self.inner.message_id.as_deref()
+        self.has_message_id
+            .then(|| &self.ids[self.correlation_len as usize..])
     }
 
     /// Runs `future` with this scope set on every poll.
@@ -96,6 +145,20 @@ impl MessageScope {
     pub(crate) fn enter(&self) -> ScopeGuard {
         let previous = CURRENT.with(|current| current.replace(Some(self.clone())));
         ScopeGuard { previous }
+    }
+}
+
+/// Room for one generated id (a hyphenated UUID), so generating one allocates nothing.
+pub(crate) struct IdBuffer([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl IdBuffer {
+    pub(crate) fn new() -> Self {
+        Self([0; uuid::fmt::Hyphenated::LENGTH])
+    }
+
+    /// A new UUIDv7, written into this buffer.
+    pub(crate) fn new_id(&mut self) -> &str {
+        uuid::Uuid::now_v7().hyphenated().encode_lower(&mut self.0)
     }
 }
 

@@ -10,10 +10,20 @@
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` or `http/protobuf` (default, as the OpenTelemetry spec says) |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
 //! | `OTEL_SDK_DISABLED` | `true` turns tracing export off; logs still work |
+//! | `OTEL_TRACES_EXPORTER` | `none` turns OTLP export off (spans are still created for other exporters) |
 //! | `RUST_LOG` | the filter for log lines (default `info`, or the builder's) and for spans (default `info`) |
 //!
 //! Call it inside a Tokio runtime (the gRPC exporter needs one) and keep the returned
 //! [`TelemetryGuard`]: dropping it flushes and shuts the exporter down.
+//!
+//! The global tracer provider it installs is the one eventscope's layers start their spans
+//! with (unless a layer was given its own with `tracer_provider`). The `tracing` spans of your
+//! own code are exported through `tracing-opentelemetry`, without code locations, thread ids or
+//! busy/idle times (add them with your own layer if you want them). Log lines go to stderr,
+//! coloured only when stderr is a terminal, each prefixed with the `trace_id` of the current
+//! OpenTelemetry context, also for messages that are not sampled. When export fails, one
+//! warning names the endpoint and how to turn export off; the next is printed only after
+//! export worked again.
 //!
 //! # Example
 //!
@@ -146,7 +156,8 @@ impl TelemetryBuilder {
         } else {
             let mut builder = SdkTracerProvider::builder().with_resource(self.resource());
             if self.wants_otlp() {
-                builder = builder.with_batch_exporter(otlp_exporter()?);
+                let (exporter, endpoint) = otlp_exporter()?;
+                builder = builder.with_batch_exporter(ReportFailures::new(exporter, endpoint));
             }
             for add in self.exporters {
                 builder = add(builder);
@@ -160,12 +171,16 @@ impl TelemetryBuilder {
         let logs = self.logs.unwrap_or(true).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .event_format(TraceIdFormat(Format::default()))
                 .with_filter(env_or(self.filter.as_deref().unwrap_or("info")))
         });
         let otel = provider.as_ref().map(|provider| {
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("eventscope"))
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
                 .with_filter(env_or("info"))
         });
         let subscriber = Registry::default().with(otel).with(logs);
@@ -206,6 +221,10 @@ impl TelemetryBuilder {
     }
 
     fn wants_otlp(&self) -> bool {
+        let none = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+        if none {
+            return false;
+        }
         match self.otlp {
             OtlpExport::Always => true,
             OtlpExport::Never => false,
@@ -228,11 +247,25 @@ fn env_true(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
-fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+/// The OTLP exporter the environment asks for, and the endpoint it sends to (for messages).
+fn otlp_exporter() -> Result<(opentelemetry_otlp::SpanExporter, String), TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .unwrap_or_default();
+    let grpc = protocol.trim() == "grpc";
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| {
+            if grpc {
+                "http://localhost:4317"
+            } else {
+                "http://localhost:4318"
+            }
+            .to_owned()
+        });
     let built = match protocol.trim() {
         "grpc" => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -247,7 +280,78 @@ fn otlp_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
             )))
         }
     };
-    built.map_err(|e| TelemetryError(format!("building the OTLP exporter: {e}")))
+    built
+        .map(|exporter| (exporter, endpoint))
+        .map_err(|e| TelemetryError(format!("building the OTLP exporter: {e}")))
+}
+
+/// Reports a failing export once (with the endpoint and how to turn export off) instead of on
+/// every flush, and once more when it works again.
+#[derive(Debug)]
+struct ReportFailures<E> {
+    inner: E,
+    endpoint: String,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<E> ReportFailures<E> {
+    fn new(inner: E, endpoint: String) -> Self {
+        Self {
+            inner,
+            endpoint,
+            failing: Default::default(),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for ReportFailures<E> {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        use std::sync::atomic::Ordering;
+        let export = self.inner.export(batch);
+        let failing = std::sync::Arc::clone(&self.failing);
+        let endpoint = self.endpoint.clone();
+        async move {
+            match export.await {
+                Ok(()) => {
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(target: "eventscope::telemetry", endpoint = %endpoint, "span export works again");
+                    }
+                }
+                Err(error) => {
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            target: "eventscope::telemetry",
+                            endpoint = %endpoint,
+                            error = %error,
+                            "exporting spans failed; spans are dropped until the collector answers \
+                             (further failures are not reported). Set OTEL_TRACES_EXPORTER=none or \
+                             OTEL_SDK_DISABLED=true to turn export off"
+                        );
+                    }
+                }
+            }
+            // Reported here, once: the SDK need not log it again on every flush.
+            Ok(())
+        }
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// A built, not yet installed, telemetry pipeline; see [`TelemetryBuilder::build`].
@@ -261,6 +365,12 @@ impl Telemetry {
     /// The subscriber, to run code with.
     pub fn dispatch(&self) -> &Dispatch {
         &self.dispatch
+    }
+
+    /// The tracer provider spans are exported through (`None` when `OTEL_SDK_DISABLED=true`):
+    /// pass it to the layers' `tracer_provider` when this pipeline is not installed globally.
+    pub fn tracer_provider(&self) -> Option<&SdkTracerProvider> {
+        self.guard.provider.as_ref()
     }
 
     /// Splits into the subscriber and the guard that flushes on drop.

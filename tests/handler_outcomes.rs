@@ -25,8 +25,16 @@ impl std::fmt::Display for CardDeclined {
 
 impl std::error::Error for CardDeclined {}
 
-async fn publish(broker: &MemoryBroker, metrics: &Metrics, topic: &str, n: usize) {
-    let publisher = PublishLayer::new(metrics.clone()).layer(broker.publisher());
+async fn publish(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+    broker: &MemoryBroker,
+    metrics: &Metrics,
+    topic: &str,
+    n: usize,
+) {
+    let publisher = PublishLayer::new(metrics.clone())
+        .tracer_provider(provider)
+        .layer(broker.publisher());
     for i in 0..n {
         publisher
             .clone()
@@ -42,11 +50,12 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
     let broker = MemoryBroker::new();
     broker.create_topic("charges", 1).unwrap();
     let metrics = Metrics::new();
-    publish(&broker, &metrics, "charges", 3).await;
+    publish(&capture.provider, &broker, &metrics, "charges", 3).await;
 
     // Offset 1 always fails.
-    let handler =
-        ProcessLayer::new(metrics.clone()).layer(service_fn(|m: MemoryMessage| async move {
+    let handler = ProcessLayer::new(metrics.clone())
+        .tracer_provider(&capture.provider)
+        .layer(service_fn(|m: MemoryMessage| async move {
             if m.offset() == 1 {
                 Err(CardDeclined)
             } else {
@@ -110,7 +119,14 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
     let broker = MemoryBroker::new();
     broker.create_topic("flaky", 1).unwrap();
     let metrics = Metrics::new();
-    publish(&broker, &metrics, "flaky", 1).await;
+    publish(
+        &opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+        &broker,
+        &metrics,
+        "flaky",
+        1,
+    )
+    .await;
 
     let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handler = {
@@ -161,12 +177,14 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
     let capture = capture();
     let broker = MemoryBroker::new();
     let metrics = Metrics::new();
-    publish(&broker, &metrics, "slow", 1).await;
+    publish(&capture.provider, &broker, &metrics, "slow", 1).await;
 
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|_m: MemoryMessage| async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok::<_, std::io::Error>(())
-    }));
+    let handler = ProcessLayer::new(metrics.clone())
+        .tracer_provider(&capture.provider)
+        .layer(service_fn(|_m: MemoryMessage| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::io::Error>(())
+        }));
     let started = {
         let metrics = metrics.clone();
         async move {
@@ -222,7 +240,7 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
     let capture = capture();
     let broker = MemoryBroker::new();
     let metrics = Metrics::new();
-    publish(&broker, &metrics, "events", 3).await;
+    publish(&capture.provider, &broker, &metrics, "events", 3).await;
 
     let mut messages = Vec::new();
     let collect = service_fn(|m: MemoryMessage| async move { Ok::<_, std::io::Error>(m) });
@@ -247,9 +265,11 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
         .unwrap();
     messages.extend(seen.lock().unwrap().drain(..));
 
-    let batch_handler = BatchProcessLayer::new(metrics.clone()).layer(service_fn(
-        |batch: Vec<MemoryMessage>| async move { Ok::<_, std::io::Error>(batch.len()) },
-    ));
+    let batch_handler = BatchProcessLayer::new(metrics.clone())
+        .tracer_provider(&capture.provider)
+        .layer(service_fn(|batch: Vec<MemoryMessage>| async move {
+            Ok::<_, std::io::Error>(batch.len())
+        }));
     assert_eq!(batch_handler.oneshot(messages.clone()).await.unwrap(), 3);
 
     let spans = capture.spans();

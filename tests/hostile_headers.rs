@@ -1,5 +1,6 @@
 //! Hostile headers never panic and never reject a message: each unusable trace context gives a
-//! fresh root and one count in `eventscope_trace_context_invalid_total` (SPEC §2).
+//! fresh root and one count in `eventscope_trace_context_invalid_total` (SPEC §2); a malformed
+//! id is replaced and counted the same way, without touching a usable trace context.
 
 mod common;
 
@@ -49,10 +50,12 @@ fn process(headers: Vec<(String, Vec<u8>)>) -> Outcome {
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
-        ProcessLayer::new(metrics.clone()).layer(service_fn(move |_m: Raw| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, std::io::Error>(()) }
-        }))
+        ProcessLayer::new(metrics.clone())
+            .tracer_provider(&capture.provider)
+            .layer(service_fn(move |_m: Raw| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::io::Error>(()) }
+            }))
     };
     runtime
         .block_on(handler.oneshot(Raw(HeaderList::from(headers))))
@@ -181,8 +184,16 @@ proptest! {
         headers.push(header("TraceParent", VALID));
         headers.push(header("tracestate", "vendor=opaque"));
         headers.push(header("baggage", "tenant=acme"));
+        // Ids are bounded too (SPEC §2): a malformed id in the noise is counted, once.
+        let bad_ids = headers.iter().any(|(name, value)| {
+            ["correlation-id", "causation-id", "message-id"]
+                .iter()
+                .any(|id| name.eq_ignore_ascii_case(id))
+                && !value.is_empty()
+                && (value.len() > eventscope::scope::MAX_ID_BYTES || std::str::from_utf8(value).is_err())
+        });
         let out = process(headers);
-        prop_assert_eq!(out.invalid_count, 0.0);
+        prop_assert_eq!(out.invalid_count, if bad_ids { 1.0 } else { 0.0 });
         prop_assert!(!out.root, "the creation context is the parent");
         prop_assert_eq!(out.links, 1);
     }

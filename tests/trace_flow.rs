@@ -94,7 +94,9 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     let capture = capture();
     let broker = MemoryBroker::new();
     let metrics = Metrics::new();
-    let publisher: Publish<_> = PublishLayer::new(metrics.clone()).layer(broker.publisher());
+    let publisher: Publish<_> = PublishLayer::new(metrics.clone())
+        .tracer_provider(&capture.provider)
+        .layer(broker.publisher());
 
     // The order service: a root publish.
     publisher
@@ -107,16 +109,18 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     let seen: Seen = Arc::default();
     let handler = {
         let (seen, publisher) = (seen.clone(), publisher.clone());
-        ProcessLayer::new(metrics.clone()).layer(service_fn(move |m: MemoryMessage| {
-            let (seen, publisher) = (seen.clone(), publisher.clone());
-            async move {
-                seen.lock().unwrap().push(m);
-                publisher
-                    .oneshot(MemoryRecord::new("payments", b"{}".to_vec()))
-                    .await?;
-                Ok::<_, eventscope::driver::BoxError>(())
-            }
-        }))
+        ProcessLayer::new(metrics.clone())
+            .tracer_provider(&capture.provider)
+            .layer(service_fn(move |m: MemoryMessage| {
+                let (seen, publisher) = (seen.clone(), publisher.clone());
+                async move {
+                    seen.lock().unwrap().push(m);
+                    publisher
+                        .oneshot(MemoryRecord::new("payments", b"{}".to_vec()))
+                        .await?;
+                    Ok::<_, eventscope::driver::BoxError>(())
+                }
+            }))
     };
     consume_until(
         &broker,
@@ -134,13 +138,15 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     let seen_payments: Seen = Arc::default();
     let handler = {
         let seen = seen_payments.clone();
-        ProcessLayer::new(metrics.clone()).layer(service_fn(move |m: MemoryMessage| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(m);
-                Ok::<_, eventscope::driver::BoxError>(())
-            }
-        }))
+        ProcessLayer::new(metrics.clone())
+            .tracer_provider(&capture.provider)
+            .layer(service_fn(move |m: MemoryMessage| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(m);
+                    Ok::<_, eventscope::driver::BoxError>(())
+                }
+            }))
     };
     consume_until(
         &broker,
@@ -268,6 +274,7 @@ async fn link_policy_keeps_the_ambient_parent_and_links_the_creation_context() {
     let broker = MemoryBroker::new();
     let metrics = Metrics::new();
     PublishLayer::new(metrics.clone())
+        .tracer_provider(&capture.provider)
         .layer(broker.publisher())
         .oneshot(MemoryRecord::new("audit", b"x".to_vec()).partition(0))
         .await
@@ -281,6 +288,7 @@ async fn link_policy_keeps_the_ambient_parent_and_links_the_creation_context() {
     for policy in [ParentPolicy::Link, ParentPolicy::Auto] {
         let ambient = tracing::info_span!("poll loop");
         let handler = ProcessLayer::new(metrics.clone())
+            .tracer_provider(&capture.provider)
             .parent_policy(policy)
             .layer(service_fn(|_m: MemoryMessage| async {
                 Ok::<_, std::io::Error>(())
@@ -315,6 +323,7 @@ async fn injection_can_be_switched_off_without_losing_ids_or_spans() {
     broker.create_topic("legacy", 1).unwrap();
     let metrics = Metrics::new();
     PublishLayer::new(metrics.clone())
+        .tracer_provider(&capture.provider)
         .inject_context(false)
         .layer(broker.publisher())
         .oneshot(MemoryRecord::new("legacy", b"x".to_vec()))

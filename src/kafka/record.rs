@@ -1,11 +1,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+#[cfg(test)]
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::message::{
     system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
+    SpanAttributes,
 };
 
 /// A record to publish with a [`KafkaPublisher`](super::KafkaPublisher).
@@ -109,6 +111,14 @@ impl HeadersMut for KafkaRecord {
     fn set_header(&mut self, name: &str, value: String) {
         self.headers.set_header(name, value);
     }
+
+    fn set_static_header(&mut self, name: &'static str, value: String) {
+        self.headers.set_static_header(name, value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        self.headers.remove(name);
+    }
 }
 
 impl OutgoingMessage for KafkaRecord {
@@ -128,7 +138,7 @@ impl OutgoingMessage for KafkaRecord {
         self.payload.as_ref().map(Vec::len)
     }
 
-    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
+    fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         key_attributes(self.key.as_deref(), self.payload.is_none(), attrs);
     }
 }
@@ -147,8 +157,8 @@ impl Receipt for KafkaDelivery {
         Some(self.partition)
     }
 
-    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
-        attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset));
+    fn extra_attributes(&self, attrs: &mut SpanAttributes) {
+        attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
     }
 }
 
@@ -328,34 +338,33 @@ impl IncomingMessage for KafkaMessage {
         self.payload().map(<[u8]>::len)
     }
 
-    fn extra_attributes(&self, attrs: &mut Vec<KeyValue>) {
-        key_attributes(self.key(), self.data.payload.is_none(), attrs);
-        attrs.push(KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset));
+    fn payload(&self) -> &[u8] {
+        KafkaMessage::payload(self).unwrap_or_default()
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        KafkaMessage::key(self)
+    }
+
+    fn extra_attributes(&self, attrs: &mut SpanAttributes) {
+        key_attributes(KafkaMessage::key(self), self.data.payload.is_none(), attrs);
+        attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
         if let Some(server) = &self.origin.server {
-            attrs.push(KeyValue::new(
-                semconv::SERVER_ADDRESS,
-                Arc::clone(&server.host),
-            ));
+            attrs.string(semconv::SERVER_ADDRESS, &*server.host);
             if let Some(port) = server.port {
-                attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+                attrs.int(semconv::SERVER_PORT, i64::from(port));
             }
         }
     }
 }
 
 /// `messaging.kafka.message.key` (only when UTF-8) and `messaging.kafka.message.tombstone`.
-fn key_attributes(key: Option<&[u8]>, tombstone: bool, attrs: &mut Vec<KeyValue>) {
+fn key_attributes(key: Option<&[u8]>, tombstone: bool, attrs: &mut SpanAttributes) {
     if let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) {
-        attrs.push(KeyValue::new(
-            semconv::MESSAGING_KAFKA_MESSAGE_KEY,
-            key.to_owned(),
-        ));
+        attrs.string(semconv::MESSAGING_KAFKA_MESSAGE_KEY, key);
     }
     if tombstone {
-        attrs.push(KeyValue::new(
-            semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE,
-            true,
-        ));
+        attrs.bool(semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
     }
 }
 
@@ -370,9 +379,9 @@ mod tests {
     use super::*;
 
     fn attributes(message: &impl OutgoingMessage) -> Vec<KeyValue> {
-        let mut attrs = Vec::new();
+        let mut attrs = SpanAttributes::new();
         message.extra_attributes(&mut attrs);
-        attrs
+        attrs.into_key_values()
     }
 
     #[test]
@@ -457,10 +466,10 @@ mod tests {
             Some("m-1")
         );
         assert_eq!(message.consumer_group(), None);
-        let mut attrs = Vec::new();
+        let mut attrs = SpanAttributes::new();
         message.extra_attributes(&mut attrs);
         assert_eq!(
-            attrs,
+            attrs.into_key_values(),
             vec![KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7)]
         );
     }

@@ -1,9 +1,11 @@
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::message::{
-    system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
+    system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt, Republish,
 };
+use crate::propagation::header;
 
 /// A record to publish to the embedded broker.
 #[derive(Clone, Debug)]
@@ -74,6 +76,14 @@ impl Headers for MemoryRecord {
 impl HeadersMut for MemoryRecord {
     fn set_header(&mut self, name: &str, value: String) {
         self.headers.set_header(name, value);
+    }
+
+    fn set_static_header(&mut self, name: &'static str, value: String) {
+        self.headers.set_static_header(name, value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        self.headers.remove(name);
     }
 }
 
@@ -196,7 +206,37 @@ impl IncomingMessage for MemoryMessage {
         Some(self.timestamp)
     }
 
-    fn body_size(&self) -> Option<usize> {
-        Some(self.payload.len())
+    /// The `message-id` header, else `{topic}/{partition}/{offset}` (SPEC §2).
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        match self.header_str(header::MESSAGE_ID) {
+            Some(id) => Some(Cow::Borrowed(id)),
+            None => Some(Cow::Owned(format!(
+                "{}/{}/{}",
+                self.topic, self.partition, self.offset
+            ))),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+}
+
+impl Republish for MemoryMessage {
+    type Record = MemoryRecord;
+
+    fn republish(&self, destination: &str) -> MemoryRecord {
+        MemoryRecord {
+            topic: destination.to_owned(),
+            key: self.key.as_deref().map(<[u8]>::to_vec),
+            payload: self.payload.to_vec(),
+            headers: (*self.headers).clone(),
+            partition: None,
+            timestamp: None,
+        }
     }
 }

@@ -427,9 +427,32 @@ fn partition_slot(partition: Option<i32>) -> i64 {
 /// Cached metric children of one publisher destination.
 pub(crate) struct PublishInstruments {
     pub(crate) system: &'static str,
-    pub(crate) destination: Box<str>,
+    pub(crate) destination: Arc<str>,
     pub(crate) ok_duration: Histogram,
     pub(crate) ok_sent: IntCounter,
+}
+
+impl PublishInstruments {
+    /// The destination as a span attribute value: the label's own string unless the label is
+    /// the cardinality bound's `_other`.
+    pub(crate) fn span_destination(&self, destination: &str) -> Arc<str> {
+        span_destination(&self.destination, destination)
+    }
+}
+
+impl ConsumerInstruments {
+    /// See [`PublishInstruments::span_destination`].
+    pub(crate) fn span_destination(&self, destination: &str) -> Arc<str> {
+        span_destination(&self.destination, destination)
+    }
+}
+
+fn span_destination(label: &Arc<str>, destination: &str) -> Arc<str> {
+    if **label == *destination {
+        Arc::clone(label)
+    } else {
+        Arc::from(destination)
+    }
 }
 
 /// Cached metric children of one consumer (system, destination, group).
@@ -493,13 +516,15 @@ impl DestinationLimit {
 
     fn admit<'a>(&self, destination: &'a str) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
-        if self
-            .seen
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(destination)
         {
-            return Cow::Borrowed(destination);
+            let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(destination) {
+                return Cow::Borrowed(destination);
+            }
+            // Over the bound nothing new is admitted: no write lock for such destinations.
+            if seen.len() >= self.max {
+                return Cow::Borrowed(OTHER_DESTINATION);
+            }
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         if seen.contains(destination) {

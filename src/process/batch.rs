@@ -1,17 +1,17 @@
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::future::{InFlight, Pending, ResponseFuture};
 use super::{ParentPolicy, ProcessLayer};
 use crate::classify::{ClassifyError, TypeNameClassifier};
-use crate::message::IncomingMessage;
+use crate::message::{IncomingMessage, SpanAttributes};
 use crate::scope::MessageScope;
 use crate::span::{self, SpanStart};
 
@@ -57,6 +57,18 @@ impl<C> BatchProcessLayer<C> {
     pub fn propagation(self, propagation: crate::propagation::Propagation) -> Self {
         Self {
             config: self.config.propagation(propagation),
+        }
+    }
+
+    /// Starts the batch spans with a tracer of `provider` (default: the global provider).
+    pub fn tracer_provider<P>(self, provider: &P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        Self {
+            config: self.config.tracer_provider(provider),
         }
     }
 
@@ -120,59 +132,63 @@ where
     fn call(&mut self, batch: Vec<M>) -> Self::Future {
         let config = &self.config;
         let metrics = &config.metrics;
-        let (system, destination, group) = match batch.first() {
-            Some(first) => (
-                first.system(),
-                first.destination().to_owned(),
-                first.consumer_group().unwrap_or("").to_owned(),
-            ),
-            None => ("", String::new(), String::new()),
+        let Some(first) = batch.first() else {
+            // An empty batch is no processing: no span, no series.
+            return ResponseFuture::unrecorded(self.inner.call(batch), config.classifier.clone());
         };
-        let span = span::process(
-            &SpanStart {
-                system,
-                destination: &destination,
-                message_id: None,
-                conversation_id: None,
-                body_size: None,
-                partition: None,
-                group: (!group.is_empty()).then_some(group.as_str()),
-            },
-            Some(batch.len()),
-        );
+        let system = first.system();
+        let group = first.consumer_group().unwrap_or("");
+        let instruments = metrics.consumer(system, first.destination(), group);
+        let destination = instruments.span_destination(first.destination());
+        let start = SpanStart {
+            operation: span::OP_PROCESS,
+            kind: SpanKind::Consumer,
+            system,
+            destination: &destination,
+            message_id: None,
+            conversation_id: None,
+            body_size: None,
+            partition: None,
+            group: first.consumer_group(),
+            batch_size: Some(batch.len()),
+        };
+        let span =
+            opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
+        span.describe(&start, |_| {});
 
         let now = SystemTime::now();
         let mut processed = Vec::new();
         for message in &batch {
             let extracted = config.propagation.extract(message);
-            if extracted.invalid {
+            let (scope, ids_invalid) = MessageScope::checked(message);
+            if extracted.invalid || ids_invalid {
                 metrics.record_trace_context_invalid(message.system());
             }
             let group = message.consumer_group().unwrap_or("");
-            let instruments = metrics.consumer(message.system(), message.destination(), group);
-            instruments.consumed.inc();
+            let entry = metrics.consumer_partition(
+                message.system(),
+                message.destination(),
+                group,
+                message.partition(),
+            );
+            entry.consumer.consumed.inc();
             if let Some(created) = message.created_at() {
                 let waited = now.duration_since(created).unwrap_or_default();
-                instruments.queue_time.observe(waited.as_secs_f64());
-                let state = metrics.partition(
-                    message.system(),
-                    &instruments.destination,
-                    &instruments.group,
-                    message.partition(),
-                );
-                processed.push((state, created));
+                entry.consumer.queue_time.observe(waited.as_secs_f64());
+                processed.push((Arc::clone(&entry.partition), created));
             }
-            let creation = extracted.context.span().span_context().clone();
-            if creation.is_valid() && !span.is_disabled() {
-                span.add_link_with_attributes(creation, link_attributes(message));
+            if span.is_recording() {
+                span.link(
+                    extracted.context.span().span_context(),
+                    link_attributes(message, &scope),
+                );
             }
         }
 
-        let instruments = metrics.consumer(system, &destination, &group);
         let in_flight = InFlight::many(instruments.in_flight.clone(), batch.len() as i64);
-        let start = Instant::now();
+        let started = Instant::now();
         let inner = {
-            let _entered = span.enter();
+            let _cx = span.context().clone().attach();
             self.inner.call(batch)
         };
         ResponseFuture::with_pending(
@@ -181,7 +197,7 @@ where
             None,
             config.classifier.clone(),
             Pending {
-                start,
+                start: started,
                 instruments,
                 metrics: metrics.clone(),
                 processed,
@@ -191,21 +207,21 @@ where
     }
 }
 
-fn link_attributes<M: IncomingMessage>(message: &M) -> Vec<KeyValue> {
-    let scope = MessageScope::of(message);
-    let mut attrs = vec![KeyValue::new(
+fn link_attributes<M: IncomingMessage>(message: &M, scope: &MessageScope) -> Vec<KeyValue> {
+    let mut attributes = SpanAttributes::new();
+    attributes.string(
         semconv::MESSAGING_MESSAGE_CONVERSATION_ID,
-        scope.correlation_id().to_owned(),
-    )];
+        scope.correlation_id(),
+    );
     if let Some(id) = scope.message_id() {
-        attrs.push(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
+        attributes.string(semconv::MESSAGING_MESSAGE_ID, id);
     }
     if let Some(partition) = message.partition() {
-        attrs.push(KeyValue::new(
+        attributes.string(
             semconv::MESSAGING_DESTINATION_PARTITION_ID,
             partition.to_string(),
-        ));
+        );
     }
-    message.extra_attributes(&mut attrs);
-    attrs
+    message.extra_attributes(&mut attributes);
+    attributes.into_key_values()
 }

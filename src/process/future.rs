@@ -9,12 +9,11 @@ use std::time::{Instant, SystemTime};
 
 use pin_project_lite::pin_project;
 use prometheus::IntGauge;
-use tracing::Span;
 
 use crate::classify::ClassifyError;
 use crate::metrics::{ConsumerInstruments, Metrics, PartitionState};
 use crate::scope::MessageScope;
-use crate::span;
+use crate::span::ActiveSpan;
 
 /// `error.type` of a handler whose future was dropped before it finished.
 pub const CANCELLED: &str = "cancelled";
@@ -45,7 +44,7 @@ impl Drop for InFlight {
 /// Records the handler's outcome exactly once: on completion, or as cancelled on drop.
 pub(crate) struct Outcome {
     pub(crate) pending: Option<Pending>,
-    pub(crate) span: Span,
+    pub(crate) span: Option<ActiveSpan>,
 }
 
 pub(crate) struct Pending {
@@ -71,12 +70,17 @@ impl Outcome {
                 }
             }
             Some(error_type) => {
-                span::record_error(&self.span, error_type);
+                if let Some(span) = &self.span {
+                    span.fail(error_type);
+                }
                 pending
                     .metrics
                     .process_error_duration(&pending.instruments, error_type)
                     .observe(seconds);
             }
+        }
+        if let Some(span) = &self.span {
+            span.end();
         }
     }
 }
@@ -88,12 +92,12 @@ impl Drop for Outcome {
 }
 
 pin_project! {
-    /// Runs the handler inside its span and message scope; records the outcome.
+    /// Runs the handler with its span's OpenTelemetry context current and its message scope
+    /// set, on every poll; records the outcome.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, C> {
         #[pin]
         inner: F,
-        span: Span,
         scope: Option<MessageScope>,
         classifier: C,
         outcome: Outcome,
@@ -110,7 +114,7 @@ impl<F, C> ResponseFuture<F, C> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         inner: F,
-        span: Span,
+        span: ActiveSpan,
         scope: MessageScope,
         start: Instant,
         in_flight: InFlight,
@@ -136,7 +140,7 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(crate) fn with_pending(
         inner: F,
-        span: Span,
+        span: ActiveSpan,
         scope: Option<MessageScope>,
         classifier: C,
         pending: Pending,
@@ -145,10 +149,22 @@ impl<F, C> ResponseFuture<F, C> {
             inner,
             outcome: Outcome {
                 pending: Some(pending),
-                span: span.clone(),
+                span: Some(span),
             },
-            span,
             scope,
+            classifier,
+        }
+    }
+
+    /// Runs `inner` without recording anything (an empty batch).
+    pub(crate) fn unrecorded(inner: F, classifier: C) -> Self {
+        Self {
+            inner,
+            outcome: Outcome {
+                pending: None,
+                span: None,
+            },
+            scope: None,
             classifier,
         }
     }
@@ -163,7 +179,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _cx = this
+            .outcome
+            .span
+            .as_ref()
+            .map(|span| span.context().clone().attach());
         let _scope = this.scope.as_ref().map(MessageScope::enter);
         let result = std::task::ready!(this.inner.poll(cx));
         match &result {

@@ -4,6 +4,7 @@ use super::{ParentPolicy, Process};
 use crate::classify::TypeNameClassifier;
 use crate::metrics::Metrics;
 use crate::propagation::Propagation;
+use crate::span::Tracer;
 
 /// Applies [`Process`] to a handler; see the [module docs](crate::process).
 #[derive(Clone, Debug)]
@@ -12,6 +13,7 @@ pub struct ProcessLayer<C = TypeNameClassifier> {
     pub(crate) propagation: Propagation,
     pub(crate) policy: ParentPolicy,
     pub(crate) classifier: C,
+    pub(crate) tracer: Tracer,
 }
 
 impl ProcessLayer {
@@ -22,6 +24,7 @@ impl ProcessLayer {
             propagation: Propagation::default(),
             policy: ParentPolicy::Auto,
             classifier: TypeNameClassifier,
+            tracer: Tracer::default(),
         }
     }
 }
@@ -39,6 +42,18 @@ impl<C> ProcessLayer<C> {
         self
     }
 
+    /// Starts the `process` spans with a tracer of `provider` (default: the global provider,
+    /// as installed by `telemetry::init`, looked up when the first message arrives).
+    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        self.tracer = Tracer::from_provider(provider);
+        self
+    }
+
     /// Uses `classifier` to derive `error.type` from the handler's errors.
     pub fn classify_errors<C2>(self, classifier: C2) -> ProcessLayer<C2> {
         ProcessLayer {
@@ -46,6 +61,7 @@ impl<C> ProcessLayer<C> {
             propagation: self.propagation,
             policy: self.policy,
             classifier,
+            tracer: self.tracer,
         }
     }
 }

@@ -68,7 +68,9 @@ impl ParentPolicy {
     }
 }
 
+/// A span is current: an eventscope span, or a `tracing` span entered through
+/// tracing-opentelemetry (which makes its OpenTelemetry context current).
 fn has_ambient_span() -> bool {
     use opentelemetry::trace::TraceContextExt;
-    !tracing::Span::current().is_none() || opentelemetry::Context::current().has_active_span()
+    opentelemetry::Context::map_current(|cx| cx.has_active_span())
 }

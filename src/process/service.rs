@@ -3,10 +3,8 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use tower_service::Service;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::future::{InFlight, ResponseFuture};
 use super::ProcessLayer;
@@ -14,7 +12,7 @@ use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::IncomingMessage;
 use crate::propagation::Extracted;
 use crate::scope::MessageScope;
-use crate::span::{self, SpanStart};
+use crate::span::{self, ActiveSpan, SpanStart, Tracer};
 
 /// A handler that traces and measures every message; built by [`ProcessLayer`].
 #[derive(Clone, Debug)]
@@ -58,10 +56,10 @@ where
         let config = &self.config;
         let system = message.system();
         let extracted = config.propagation.extract(&message);
-        if extracted.invalid {
+        let (scope, ids_invalid) = MessageScope::checked(&message);
+        if extracted.invalid || ids_invalid {
             config.metrics.record_trace_context_invalid(system);
         }
-        let scope = MessageScope::of(&message);
         let group = message.consumer_group().unwrap_or("");
         let entry = config.metrics.consumer_partition(
             system,
@@ -71,23 +69,28 @@ where
         );
         let instruments = Arc::clone(&entry.consumer);
 
-        let span = span::process(
-            &SpanStart {
-                system,
-                destination: message.destination(),
-                message_id: scope.message_id(),
-                conversation_id: Some(scope.correlation_id()),
-                body_size: message.body_size(),
-                partition: message.partition(),
-                group: message.consumer_group(),
-            },
-            None,
+        let destination = instruments.span_destination(message.destination());
+        let start = SpanStart {
+            operation: span::OP_PROCESS,
+            kind: SpanKind::Consumer,
+            system,
+            destination: &destination,
+            message_id: scope.message_id(),
+            conversation_id: Some(scope.correlation_id()),
+            body_size: message.body_size(),
+            partition: message.partition(),
+            group: message.consumer_group(),
+            batch_size: None,
+        };
+        let span = start_process(
+            &config.tracer,
+            &start,
+            &extracted,
+            config.policy.use_as_parent(),
         );
-        if !span.is_disabled() {
-            relate_to_creation(&span, &extracted, config.policy.use_as_parent());
-            let mut extra = Vec::new();
-            message.extra_attributes(&mut extra);
-            span::add_attributes(&span, extra);
+        if span.is_recording() {
+            span.describe(&start, |attributes| message.extra_attributes(attributes));
+            span.link(extracted.context.span().span_context(), Vec::new());
         }
 
         instruments.consumed.inc();
@@ -101,9 +104,9 @@ where
         let partition = created.map(|created| (Arc::clone(&entry.partition), created));
         let in_flight = InFlight::new(instruments.in_flight.clone());
 
-        let start = Instant::now();
+        let started = Instant::now();
         let inner = {
-            let _entered = span.enter();
+            let _cx = span.context().clone().attach();
             let _scope = scope.enter();
             self.inner.call(message)
         };
@@ -111,7 +114,7 @@ where
             inner,
             span,
             scope,
-            start,
+            started,
             in_flight,
             instruments,
             partition,
@@ -121,23 +124,28 @@ where
     }
 }
 
-/// Sets the parent and the link before the span starts, so both are on the exported span.
-pub(crate) fn relate_to_creation(span: &Span, extracted: &Extracted, as_parent: bool) {
-    let creation = extracted.context.span().span_context().clone();
+/// Starts a process span related to the message's creation context (SPEC §3): as its parent,
+/// or under the ambient context with the message's baggage carried over.
+pub(crate) fn start_process(
+    tracer: &Tracer,
+    start: &SpanStart<'_>,
+    extracted: &Extracted,
+    as_parent: bool,
+) -> ActiveSpan {
     if as_parent {
         // An empty extracted context makes the span a root instead of inheriting anything.
-        let _ = span.set_parent(extracted.context.clone());
-    } else if !extracted.context.baggage().is_empty() {
-        let baggage: opentelemetry::baggage::Baggage = extracted
-            .context
-            .baggage()
-            .iter()
-            .map(|(key, (value, meta))| (key.clone(), (value.clone(), meta.clone())))
-            .collect();
-        let parent = opentelemetry::Context::current().with_baggage(baggage);
-        let _ = span.set_parent(parent);
+        return tracer.start(start, &extracted.context);
     }
-    if creation.is_valid() {
-        span.add_link(creation);
-    }
+    let baggage = extracted.context.baggage();
+    opentelemetry::Context::map_current(|current| {
+        if baggage.len() == 0 {
+            tracer.start(start, current)
+        } else {
+            let baggage: opentelemetry::baggage::Baggage = baggage
+                .iter()
+                .map(|(key, (value, meta))| (key.clone(), (value.clone(), meta.clone())))
+                .collect();
+            tracer.start(start, &current.with_baggage(baggage))
+        }
+    })
 }

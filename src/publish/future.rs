@@ -7,12 +7,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use pin_project_lite::pin_project;
-use tracing::Span;
 
 use crate::classify::ClassifyError;
 use crate::message::Receipt;
 use crate::metrics::{Metrics, PublishInstruments};
-use crate::span;
+use crate::span::ActiveSpan;
 
 /// `error.type` of a publish whose future was dropped before the broker answered.
 pub const CANCELLED: &str = "cancelled";
@@ -23,7 +22,6 @@ pin_project! {
     pub struct ResponseFuture<F, C> {
         #[pin]
         inner: F,
-        span: Span,
         classifier: C,
         outcome: Outcome,
     }
@@ -38,7 +36,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 /// Records the outcome exactly once: on completion, or as cancelled on drop.
 struct Outcome {
     pending: Option<(Instant, Arc<PublishInstruments>, Metrics)>,
-    span: Span,
+    span: ActiveSpan,
 }
 
 impl Outcome {
@@ -53,10 +51,11 @@ impl Outcome {
                 instruments.ok_sent.inc();
             }
             Some(error_type) => {
-                span::record_error(&self.span, error_type);
+                self.span.fail(error_type);
                 metrics.record_publish_error(&instruments, error_type, seconds);
             }
         }
+        self.span.end();
     }
 }
 
@@ -69,7 +68,7 @@ impl Drop for Outcome {
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(
         inner: F,
-        span: Span,
+        span: ActiveSpan,
         start: Instant,
         instruments: Arc<PublishInstruments>,
         metrics: Metrics,
@@ -79,9 +78,8 @@ impl<F, C> ResponseFuture<F, C> {
             inner,
             outcome: Outcome {
                 pending: Some((start, instruments, metrics)),
-                span: span.clone(),
+                span,
             },
-            span,
             classifier,
         }
     }
@@ -97,18 +95,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx));
         match &result {
             Ok(receipt) => {
-                if let Some(partition) = receipt.partition() {
-                    span::record_partition(this.span, partition);
-                }
-                if !this.span.is_disabled() {
-                    let mut extra = Vec::new();
-                    receipt.extra_attributes(&mut extra);
-                    span::add_attributes(this.span, extra);
-                }
+                this.outcome.span.annotate(|attributes| {
+                    if let Some(partition) = receipt.partition() {
+                        attributes.string(
+                            opentelemetry_semantic_conventions::attribute::MESSAGING_DESTINATION_PARTITION_ID,
+                            partition.to_string(),
+                        );
+                    }
+                    receipt.extra_attributes(attributes);
+                });
                 this.outcome.finish(None);
             }
             Err(error) => {

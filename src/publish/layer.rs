@@ -4,6 +4,7 @@ use super::Publish;
 use crate::classify::TypeNameClassifier;
 use crate::metrics::Metrics;
 use crate::propagation::Propagation;
+use crate::span::Tracer;
 
 /// Applies [`Publish`] to a publisher service; see the [module docs](crate::publish).
 #[derive(Clone, Debug)]
@@ -12,6 +13,7 @@ pub struct PublishLayer<C = TypeNameClassifier> {
     pub(crate) propagation: Propagation,
     pub(crate) inject: bool,
     pub(crate) classifier: C,
+    pub(crate) tracer: Tracer,
 }
 
 impl PublishLayer {
@@ -22,6 +24,7 @@ impl PublishLayer {
             propagation: Propagation::default(),
             inject: true,
             classifier: TypeNameClassifier,
+            tracer: Tracer::default(),
         }
     }
 }
@@ -40,6 +43,18 @@ impl<C> PublishLayer<C> {
         self
     }
 
+    /// Starts the `send` spans with a tracer of `provider` (default: the global provider, as
+    /// installed by `telemetry::init`, looked up when the first message is sent).
+    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        self.tracer = Tracer::from_provider(provider);
+        self
+    }
+
     /// Uses `classifier` to derive `error.type` from the publisher's errors.
     pub fn classify_errors<C2>(self, classifier: C2) -> PublishLayer<C2> {
         PublishLayer {
@@ -47,6 +62,7 @@ impl<C> PublishLayer<C> {
             propagation: self.propagation,
             inject: self.inject,
             classifier,
+            tracer: self.tracer,
         }
     }
 }

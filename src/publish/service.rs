@@ -1,15 +1,15 @@
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use opentelemetry::trace::SpanKind;
 use tower_service::Service;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::future::ResponseFuture;
 use super::PublishLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::{new_id, OutgoingMessage, Receipt};
 use crate::propagation::header;
-use crate::scope::MessageScope;
+use crate::scope::{id_ok, IdBuffer, MessageScope};
 use crate::span::{self, SpanStart};
 
 /// A publisher service that traces and measures every message; built by [`PublishLayer`].
@@ -53,64 +53,72 @@ where
 
     fn call(&mut self, mut message: M) -> Self::Future {
         let config = &self.config;
-        let scope = MessageScope::current();
-
-        let message_id = match message.message_id() {
-            Some(id) => id.into_owned(),
-            None => {
-                let id = new_id();
-                message.set_message_id(id.clone());
-                id
-            }
-        };
-        // An explicit correlation id wins; inside a handler the flow's id; else a new flow.
-        let correlation_id = match message.header_str(header::CORRELATION_ID) {
-            Some(id) if !id.is_empty() => id.to_owned(),
-            _ => scope
-                .as_ref()
-                .map_or_else(new_id, |s| s.correlation_id().to_owned()),
-        };
-        message.set_header(header::CORRELATION_ID, correlation_id.clone());
-        if let Some(cause) = scope.as_ref().and_then(MessageScope::message_id) {
-            message.set_header(header::CAUSATION_ID, cause.to_owned());
-        }
-
         let system = message.system();
         let instruments = config.metrics.publisher(system, message.destination());
-        let span = span::send(&SpanStart {
+
+        let mut generated = IdBuffer::new();
+        let message_id_ok = message.message_id().is_some_and(|id| id_ok(id.as_bytes()));
+        let new_message_id = (!message_id_ok).then(|| generated.new_id());
+        if let Some(id) = new_message_id {
+            message.set_message_id(id.to_owned());
+        }
+        // An explicit correlation id wins; inside a handler the flow's id; else a new flow,
+        // whose correlation id is the id of its first message.
+        let explicit = message
+            .header_str(header::CORRELATION_ID)
+            .is_some_and(|id| id_ok(id.as_bytes()));
+        MessageScope::with_current(|scope| {
+            if !explicit {
+                let correlation_id = match (scope, new_message_id) {
+                    (Some(scope), _) => scope.correlation_id().to_owned(),
+                    (None, Some(id)) => id.to_owned(),
+                    (None, None) => message
+                        .message_id()
+                        .map_or_else(new_id, std::borrow::Cow::into_owned),
+                };
+                message.set_static_header(header::CORRELATION_ID, correlation_id);
+            }
+            if let Some(cause) = scope.and_then(MessageScope::message_id) {
+                message.set_static_header(header::CAUSATION_ID, cause.to_owned());
+            }
+        });
+
+        let destination = instruments.span_destination(message.destination());
+        let start = SpanStart {
+            operation: span::OP_SEND,
+            kind: SpanKind::Producer,
             system,
-            destination: message.destination(),
-            message_id: Some(&message_id),
-            conversation_id: Some(&correlation_id),
+            destination: &destination,
+            message_id: None,
+            conversation_id: None,
             body_size: message.body_size(),
             partition: message.partition(),
             group: None,
-        });
-        if !span.is_disabled() {
-            let mut extra = Vec::new();
-            message.extra_attributes(&mut extra);
-            span::add_attributes(&span, extra);
+            batch_size: None,
+        };
+        let span =
+            opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
+        if span.is_recording() {
+            let message_id = message.message_id();
+            span.describe(
+                &SpanStart {
+                    message_id: message_id.as_deref(),
+                    conversation_id: message.header_str(header::CORRELATION_ID),
+                    ..start
+                },
+                |attributes| message.extra_attributes(attributes),
+            );
         }
         if config.inject {
-            // A span filtered out by the subscriber must not break the trace: pass on the
-            // ambient context instead.
-            let cx = if span.is_disabled() {
-                opentelemetry::Context::current()
-            } else {
-                span.context()
-            };
-            config.propagation.inject(&cx, &mut message);
+            config.propagation.inject(span.context(), &mut message);
         }
 
-        let start = Instant::now();
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(message)
-        };
+        let started = Instant::now();
+        let inner = self.inner.call(message);
         ResponseFuture::new(
             inner,
             span,
-            start,
+            started,
             instruments,
             config.metrics.clone(),
             config.classifier.clone(),

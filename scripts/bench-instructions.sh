@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Instructions per publish + process round trip through the layers, counted by callgrind
+# (repeatable, unlike wall-clock time on a shared machine). Prints one line per case:
+#
+#   CASE INSTRUCTIONS_PER_ROUND_TRIP
+#
+# and then the instructions each case adds over `bare`. Needs valgrind.
+#
+#   scripts/bench-instructions.sh [iterations]     (default 2000 round trips per case)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+iterations="${1:-2000}"
+command -v valgrind >/dev/null || { echo "bench-instructions.sh: valgrind is needed" >&2; exit 1; }
+
+# Build the bench binary once and find it.
+bin="$(cargo bench --bench layers --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "layers" and m.get("executable"):
+        print(m["executable"])')"
+[[ -x "$bin" ]] || { echo "bench-instructions.sh: could not build benches/layers.rs" >&2; exit 1; }
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+declare -A per
+for case in bare no-sdk unsampled sampled; do
+    EVENTSCOPE_CALLGRIND="$case" EVENTSCOPE_CALLGRIND_ITERATIONS="$iterations" \
+        valgrind --tool=callgrind --callgrind-out-file="$out/$case.out" \
+        --toggle-collect='*measured_round_trip*' "$bin" >/dev/null 2>"$out/$case.log"
+    total="$(callgrind_annotate "$out/$case.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')"
+    per[$case]=$(( total / iterations ))
+    echo "$case ${per[$case]}"
+done
+echo
+for case in no-sdk unsampled sampled; do
+    echo "added $case $(( per[$case] - per[bare] ))"
+done
