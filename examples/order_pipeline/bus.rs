@@ -31,7 +31,8 @@ pub trait Bus: Clone + Send + Sync + 'static {
         headers: &[(&str, &str)],
     ) -> Self::Record;
     /// A publisher wrapped in eventscope's publish layer.
-    fn publisher(&self, metrics: &Metrics) -> Publisher<Self::Record>;
+    /// `layer` wrapped around this broker's publisher.
+    fn publisher(&self, layer: PublishLayer) -> Publisher<Self::Record>;
     /// A plain publisher: a legacy client that knows nothing of tracing.
     fn raw_publisher(&self) -> Publisher<Self::Record>;
     fn payload(message: &Self::Message) -> &[u8];
@@ -71,9 +72,9 @@ impl Bus for Memory {
             })
     }
 
-    fn publisher(&self, metrics: &Metrics) -> Publisher<MemoryRecord> {
+    fn publisher(&self, layer: PublishLayer) -> Publisher<MemoryRecord> {
         BoxCloneSyncService::new(
-            PublishLayer::new(metrics.clone())
+            layer
                 .layer(self.0.publisher())
                 .map_response(|_| ())
                 .map_err(BoxError::from),
@@ -190,9 +191,9 @@ mod kafka_bus {
                 })
         }
 
-        fn publisher(&self, metrics: &Metrics) -> Publisher<KafkaRecord> {
+        fn publisher(&self, layer: PublishLayer) -> Publisher<KafkaRecord> {
             BoxCloneSyncService::new(
-                PublishLayer::new(metrics.clone())
+                layer
                     .classify_errors(KafkaErrorClassifier)
                     .layer(KafkaPublisher::new(self.producer.clone()))
                     .map_response(|_| ())

@@ -27,6 +27,7 @@ use eventscope::memory::MemoryBroker;
 use eventscope::message::{new_id, IncomingMessage};
 use eventscope::metrics::Metrics;
 use eventscope::process::ProcessLayer;
+use eventscope::publish::PublishLayer;
 use eventscope::scope::MessageScope;
 use eventscope::server::{MetricsServer, DEFAULT_ADDR};
 use eventscope::telemetry::{otlp_configured, OtlpExport, TelemetryBuilder, TelemetryGuard};
@@ -312,6 +313,7 @@ fn handler<B: Bus>(
     role: Role,
     shared: &Arc<Shared<B>>,
     publisher: Publisher<B::Record>,
+    telemetry: &ServiceTelemetry,
 ) -> Handler<B::Message> {
     let metrics = shared.metrics.clone();
     let shared = Arc::clone(shared);
@@ -319,18 +321,43 @@ fn handler<B: Bus>(
         handle(role, shared.clone(), publisher.clone(), message)
     });
     BoxCloneSyncService::new(
-        ProcessLayer::new(metrics)
+        telemetry
+            .process_layer(metrics)
             .classify_errors(classify as Classify)
             .layer(inner),
     )
 }
 
+/// One service's telemetry: its subscriber, its tracer provider, and the guard that flushes.
+struct ServiceTelemetry {
+    dispatch: Dispatch,
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    guard: TelemetryGuard,
+}
+
+impl ServiceTelemetry {
+    /// A publish layer whose spans belong to this service.
+    fn publish_layer(&self, metrics: &Metrics) -> PublishLayer {
+        let layer = PublishLayer::new(metrics.clone());
+        match &self.provider {
+            Some(provider) => layer.tracer_provider(provider),
+            None => layer,
+        }
+    }
+
+    /// A process layer whose spans belong to this service.
+    fn process_layer(&self, metrics: Metrics) -> ProcessLayer {
+        let layer = ProcessLayer::new(metrics);
+        match &self.provider {
+            Some(provider) => layer.tracer_provider(provider),
+            None => layer,
+        }
+    }
+}
+
 /// Each service gets its own tracer provider, so traces show four services as four processes
 /// would.
-fn telemetry(
-    service: &str,
-    collected: &tree::Collected,
-) -> Result<(Dispatch, TelemetryGuard), BoxError> {
+fn telemetry(service: &str, collected: &tree::Collected) -> Result<ServiceTelemetry, BoxError> {
     let mut builder = TelemetryBuilder::default()
         .service_name(service)
         .otlp(OtlpExport::IfConfigured)
@@ -338,7 +365,14 @@ fn telemetry(
     if !otlp_configured() {
         builder = builder.with_simple_exporter(collected.exporter(service));
     }
-    Ok(builder.build()?.into_parts())
+    let telemetry = builder.build()?;
+    let provider = telemetry.tracer_provider().cloned();
+    let (dispatch, guard) = telemetry.into_parts();
+    Ok(ServiceTelemetry {
+        dispatch,
+        provider,
+        guard,
+    })
 }
 
 /// The order service: one root trace per order.
@@ -525,10 +559,13 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>) -> Result<(), BoxError> {
     let mut guards = Vec::new();
     let mut consumers = Vec::new();
     for role in Role::ALL {
-        let (dispatch, guard) = telemetry(role.service(), &collected)?;
+        let service = telemetry(role.service(), &collected)?;
+        let publisher = bus.publisher(service.publish_layer(&metrics));
+        let handler = handler(role, &shared, publisher, &service);
+        let ServiceTelemetry {
+            dispatch, guard, ..
+        } = service;
         guards.push(guard);
-        let publisher = bus.publisher(&metrics);
-        let handler = handler(role, &shared, publisher);
         let mut stop = stop_rx.clone();
         let stop = Box::pin(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -537,13 +574,19 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>) -> Result<(), BoxError> {
         consumers.push((role, tokio::spawn(run.with_subscriber(dispatch))));
     }
 
-    let (order_dispatch, order_guard) = telemetry("order-service", &collected)?;
+    let orders = telemetry("order-service", &collected)?;
+    let order_publisher = bus.publisher(orders.publish_layer(&metrics));
+    let ServiceTelemetry {
+        dispatch: order_dispatch,
+        guard: order_guard,
+        ..
+    } = orders;
     guards.push(order_guard);
     let traces = Arc::new(Mutex::new(Vec::new()));
     let producer = tokio::spawn(
         place_orders(
             shared.clone(),
-            bus.publisher(&metrics),
+            order_publisher,
             args.clone(),
             traces.clone(),
             stop_rx.clone(),
