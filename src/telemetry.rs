@@ -45,6 +45,7 @@ use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing::Dispatch;
 use tracing_subscriber::fmt::format::{Format, Writer};
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriter};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -88,6 +89,7 @@ pub struct TelemetryBuilder {
     >,
     filter: Option<String>,
     logs: Option<bool>,
+    writer: Option<BoxMakeWriter>,
 }
 
 impl fmt::Debug for TelemetryBuilder {
@@ -142,6 +144,15 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Prints log lines to `writer` instead of stderr (never coloured).
+    pub fn log_writer<W>(mut self, writer: W) -> Self
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        self.writer = Some(BoxMakeWriter::new(writer));
+        self
+    }
+
     /// Builds the subscriber without installing it: for several services in one process, each
     /// with its own `service.name`, run with [`tracing::dispatcher::with_default`] or
     /// `tracing::instrument::WithSubscriber`.
@@ -168,10 +179,12 @@ impl TelemetryBuilder {
         let env_or = |default: &str| {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
         };
+        let writer = self.writer;
         let logs = self.logs.unwrap_or(true).then(|| {
+            let ansi = writer.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)))
+                .with_ansi(ansi)
                 .event_format(TraceIdFormat(Format::default()))
                 .with_filter(env_or(self.filter.as_deref().unwrap_or("info")))
         });
