@@ -54,7 +54,9 @@ fn start_group(
         let (mut gate, seen) = (gate.clone(), seen.clone());
         async move {
             let index: usize = std::str::from_utf8(m.payload()).unwrap().parse().unwrap();
-            seen.lock().unwrap().push((m.partition(), m.offset(), index));
+            seen.lock()
+                .unwrap()
+                .push((m.partition(), m.offset(), index));
             let _ = gate.wait_for(|open| *open).await;
             tokio::task::yield_now().await;
             Ok::<_, std::io::Error>(())
@@ -103,8 +105,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn all_committed(broker: &MemoryBroker) -> bool {
-    (0..PARTITIONS)
-        .all(|p| broker.committed(GROUP, TOPIC, p) == broker.high_watermark(TOPIC, p))
+    (0..PARTITIONS).all(|p| broker.committed(GROUP, TOPIC, p) == broker.high_watermark(TOPIC, p))
 }
 
 fn dropped(metrics: &Metrics) -> f64 {

@@ -628,7 +628,10 @@ fn evict(log: &mut Log, topic: &str, partition: i32, count: usize) {
             counter.inc_by(lost);
         }
         reader.unwarned += lost;
-        if reader.warned_at.is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL) {
+        if reader
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL)
+        {
             tracing::warn!(
                 topic, partition, group = %group, dropped = reader.unwarned,
                 "records removed by retention before the group received them"
@@ -760,8 +763,14 @@ mod tests {
         assert_eq!(broker.high_watermark("t", 0), Some(3));
 
         broker.commit("g", &topic, 0, 1);
-        assert!(future_flag.woken(), "the record's future is woken by the commit");
-        assert!(ready_flag.woken(), "poll_ready's task is woken by the commit");
+        assert!(
+            future_flag.woken(),
+            "the record's future is woken by the commit"
+        );
+        assert!(
+            ready_flag.woken(),
+            "poll_ready's task is woken by the commit"
+        );
         match Pin::new(&mut fourth).poll(&mut future_cx) {
             Poll::Ready(Ok(d)) => assert_eq!(d.offset, 3),
             other => panic!("not stored after the commit: {other:?}"),
