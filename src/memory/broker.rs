@@ -148,9 +148,24 @@ impl Reader {
 
 #[derive(Default)]
 struct Group {
-    /// Member id → subscribed topics.
-    members: BTreeMap<u64, Vec<String>>,
-    generation: Option<watch::Sender<u64>>,
+    members: BTreeMap<u64, Member>,
+    generation: u64,
+}
+
+struct Member {
+    topics: Vec<String>,
+    /// The member's own rebalance signal. Its consumer holds the receiver for as long as it
+    /// runs, so a closed channel means the consumer was dropped without leaving.
+    generation: watch::Sender<u64>,
+}
+
+impl Group {
+    fn rebalance(&mut self) {
+        self.generation += 1;
+        for member in self.members.values() {
+            member.generation.send_replace(self.generation);
+        }
+    }
 }
 
 /// The outcome of offering a record to a partition.
@@ -313,6 +328,18 @@ impl MemoryBroker {
     /// (checked and registered under the partition's lock, so no commit is missed).
     pub(crate) fn try_append(
         &self,
+        record: MemoryRecord,
+        waker: Option<&Waker>,
+    ) -> Result<Appended, MemoryError> {
+        match self.offer(record, waker)? {
+            // A consumer dropped without leaving may be what holds the partition.
+            Appended::Full(record) if self.leave_departed() => self.offer(record, waker),
+            appended => Ok(appended),
+        }
+    }
+
+    fn offer(
+        &self,
         mut record: MemoryRecord,
         waker: Option<&Waker>,
     ) -> Result<Appended, MemoryError> {
@@ -460,10 +487,37 @@ impl MemoryBroker {
         let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
         let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
         let group = groups.entry(group.to_owned()).or_default();
-        group.members.insert(id, topics.to_vec());
-        let generation = group.generation.get_or_insert_with(|| watch::channel(0).0);
-        generation.send_modify(|g| *g += 1);
-        (id, generation.subscribe())
+        group.rebalance();
+        let (generation, receiver) = watch::channel(group.generation);
+        group.members.insert(
+            id,
+            Member {
+                topics: topics.to_vec(),
+                generation,
+            },
+        );
+        (id, receiver)
+    }
+
+    /// Makes members whose consumer was dropped without leaving leave; `true` if there were
+    /// any. Without this, an aborted consumer would hold back retention forever.
+    fn leave_departed(&self) -> bool {
+        let departed: Vec<(String, u64)> = {
+            let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+            groups
+                .iter()
+                .flat_map(|(name, g)| {
+                    g.members
+                        .iter()
+                        .filter(|(_, m)| m.generation.is_closed())
+                        .map(move |(id, _)| (name.clone(), *id))
+                })
+                .collect()
+        };
+        for (group, member) in &departed {
+            self.leave(group, *member);
+        }
+        !departed.is_empty()
     }
 
     /// Removes a member; publishers its group held back are woken.
@@ -473,13 +527,11 @@ impl MemoryBroker {
             let Some(g) = groups.get_mut(group) else {
                 return;
             };
-            let Some(topics) = g.members.remove(&member) else {
+            let Some(gone) = g.members.remove(&member) else {
                 return;
             };
-            if let Some(generation) = &g.generation {
-                generation.send_modify(|g| *g += 1);
-            }
-            topics
+            g.rebalance();
+            gone.topics
         };
         for name in &topics {
             let Some(topic) = self.existing(name) else {
@@ -557,7 +609,11 @@ impl MemoryBroker {
         let subscriptions: Vec<(u64, Vec<String>)> = {
             let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
             match groups.get(group) {
-                Some(g) => g.members.iter().map(|(id, t)| (*id, t.clone())).collect(),
+                Some(g) => g
+                    .members
+                    .iter()
+                    .map(|(id, m)| (*id, m.topics.clone()))
+                    .collect(),
                 None => return Vec::new(),
             }
         };
@@ -743,7 +799,8 @@ mod tests {
         let broker = MemoryBroker::builder().retention(3).build();
         broker.create_topic("t", 1).unwrap();
         let topic: Arc<str> = Arc::from("t");
-        let (member, _) = broker.join("g", &["t".to_owned()]);
+        // The receiver stands for a running consumer: dropping it would leave the group.
+        let (member, _running) = broker.join("g", &["t".to_owned()]);
         let mut publisher = broker.publisher();
         let (ready_flag, ready_waker) = Flag::waker();
         let (future_flag, future_waker) = Flag::waker();
@@ -795,10 +852,33 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_dropped_without_leaving_does_not_block() {
+        let broker = MemoryBroker::builder().retention(2).build();
+        broker.create_topic("t", 1).unwrap();
+        let topics = vec!["t".to_owned()];
+        let (_, alive) = broker.join("g", &topics);
+        let (_, dropped) = broker.join("g", &topics);
+        append(&broker, record("t")).unwrap();
+        append(&broker, record("t")).unwrap();
+        assert!(matches!(
+            broker.try_append(record("t"), None),
+            Ok(Appended::Full(_))
+        ));
+        // One member's consumer is gone; the other still holds the partition.
+        drop(dropped);
+        assert!(matches!(
+            broker.try_append(record("t"), None),
+            Ok(Appended::Full(_))
+        ));
+        drop(alive);
+        assert_eq!(append(&broker, record("t")).unwrap(), (0, 2));
+    }
+
+    #[test]
     fn a_dropped_waiting_future_withdraws_its_record() {
         let broker = MemoryBroker::builder().retention(1).build();
         broker.create_topic("t", 1).unwrap();
-        let (_member, _) = broker.join("g", &["t".to_owned()]);
+        let (_member, _running) = broker.join("g", &["t".to_owned()]);
         let mut publisher = broker.publisher();
         let (_, waker) = Flag::waker();
         let mut cx = Context::from_waker(&waker);
@@ -819,8 +899,8 @@ mod tests {
             .build();
         broker.create_topic("t", 1).unwrap();
         let topics = vec!["t".to_owned()];
-        broker.join("reader", &topics);
-        broker.join("idle", &topics);
+        let _reader = broker.join("reader", &topics);
+        let _idle = broker.join("idle", &topics);
         let topic = broker.existing("t").unwrap();
         for _ in 0..3 {
             append(&broker, record("t")).unwrap();

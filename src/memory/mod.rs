@@ -16,9 +16,9 @@
 //!   to the topic has committed past the partition's oldest record, which then makes room. The
 //!   record's future waits, and [`MemoryPublisher`]'s `poll_ready` stays pending while a record
 //!   of it waits, so a publisher goes at the pace of its slowest subscribed group. A group is
-//!   subscribed from the moment one of its consumers runs until the last one returns: a group
-//!   that never consumes (stalled, or its partition stopped by a failure) keeps publishers
-//!   waiting for as long as it stays subscribed. Groups that are not subscribed (never were,
+//!   subscribed from the moment one of its consumers runs until the last one returns or is
+//!   dropped: a group that never consumes (stalled, or its partition stopped by a failure)
+//!   keeps publishers waiting for as long as it stays subscribed. Groups that are not subscribed (never were,
 //!   or left) do not hold records back; records published before any group subscribed are
 //!   simply kept up to `retention`.
 //! - [`Overflow::DropOldest`]: the oldest record is removed at once and publishing never
