@@ -478,7 +478,12 @@ async fn main() -> Result<(), BoxError> {
     match args.kafka.clone() {
         Some(bootstrap) => run_kafka(args, bootstrap).await,
         None => {
-            let broker = MemoryBroker::builder().default_partitions(3).build();
+            let metrics = Metrics::new();
+            // The broker counts what a group never received (none, with the default Overflow).
+            let broker = MemoryBroker::builder()
+                .default_partitions(3)
+                .metrics(metrics.clone())
+                .build();
             for topic in [
                 ORDERS,
                 DEAD_LETTERS,
@@ -488,7 +493,7 @@ async fn main() -> Result<(), BoxError> {
             ] {
                 broker.create_topic(topic, 3)?;
             }
-            run(bus::Memory(broker), args).await
+            run(bus::Memory(broker), args, metrics).await
         }
     }
 }
@@ -511,12 +516,11 @@ async fn run_kafka(args: Arc<Args>, bootstrap: String) -> Result<(), BoxError> {
         ],
     )
     .await?;
-    run(bus, args).await
+    run(bus, args, Metrics::new()).await
 }
 
-async fn run<B: Bus>(bus: B, args: Arc<Args>) -> Result<(), BoxError> {
+async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), BoxError> {
     let collected = tree::Collected::default();
-    let metrics = Metrics::new();
     let server = match MetricsServer::bind(metrics.registry().clone(), args.metrics_addr).await {
         Ok(server) => Some(server),
         Err(e) if !args.forever => {

@@ -2,16 +2,43 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::task::Waker;
+use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::IntCounter;
 use tokio::sync::watch;
 
 use super::consumer::MemoryConsumer;
 use super::publisher::MemoryPublisher;
-use super::record::{MemoryMessage, MemoryRecord, Stored};
+use super::record::{Delivery, MemoryMessage, MemoryRecord, Stored};
+use crate::message::system::MEMORY;
+use crate::metrics::Metrics;
 
 const DEFAULT_PARTITIONS: i32 = 3;
 const DEFAULT_RETENTION: usize = 100_000;
+/// At most one "records dropped" warning per group and partition in this interval; the counter
+/// has every record.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a partition at its retention limit does with one more record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// The publish waits until every consumer group subscribed to the topic has committed past
+    /// the partition's oldest record, which is then removed to make room (the default).
+    ///
+    /// Nothing a subscribed group has not consumed is ever removed. A subscribed group that
+    /// never commits (stalled, or its partition stopped by a failure) keeps the publisher
+    /// waiting for as long as it stays subscribed.
+    #[default]
+    Block,
+    /// The oldest record is removed at once, whoever has not read it yet: publishing never
+    /// waits. Every group that had not received a removed record counts it in
+    /// `messaging_consumer_dropped_messages_total` (with
+    /// [`metrics`](MemoryBrokerBuilder::metrics)), and its lag keeps counting it until it
+    /// moves past.
+    DropOldest,
+}
 
 /// Errors of the embedded broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +92,8 @@ pub(crate) struct Inner {
     groups: Mutex<HashMap<String, Group>>,
     default_partitions: i32,
     retention: usize,
+    overflow: Overflow,
+    metrics: Option<Metrics>,
     next_member: AtomicU64,
 }
 
@@ -83,14 +112,68 @@ pub(crate) struct Partition {
 struct Log {
     start: i64,
     records: VecDeque<Stored>,
+    /// Every group that subscribed to the topic or committed on this partition, with its
+    /// progress here. Kept under the log's lock, so retention sees commits atomically.
+    readers: HashMap<Arc<str>, Reader>,
+    /// Publishers waiting for room ([`Overflow::Block`]), woken by commits and departures.
+    waiting: Vec<Waker>,
+}
+
+/// One group's progress on one partition.
+struct Reader {
+    /// Members of the group subscribed to the topic now; only subscribed groups hold records.
+    subscribers: usize,
+    committed: Option<i64>,
+    /// The log start when the group first met the partition: where it begins without a commit.
+    base: i64,
+    /// One past the last record handed to the group since the last rebalance.
+    fetched: i64,
+    dropped: Option<IntCounter>,
+    /// Records dropped since the last warning, and when that was.
+    unwarned: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Reader {
+    /// The first record the group has not consumed (committed past).
+    fn position(&self) -> i64 {
+        self.committed.unwrap_or(self.base)
+    }
+
+    /// The first record the group has not received.
+    fn received(&self) -> i64 {
+        self.position().max(self.fetched)
+    }
 }
 
 #[derive(Default)]
 struct Group {
-    committed: HashMap<(Arc<str>, i32), i64>,
-    /// Member id → subscribed topics.
-    members: BTreeMap<u64, Vec<String>>,
-    generation: Option<watch::Sender<u64>>,
+    members: BTreeMap<u64, Member>,
+    generation: u64,
+}
+
+struct Member {
+    topics: Vec<String>,
+    /// The member's own rebalance signal. Its consumer holds the receiver for as long as it
+    /// runs, so a closed channel means the consumer was dropped without leaving.
+    generation: watch::Sender<u64>,
+}
+
+impl Group {
+    fn rebalance(&mut self) {
+        self.generation += 1;
+        for member in self.members.values() {
+            member.generation.send_replace(self.generation);
+        }
+    }
+}
+
+/// The outcome of offering a record to a partition.
+pub(crate) enum Appended {
+    Stored(Delivery),
+    /// The partition is full under [`Overflow::Block`]; the record comes back, pinned to its
+    /// partition, and the waker (if any) is woken when a group commits or leaves.
+    Full(MemoryRecord),
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -99,6 +182,7 @@ impl fmt::Debug for MemoryBroker {
         f.debug_struct("MemoryBroker")
             .field("topics", &topics.keys().collect::<Vec<_>>())
             .field("retention", &self.inner.retention)
+            .field("overflow", &self.inner.overflow)
             .finish()
     }
 }
@@ -114,6 +198,8 @@ impl Default for MemoryBroker {
 pub struct MemoryBrokerBuilder {
     default_partitions: i32,
     retention: usize,
+    overflow: Overflow,
+    metrics: Option<Metrics>,
 }
 
 impl MemoryBrokerBuilder {
@@ -123,9 +209,24 @@ impl MemoryBrokerBuilder {
         self
     }
 
-    /// Records kept per partition before the oldest are dropped (default 100 000).
+    /// Records kept per partition (default 100 000); what happens beyond is the
+    /// [`overflow`](Self::overflow) policy.
     pub fn retention(mut self, records: usize) -> Self {
         self.retention = records.max(1);
+        self
+    }
+
+    /// What a publish to a partition holding `retention` records does (default
+    /// [`Overflow::Block`]: it waits for the subscribed groups to consume).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Counts records removed before a group received them in
+    /// `messaging_consumer_dropped_messages_total`, per topic, partition and group.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -137,6 +238,8 @@ impl MemoryBrokerBuilder {
                 groups: Mutex::default(),
                 default_partitions: self.default_partitions,
                 retention: self.retention,
+                overflow: self.overflow,
+                metrics: self.metrics,
                 next_member: AtomicU64::new(1),
             }),
         }
@@ -149,11 +252,13 @@ impl MemoryBroker {
         Self::default()
     }
 
-    /// Configures partitions and retention.
+    /// Configures partitions, retention, overflow and metrics.
     pub fn builder() -> MemoryBrokerBuilder {
         MemoryBrokerBuilder {
             default_partitions: DEFAULT_PARTITIONS,
             retention: DEFAULT_RETENTION,
+            overflow: Overflow::default(),
+            metrics: None,
         }
     }
 
@@ -178,9 +283,7 @@ impl MemoryBroker {
 
     /// A publisher service for this broker.
     pub fn publisher(&self) -> MemoryPublisher {
-        MemoryPublisher {
-            broker: self.clone(),
-        }
+        MemoryPublisher::new(self.clone())
     }
 
     /// A consumer in `group`; add topics with [`MemoryConsumer::subscribe`].
@@ -198,12 +301,10 @@ impl MemoryBroker {
 
     /// The offset `group` will read next from a partition, if it committed one.
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups
-            .get(group)?
-            .committed
-            .get(&(Arc::from(topic), partition))
-            .copied()
+        let topic = self.existing(topic)?;
+        let slot = topic.partitions.get(usize::try_from(partition).ok()?)?;
+        let log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.readers.get(group)?.committed
     }
 
     /// Number of partitions of `topic`, if it exists.
@@ -211,8 +312,37 @@ impl MemoryBroker {
         self.existing(topic).map(|t| t.partitions.len() as i32)
     }
 
-    /// Appends a record; the heart of [`MemoryPublisher`].
-    pub(crate) fn append(&self, record: MemoryRecord) -> Result<(i32, i64), MemoryError> {
+    /// The first record `group` has not consumed on a partition: its committed offset, else
+    /// where it began (the log start when it subscribed). Lag counts from here, so records
+    /// removed before the group received them stay in its lag until it moves past them.
+    pub(crate) fn position(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        let topic = self.existing(topic)?;
+        let slot = topic.partitions.get(usize::try_from(partition).ok()?)?;
+        let log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.readers.get(group).map(Reader::position)
+    }
+
+    /// Offers a record to its partition; the heart of [`MemoryPublisher`].
+    ///
+    /// A full partition under [`Overflow::Block`] gives the record back, and registers `waker`
+    /// (checked and registered under the partition's lock, so no commit is missed).
+    pub(crate) fn try_append(
+        &self,
+        record: MemoryRecord,
+        waker: Option<&Waker>,
+    ) -> Result<Appended, MemoryError> {
+        match self.offer(record, waker)? {
+            // A consumer dropped without leaving may be what holds the partition.
+            Appended::Full(record) if self.leave_departed() => self.offer(record, waker),
+            appended => Ok(appended),
+        }
+    }
+
+    fn offer(
+        &self,
+        mut record: MemoryRecord,
+        waker: Option<&Waker>,
+    ) -> Result<Appended, MemoryError> {
         let topic = self.topic_with(&record.topic, self.inner.default_partitions);
         let count = topic.partitions.len() as i32;
         let partition = match (record.partition, &record.key) {
@@ -228,25 +358,49 @@ impl MemoryBroker {
                 (topic.round_robin.fetch_add(1, Ordering::Relaxed) % count as u64) as i32
             }
         };
-        let stored = Stored {
-            key: record.key.map(Arc::from),
-            payload: Arc::from(record.payload),
-            headers: Arc::new(record.headers),
-            timestamp: record.timestamp.unwrap_or_else(SystemTime::now),
-        };
         let slot = &topic.partitions[partition as usize];
         let offset = {
             let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-            let offset = log.start + log.records.len() as i64;
-            log.records.push_back(stored);
-            while log.records.len() > self.inner.retention {
-                log.records.pop_front();
-                log.start += 1;
+            let excess = (log.records.len() + 1).saturating_sub(self.inner.retention);
+            if excess > 0 {
+                if self.inner.overflow == Overflow::Block && self.consumed(&log) < excess {
+                    if let Some(waker) = waker {
+                        if !log.waiting.iter().any(|w| w.will_wake(waker)) {
+                            log.waiting.push(waker.clone());
+                        }
+                    }
+                    drop(log);
+                    // Retried on the same partition: a keyless record keeps its place in line.
+                    record.partition = Some(partition);
+                    return Ok(Appended::Full(record));
+                }
+                evict(&mut log, &topic.name, partition, excess);
             }
+            let offset = log.start + log.records.len() as i64;
+            log.records.push_back(Stored {
+                key: record.key.map(Arc::from),
+                payload: Arc::from(record.payload),
+                headers: Arc::new(record.headers),
+                timestamp: record.timestamp.unwrap_or_else(SystemTime::now),
+            });
             offset
         };
         slot.high_watermark.send_replace(offset + 1);
-        Ok((partition, offset))
+        Ok(Appended::Stored(Delivery { partition, offset }))
+    }
+
+    /// How many of the oldest records every subscribed group has committed past.
+    fn consumed(&self, log: &Log) -> usize {
+        let floor = log
+            .readers
+            .values()
+            .filter(|r| r.subscribers > 0)
+            .map(Reader::position)
+            .min()
+            .unwrap_or(i64::MAX);
+        usize::try_from(floor.saturating_sub(log.start))
+            .unwrap_or(0)
+            .min(log.records.len())
     }
 
     /// Reads up to `max` records of a partition from `offset` (or from the oldest retained).
@@ -259,10 +413,11 @@ impl MemoryBroker {
         group: Option<&Arc<str>>,
     ) -> Vec<MemoryMessage> {
         let slot = &topic.partitions[partition as usize];
-        let log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
         let from = offset.max(log.start);
-        let skip = (from - log.start) as usize;
-        log.records
+        let skip = usize::try_from(from - log.start).unwrap_or(0);
+        let batch: Vec<MemoryMessage> = log
+            .records
             .iter()
             .skip(skip)
             .take(max)
@@ -277,7 +432,14 @@ impl MemoryBroker {
                 headers: Arc::clone(&stored.headers),
                 timestamp: stored.timestamp,
             })
-            .collect()
+            .collect();
+        if let (Some(group), false) = (group, batch.is_empty()) {
+            if let Some(reader) = log.readers.get_mut(&**group) {
+                // What was handed out is received: its removal is not a drop.
+                reader.fetched = from + batch.len() as i64;
+            }
+        }
+        batch
     }
 
     pub(crate) fn log_start(&self, topic: &Topic, partition: i32) -> i64 {
@@ -292,39 +454,153 @@ impl MemoryBroker {
     }
 
     pub(crate) fn commit(&self, group: &str, topic: &Arc<str>, partition: i32, next: i64) {
-        let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-        let group = groups.entry(group.to_owned()).or_default();
-        let slot = group
-            .committed
-            .entry((Arc::clone(topic), partition))
-            .or_insert(next);
-        // Commits never move backwards.
-        *slot = (*slot).max(next);
+        let topic = self.topic_with(topic, self.inner.default_partitions);
+        let Some(slot) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| topic.partitions.get(p))
+        else {
+            return;
+        };
+        let waiting = {
+            let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+            let reader = self.reader(&mut log, &topic.name, partition, group);
+            // Commits never move backwards.
+            reader.committed = Some(reader.committed.map_or(next, |c| c.max(next)));
+            std::mem::take(&mut log.waiting)
+        };
+        waiting.into_iter().for_each(Waker::wake);
     }
 
     /// Adds a member; returns its id and a receiver that changes on every rebalance.
+    ///
+    /// From here on the group holds back retention on every partition of `topics`.
     pub(crate) fn join(&self, group: &str, topics: &[String]) -> (u64, watch::Receiver<u64>) {
-        for topic in topics {
-            self.topic_with(topic, self.inner.default_partitions);
+        for name in topics {
+            let topic = self.topic_with(name, self.inner.default_partitions);
+            for (partition, slot) in topic.partitions.iter().enumerate() {
+                let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+                self.reader(&mut log, &topic.name, partition as i32, group)
+                    .subscribers += 1;
+            }
         }
+        self.rebalanced(group);
         let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
         let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
         let group = groups.entry(group.to_owned()).or_default();
-        group.members.insert(id, topics.to_vec());
-        let generation = group.generation.get_or_insert_with(|| watch::channel(0).0);
-        generation.send_modify(|g| *g += 1);
-        (id, generation.subscribe())
+        group.rebalance();
+        let (generation, receiver) = watch::channel(group.generation);
+        group.members.insert(
+            id,
+            Member {
+                topics: topics.to_vec(),
+                generation,
+            },
+        );
+        (id, receiver)
     }
 
+    /// Makes members whose consumer was dropped without leaving leave; `true` if there were
+    /// any. Without this, an aborted consumer would hold back retention forever.
+    fn leave_departed(&self) -> bool {
+        let departed: Vec<(String, u64)> = {
+            let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+            groups
+                .iter()
+                .flat_map(|(name, g)| {
+                    g.members
+                        .iter()
+                        .filter(|(_, m)| m.generation.is_closed())
+                        .map(move |(id, _)| (name.clone(), *id))
+                })
+                .collect()
+        };
+        for (group, member) in &departed {
+            self.leave(group, *member);
+        }
+        !departed.is_empty()
+    }
+
+    /// Removes a member; publishers its group held back are woken.
     pub(crate) fn leave(&self, group: &str, member: u64) {
-        let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(group) = groups.get_mut(group) {
-            if group.members.remove(&member).is_some() {
-                if let Some(generation) = &group.generation {
-                    generation.send_modify(|g| *g += 1);
+        let topics = {
+            let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(g) = groups.get_mut(group) else {
+                return;
+            };
+            let Some(gone) = g.members.remove(&member) else {
+                return;
+            };
+            g.rebalance();
+            gone.topics
+        };
+        for name in &topics {
+            let Some(topic) = self.existing(name) else {
+                continue;
+            };
+            for slot in &topic.partitions {
+                let waiting = {
+                    let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(reader) = log.readers.get_mut(group) {
+                        reader.subscribers = reader.subscribers.saturating_sub(1);
+                    }
+                    std::mem::take(&mut log.waiting)
+                };
+                waiting.into_iter().for_each(Waker::wake);
+            }
+        }
+        self.rebalanced(group);
+    }
+
+    /// Partitions move after a join or leave and are read again from the committed offsets:
+    /// records fetched but not committed are no longer counted as received.
+    fn rebalanced(&self, group: &str) {
+        let topics: Vec<Arc<Topic>> = {
+            let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
+            topics.values().cloned().collect()
+        };
+        for topic in topics {
+            for slot in &topic.partitions {
+                let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(reader) = log.readers.get_mut(group) {
+                    reader.fetched = 0;
                 }
             }
         }
+    }
+
+    /// `group`'s progress on a partition, met now if it is new.
+    fn reader<'a>(
+        &self,
+        log: &'a mut Log,
+        topic: &str,
+        partition: i32,
+        group: &str,
+    ) -> &'a mut Reader {
+        let start = log.start;
+        if !log.readers.contains_key(group) {
+            // Resolved once: a drop is counted without a label lookup, and the series exists
+            // at 0 from the start, so the first drop shows in `rate()`.
+            let dropped = self
+                .inner
+                .metrics
+                .as_ref()
+                .map(|m| m.dropped_counter(MEMORY, topic, Some(partition), group));
+            log.readers.insert(
+                Arc::from(group),
+                Reader {
+                    subscribers: 0,
+                    committed: None,
+                    base: start,
+                    fetched: 0,
+                    dropped,
+                    unwarned: 0,
+                    warned_at: None,
+                },
+            );
+        }
+        log.readers
+            .get_mut(group)
+            .expect("the reader was just inserted")
     }
 
     /// The partitions `member` owns now: each topic's partitions dealt round-robin over the
@@ -333,7 +609,11 @@ impl MemoryBroker {
         let subscriptions: Vec<(u64, Vec<String>)> = {
             let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
             match groups.get(group) {
-                Some(g) => g.members.iter().map(|(id, t)| (*id, t.clone())).collect(),
+                Some(g) => g
+                    .members
+                    .iter()
+                    .map(|(id, m)| (*id, m.topics.clone()))
+                    .collect(),
                 None => return Vec::new(),
             }
         };
@@ -378,6 +658,8 @@ impl MemoryBroker {
                         log: Mutex::new(Log {
                             start: 0,
                             records: VecDeque::new(),
+                            readers: HashMap::new(),
+                            waiting: Vec::new(),
                         }),
                         high_watermark: watch::channel(0).0,
                     })
@@ -386,6 +668,36 @@ impl MemoryBroker {
             })
         }))
     }
+}
+
+/// Removes the `count` oldest records, counting each for every group that had not received it.
+fn evict(log: &mut Log, topic: &str, partition: i32, count: usize) {
+    let end = log.start + count as i64;
+    let start = log.start;
+    for (group, reader) in &mut log.readers {
+        let lost = end - reader.received().max(start);
+        if lost <= 0 {
+            continue;
+        }
+        let lost = lost as u64;
+        if let Some(counter) = &reader.dropped {
+            counter.inc_by(lost);
+        }
+        reader.unwarned += lost;
+        if reader
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL)
+        {
+            tracing::warn!(
+                topic, partition, group = %group, dropped = reader.unwarned,
+                "records removed by retention before the group received them"
+            );
+            reader.unwarned = 0;
+            reader.warned_at = Some(Instant::now());
+        }
+    }
+    log.records.drain(..count);
+    log.start = end;
 }
 
 /// FNV-1a: a stable key hash, so a key maps to the same partition in every run.
@@ -397,22 +709,227 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Context, Poll, Wake};
+
+    use tower_service::Service;
+
     use super::*;
+    use crate::metrics::{label, name};
 
     fn record(topic: &str) -> MemoryRecord {
         MemoryRecord::new(topic, b"x".to_vec())
+    }
+
+    fn append(broker: &MemoryBroker, record: MemoryRecord) -> Result<(i32, i64), MemoryError> {
+        match broker.try_append(record, None)? {
+            Appended::Stored(d) => Ok((d.partition, d.offset)),
+            Appended::Full(_) => panic!("partition full"),
+        }
+    }
+
+    /// A waker that remembers it was woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn waker() -> (Arc<Self>, Waker) {
+            let flag = Arc::new(Self::default());
+            (Arc::clone(&flag), Waker::from(flag))
+        }
+
+        fn woken(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    fn dropped(metrics: &Metrics, group: &str) -> Option<u64> {
+        let group = format!(r#"{}="{group}""#, label::GROUP);
+        metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with(name::DROPPED_MESSAGES) && l.contains(&group))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn groups_not_subscribed_do_not_block_but_count_what_they_miss() {
+        let metrics = Metrics::new();
+        let broker = MemoryBroker::builder()
+            .retention(10)
+            .metrics(metrics.clone())
+            .build();
+        broker.create_topic("t", 1).unwrap();
+        let topics = vec!["t".to_owned()];
+        let (member, _) = broker.join("gone", &topics);
+        broker.commit("gone", &Arc::from("t"), 0, 3);
+        broker.leave("gone", member);
+        // Committed offsets without ever subscribing: known, but holding nothing back.
+        broker.commit("offline", &Arc::from("t"), 0, 0);
+
+        let mut publisher = broker.publisher();
+        let (_, waker) = Flag::waker();
+        let mut cx = Context::from_waker(&waker);
+        for i in 0..25 {
+            assert!(publisher.poll_ready(&mut cx).is_ready());
+            let mut delivery = publisher.call(record("t"));
+            match Pin::new(&mut delivery).poll(&mut cx) {
+                Poll::Ready(Ok(d)) => assert_eq!(d.offset, i),
+                other => panic!("publish {i} did not complete: {other:?}"),
+            }
+        }
+        let topic = broker.existing("t").unwrap();
+        assert_eq!(broker.log_start(&topic, 0), 15);
+        // Neither group blocked, and each counts what it will never see: offsets 3..15 for
+        // the departed group, 0..15 for the one that never subscribed.
+        assert_eq!(dropped(&metrics, "gone"), Some(12));
+        assert_eq!(dropped(&metrics, "offline"), Some(15));
+    }
+
+    #[test]
+    fn a_blocked_publisher_wakes_when_the_group_commits_or_leaves() {
+        let broker = MemoryBroker::builder().retention(3).build();
+        broker.create_topic("t", 1).unwrap();
+        let topic: Arc<str> = Arc::from("t");
+        // The receiver stands for a running consumer: dropping it would leave the group.
+        let (member, _running) = broker.join("g", &["t".to_owned()]);
+        let mut publisher = broker.publisher();
+        let (ready_flag, ready_waker) = Flag::waker();
+        let (future_flag, future_waker) = Flag::waker();
+        let mut ready_cx = Context::from_waker(&ready_waker);
+        let mut future_cx = Context::from_waker(&future_waker);
+        for _ in 0..3 {
+            assert!(publisher.poll_ready(&mut ready_cx).is_ready());
+            let mut delivery = publisher.call(record("t"));
+            assert!(Pin::new(&mut delivery).poll(&mut future_cx).is_ready());
+        }
+
+        // Full, and the group has consumed nothing: the fourth record waits, and so does the
+        // service.
+        assert!(publisher.poll_ready(&mut ready_cx).is_ready());
+        let mut fourth = publisher.call(record("t"));
+        assert!(Pin::new(&mut fourth).poll(&mut future_cx).is_pending());
+        assert!(publisher.poll_ready(&mut ready_cx).is_pending());
+        assert!(!ready_flag.woken() && !future_flag.woken());
+        assert_eq!(broker.high_watermark("t", 0), Some(3));
+
+        broker.commit("g", &topic, 0, 1);
+        assert!(
+            future_flag.woken(),
+            "the record's future is woken by the commit"
+        );
+        assert!(
+            ready_flag.woken(),
+            "poll_ready's task is woken by the commit"
+        );
+        match Pin::new(&mut fourth).poll(&mut future_cx) {
+            Poll::Ready(Ok(d)) => assert_eq!(d.offset, 3),
+            other => panic!("not stored after the commit: {other:?}"),
+        }
+        assert!(publisher.poll_ready(&mut ready_cx).is_ready());
+        let t = broker.existing("t").unwrap();
+        assert_eq!(broker.log_start(&t, 0), 1);
+
+        // poll_ready alone drives a parked record; leaving releases the partition.
+        let mut fifth = publisher.call(record("t"));
+        assert!(publisher.poll_ready(&mut ready_cx).is_pending());
+        broker.leave("g", member);
+        assert!(ready_flag.woken());
+        assert!(publisher.poll_ready(&mut ready_cx).is_ready());
+        assert_eq!(broker.high_watermark("t", 0), Some(5));
+        match Pin::new(&mut fifth).poll(&mut future_cx) {
+            Poll::Ready(Ok(d)) => assert_eq!(d.offset, 4),
+            other => panic!("not stored after the group left: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_consumer_dropped_without_leaving_does_not_block() {
+        let broker = MemoryBroker::builder().retention(2).build();
+        broker.create_topic("t", 1).unwrap();
+        let topics = vec!["t".to_owned()];
+        let (_, alive) = broker.join("g", &topics);
+        let (_, dropped) = broker.join("g", &topics);
+        append(&broker, record("t")).unwrap();
+        append(&broker, record("t")).unwrap();
+        assert!(matches!(
+            broker.try_append(record("t"), None),
+            Ok(Appended::Full(_))
+        ));
+        // One member's consumer is gone; the other still holds the partition.
+        drop(dropped);
+        assert!(matches!(
+            broker.try_append(record("t"), None),
+            Ok(Appended::Full(_))
+        ));
+        drop(alive);
+        assert_eq!(append(&broker, record("t")).unwrap(), (0, 2));
+    }
+
+    #[test]
+    fn a_dropped_waiting_future_withdraws_its_record() {
+        let broker = MemoryBroker::builder().retention(1).build();
+        broker.create_topic("t", 1).unwrap();
+        let (_member, _running) = broker.join("g", &["t".to_owned()]);
+        let mut publisher = broker.publisher();
+        let (_, waker) = Flag::waker();
+        let mut cx = Context::from_waker(&waker);
+        drop(publisher.call(record("t")));
+        drop(publisher.call(record("t")));
+        assert!(publisher.poll_ready(&mut cx).is_ready());
+        broker.commit("g", &Arc::from("t"), 0, 1);
+        assert_eq!(broker.high_watermark("t", 0), Some(1));
+    }
+
+    #[test]
+    fn drop_oldest_counts_what_each_group_never_received() {
+        let metrics = Metrics::new();
+        let broker = MemoryBroker::builder()
+            .retention(5)
+            .overflow(Overflow::DropOldest)
+            .metrics(metrics.clone())
+            .build();
+        broker.create_topic("t", 1).unwrap();
+        let topics = vec!["t".to_owned()];
+        let _reader = broker.join("reader", &topics);
+        let _idle = broker.join("idle", &topics);
+        let topic = broker.existing("t").unwrap();
+        for _ in 0..3 {
+            append(&broker, record("t")).unwrap();
+        }
+        let group: Arc<str> = Arc::from("reader");
+        assert_eq!(broker.read(&topic, 0, 0, 100, Some(&group)).len(), 3);
+        for _ in 0..9 {
+            append(&broker, record("t")).unwrap();
+        }
+        assert_eq!(broker.log_start(&topic, 0), 7);
+        // "reader" had offsets 0..3 in hand (not yet committed): only 3..7 are lost to it.
+        assert_eq!(dropped(&metrics, "reader"), Some(4));
+        assert_eq!(dropped(&metrics, "idle"), Some(7));
+        // Lag counts from where each group is, behind the log start.
+        assert_eq!(broker.position("idle", "t", 0), Some(0));
+        broker.commit("reader", &topic.name, 0, 3);
+        assert_eq!(broker.position("reader", "t", 0), Some(3));
     }
 
     #[test]
     fn keys_pick_stable_partitions_and_offsets_grow() {
         let broker = MemoryBroker::new();
         broker.create_topic("t", 4).unwrap();
-        let a = broker.append(record("t").key("k1")).unwrap();
-        let b = broker.append(record("t").key("k1")).unwrap();
+        let a = append(&broker, record("t").key("k1")).unwrap();
+        let b = append(&broker, record("t").key("k1")).unwrap();
         assert_eq!(a.0, b.0);
         assert_eq!(b.1, a.1 + 1);
         assert!(broker.create_topic("t", 2).is_err());
-        assert!(broker.append(record("t").partition(9)).is_err());
+        assert!(append(&broker, record("t").partition(9)).is_err());
     }
 
     #[test]
@@ -420,7 +937,7 @@ mod tests {
         let broker = MemoryBroker::builder().retention(10).build();
         broker.create_topic("t", 1).unwrap();
         for _ in 0..25 {
-            broker.append(record("t")).unwrap();
+            append(&broker, record("t")).unwrap();
         }
         let topic = broker.existing("t").unwrap();
         assert_eq!(broker.log_start(&topic, 0), 15);
@@ -454,7 +971,7 @@ mod tests {
                 let broker = broker.clone();
                 std::thread::spawn(move || {
                     (0..500)
-                        .map(|i| broker.append(record("t").key(format!("{t}-{i}"))).unwrap())
+                        .map(|i| append(&broker, record("t").key(format!("{t}-{i}"))).unwrap())
                         .collect::<Vec<_>>()
                 })
             })

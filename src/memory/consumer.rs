@@ -262,7 +262,7 @@ fn report_lag(
             continue;
         };
         let next = broker
-            .committed(group, &topic.name, *partition)
+            .position(group, &topic.name, *partition)
             .unwrap_or_else(|| broker.log_start(topic, *partition));
         metrics.record_lag(
             MEMORY,
@@ -308,7 +308,8 @@ impl PartitionWorker {
             }
             for message in batch {
                 if message.offset > position {
-                    tracing::warn!(
+                    // Counted and warned about (rate-limited) by the broker.
+                    tracing::debug!(
                         topic = %topic.name, partition, from = position, to = message.offset,
                         "records dropped by retention before they were consumed"
                     );

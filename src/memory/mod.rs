@@ -5,8 +5,44 @@
 //! Kafka publisher, a [`MemoryConsumer`] drives a handler like the Kafka driver (order per
 //! partition, commit after success, lag gauges of SPEC §5), and no setup is needed.
 //! It is safe to share between tasks and bounded in memory: each partition keeps at most
-//! `retention` records (default 100 000); older ones are dropped and a consumer that falls behind
-//! the retained log resumes at the oldest retained record, logging a warning.
+//! `retention` records (default 100 000).
+//!
+//! # When a partition is full
+//!
+//! It never loses a message silently. What a publish to a full partition does is the
+//! [`Overflow`] policy of the broker:
+//!
+//! - [`Overflow::Block`] (the default): the publish waits until every consumer group subscribed
+//!   to the topic has committed past the partition's oldest record, which then makes room. The
+//!   record's future waits, and [`MemoryPublisher`]'s `poll_ready` stays pending while a record
+//!   of it waits, so a publisher goes at the pace of its slowest subscribed group. A group is
+//!   subscribed from the moment one of its consumers runs until the last one returns or is
+//!   dropped: a group that never consumes (stalled, or its partition stopped by a failure)
+//!   keeps publishers waiting for as long as it stays subscribed. Groups that are not subscribed (never were,
+//!   or left) do not hold records back; records published before any group subscribed are
+//!   simply kept up to `retention`.
+//! - [`Overflow::DropOldest`]: the oldest record is removed at once and publishing never
+//!   waits. Every record a group had not received when it was removed counts in
+//!   `messaging_consumer_dropped_messages_total` (give the broker
+//!   [`metrics`](MemoryBrokerBuilder::metrics)), a rate-limited warning names the group, and
+//!   the group's lag (counted from its committed offset) includes those records until it moves
+//!   past them to the oldest retained one.
+//!
+//! A group that left keeps its committed offsets; records removed before it comes back count as
+//! dropped for it too.
+//!
+//! ```
+//! use eventscope::memory::{MemoryBroker, Overflow};
+//! use eventscope::metrics::Metrics;
+//!
+//! let metrics = Metrics::new();
+//! let broker = MemoryBroker::builder()
+//!     .retention(1_000)
+//!     .overflow(Overflow::DropOldest)
+//!     .metrics(metrics.clone())
+//!     .build();
+//! # let _ = broker;
+//! ```
 //!
 //! # Example
 //!
@@ -29,10 +65,11 @@
 
 mod broker;
 mod consumer;
+pub mod future;
 mod publisher;
 mod record;
 
-pub use self::broker::{MemoryBroker, MemoryBrokerBuilder, MemoryError};
+pub use self::broker::{MemoryBroker, MemoryBrokerBuilder, MemoryError, Overflow};
 pub use self::consumer::MemoryConsumer;
 pub use self::publisher::MemoryPublisher;
 pub use self::record::{Delivery, MemoryMessage, MemoryRecord};

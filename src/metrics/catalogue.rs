@@ -50,6 +50,8 @@ pub mod name {
     pub const INVALID_MESSAGES: &str = "messaging_consumer_invalid_messages_total";
     /// Consumer-group rebalances seen.
     pub const REBALANCES: &str = "messaging_consumer_rebalances_total";
+    /// Messages removed by the broker before the consumer group received them.
+    pub const DROPPED_MESSAGES: &str = "messaging_consumer_dropped_messages_total";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
 }
@@ -194,6 +196,13 @@ pub const REBALANCES: MetricFamily = MetricFamily {
     kind: Counter,
     labels: &[SYSTEM, GROUP],
 };
+/// Dropped messages.
+pub const DROPPED_MESSAGES: MetricFamily = MetricFamily {
+    name: name::DROPPED_MESSAGES,
+    help: "Messages the broker removed (retention overflow) before the consumer group received them; the group will never process them.",
+    kind: Counter,
+    labels: SYS_DEST_PART_GROUP,
+};
 /// Invalid trace context.
 pub const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
@@ -218,5 +227,6 @@ pub const CATALOGUE: &[MetricFamily] = &[
     DUPLICATES,
     INVALID_MESSAGES,
     REBALANCES,
+    DROPPED_MESSAGES,
     TRACE_CONTEXT_INVALID,
 ];

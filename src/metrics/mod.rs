@@ -74,6 +74,7 @@ struct Families {
     duplicates: IntCounterVec,
     invalid: IntCounterVec,
     rebalances: IntCounterVec,
+    dropped: IntCounterVec,
     trace_invalid: IntCounterVec,
 }
 
@@ -185,6 +186,7 @@ impl Families {
             duplicates: counter(registry, c::DUPLICATES)?,
             invalid: counter(registry, c::INVALID_MESSAGES)?,
             rebalances: counter(registry, c::REBALANCES)?,
+            dropped: counter(registry, c::DROPPED_MESSAGES)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
         })
     }
@@ -264,6 +266,37 @@ impl Metrics {
             .rebalances
             .with_label_values(&[system, group])
             .inc();
+    }
+
+    /// The broker removed `count` messages of a partition before `group` received them
+    /// (`partition` is `None` for brokers without partitions).
+    pub fn record_dropped(
+        &self,
+        system: &str,
+        destination: &str,
+        partition: Option<i32>,
+        group: &str,
+        count: u64,
+    ) {
+        self.dropped_counter(system, destination, partition, group)
+            .inc_by(count);
+    }
+
+    /// The dropped-messages counter of one partition and group, for adapters that count on a
+    /// hot path; resolving it creates the series at 0.
+    pub(crate) fn dropped_counter(
+        &self,
+        system: &str,
+        destination: &str,
+        partition: Option<i32>,
+        group: &str,
+    ) -> IntCounter {
+        let destination = self.inner.destinations.admit(destination);
+        let partition = partition.map(|p| p.to_string()).unwrap_or_default();
+        self.inner
+            .families
+            .dropped
+            .with_label_values(&[system, &destination, &partition, group])
     }
 
     /// An incoming trace context was unusable.
