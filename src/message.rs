@@ -114,7 +114,9 @@ impl fmt::Debug for SpanAttributes {
 impl SpanAttributes {
     /// No attributes yet.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            values: Vec::with_capacity(8),
+        }
     }
 
     /// A text attribute.
@@ -229,7 +231,7 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     }
     /// Stores a generated message id; the default writes the `message-id` header.
     fn set_message_id(&mut self, id: String) {
-        self.set_header(crate::propagation::header::MESSAGE_ID, id);
+        self.set_static_header(crate::propagation::header::MESSAGE_ID, id);
     }
     /// Partition chosen by the caller, if any.
     fn partition(&self) -> Option<i32> {
@@ -337,7 +339,13 @@ impl HeaderList {
                     }
                 }
             }
-            None => self.0.push((name, value)),
+            None => {
+                // Publishing adds a handful of headers: grow once, not header by header.
+                if self.0.capacity() == self.0.len() {
+                    self.0.reserve(4);
+                }
+                self.0.push((name, value));
+            }
         }
     }
 }
@@ -370,9 +378,5 @@ impl HeadersMut for HeaderList {
 
 /// Generates a new unique id (a UUIDv7: unique, and sortable by creation time).
 pub fn new_id() -> String {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    uuid::Uuid::now_v7()
-        .hyphenated()
-        .encode_lower(&mut buffer)
-        .to_owned()
+    crate::scope::IdBuffer::new().new_id().to_owned()
 }

@@ -32,6 +32,7 @@ use opentelemetry::Context;
 use opentelemetry_sdk::propagation::BaggagePropagator;
 
 use crate::message::{Headers, HeadersMut};
+use crate::span::ActiveSpan;
 
 /// Header names written and read by eventscope (SPEC §2).
 pub mod header {
@@ -149,8 +150,32 @@ impl Propagation {
             propagator.inject_context(cx, &mut HeaderInjector(headers));
             return;
         }
-        let span = cx.span();
-        let sc = span.span_context();
+        self.inject_w3c(cx.span().span_context(), cx, headers);
+    }
+
+    /// Writes a started span's context, without building an OpenTelemetry `Context` for a span
+    /// that does not record.
+    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(&self, span: &ActiveSpan, headers: &mut H) {
+        match (&self.custom, span.built_context()) {
+            (Some(_), Some(cx)) => self.inject(cx, headers),
+            (Some(_), None) => self.inject(
+                &span
+                    .parent()
+                    .with_remote_span_context(span.span_context().clone()),
+                headers,
+            ),
+            (None, _) => self.inject_w3c(span.span_context(), span.parent(), headers),
+        }
+    }
+
+    /// W3C Trace Context from `sc`, W3C Baggage from `baggage`.
+    fn inject_w3c<H: HeadersMut + ?Sized>(
+        &self,
+        sc: &SpanContext,
+        baggage: &Context,
+        headers: &mut H,
+    ) {
+        let cx = baggage;
         if sc.is_valid() {
             headers.set_static_header(header::TRACEPARENT, traceparent(sc));
             let state = sc.trace_state().header();
@@ -235,43 +260,55 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `00-{trace id}-{span id}-{flags}`, written without the formatting machinery.
 fn traceparent(sc: &SpanContext) -> String {
-    let mut out = [0u8; 55];
-    out[..3].copy_from_slice(b"00-");
-    hex_into(&mut out[3..35], &sc.trace_id().to_bytes());
-    out[35] = b'-';
-    hex_into(&mut out[36..52], &sc.span_id().to_bytes());
-    out[52] = b'-';
-    let flags = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
-    hex_into(&mut out[53..55], &[flags]);
-    // Only ASCII hex digits and dashes were written.
-    String::from_utf8_lossy(&out).into_owned()
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    hex_into(
+        &mut out[3..35],
+        u128::from_be_bytes(sc.trace_id().to_bytes()),
+    );
+    hex_into(
+        &mut out[36..52],
+        u128::from(u64::from_be_bytes(sc.span_id().to_bytes())),
+    );
+    hex_into(
+        &mut out[53..55],
+        u128::from((sc.trace_flags() & TraceFlags::SAMPLED).to_u8()),
+    );
+    // Only ASCII hex digits and dashes were written, so this cannot fail.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0x0f)];
+/// The low `out.len()` hex digits of `value`, most significant first.
+fn hex_into(out: &mut [u8], mut value: u128) {
+    for digit in out.iter_mut().rev() {
+        *digit = HEX[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
-/// Lower-case hex digits into `out`; `None` on any other byte.
-fn unhex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
-    fn nibble(digit: u8) -> Option<u8> {
-        match digit {
-            b'0'..=b'9' => Some(digit - b'0'),
-            b'a'..=b'f' => Some(digit - b'a' + 10),
-            _ => None,
-        }
+/// Lower-case hex digits as a number; `None` on any other byte.
+fn unhex(digits: &[u8]) -> Option<u128> {
+    let mut value = 0u128;
+    let mut bad = 0u8;
+    for digit in digits {
+        let nibble = UNHEX[usize::from(*digit)];
+        bad |= nibble;
+        value = (value << 4) | u128::from(nibble & 0x0f);
     }
-    let mut out = [0u8; N];
-    if digits.len() != 2 * N {
-        return None;
-    }
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
+    // Valid digits are below 16; `0xff` marks any other byte.
+    (bad < 16).then_some(value)
 }
+
+/// The value of each lower-case hex digit; `0xff` for every other byte.
+const UNHEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// W3C Trace Context `traceparent`: exactly the version-00 layout, or a later version's with
 /// its extra fields ignored. Ids must be lower-case hex and not all zero.
@@ -280,16 +317,16 @@ fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
-    let [version] = unhex::<1>(&value[..2])?;
+    let version = unhex(&value[..2])?;
     if version == 0xff || (version == 0 && value.len() != 55) {
         return None;
     }
     if value.len() > 55 && value[55] != b'-' {
         return None;
     }
-    let trace_id = TraceId::from_bytes(unhex::<16>(&value[3..35])?);
-    let span_id = SpanId::from_bytes(unhex::<8>(&value[36..52])?);
-    let [flags] = unhex::<1>(&value[53..55])?;
+    let trace_id = TraceId::from(unhex(&value[3..35])?);
+    let span_id = SpanId::from(unhex(&value[36..52])? as u64);
+    let flags = unhex(&value[53..55])? as u8;
     let sc = SpanContext::new(
         trace_id,
         span_id,

@@ -38,9 +38,9 @@ thread_local! {
 /// A longer or non-UTF-8 incoming id is replaced by a fresh one and counted as invalid.
 pub const MAX_ID_BYTES: usize = 256;
 
-/// `true` when `id` may be propagated: non-empty, UTF-8 and at most [`MAX_ID_BYTES`].
-pub(crate) fn id_ok(id: &[u8]) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_BYTES && std::str::from_utf8(id).is_ok()
+/// `true` when `id` may be propagated: non-empty and at most [`MAX_ID_BYTES`].
+pub(crate) fn id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES
 }
 
 /// Correlation id and message id of the message whose processing is under way.
@@ -60,11 +60,19 @@ impl MessageScope {
     }
 
     fn from_parts(correlation_id: &str, message_id: Option<&str>) -> Self {
-        let mut ids = String::with_capacity(correlation_id.len() + message_id.map_or(0, str::len));
-        ids.push_str(correlation_id);
-        ids.push_str(message_id.unwrap_or(""));
+        let message = message_id.unwrap_or("");
+        // Bounded ids fit on the stack, so the scope costs one allocation.
+        let mut buffer = [0u8; 2 * MAX_ID_BYTES];
+        let ids: Arc<str> = match buffer.get_mut(..correlation_id.len() + message.len()) {
+            Some(both) => {
+                both[..correlation_id.len()].copy_from_slice(correlation_id.as_bytes());
+                both[correlation_id.len()..].copy_from_slice(message.as_bytes());
+                Arc::from(std::str::from_utf8(both).unwrap_or_default())
+            }
+            None => Arc::from([correlation_id, message].concat()),
+        };
         Self {
-            ids: Arc::from(ids),
+            ids,
             correlation_len: correlation_id.len() as u32,
             has_message_id: message_id.is_some(),
         }
@@ -79,30 +87,44 @@ impl MessageScope {
 
     /// [`of`](Self::of), and whether an incoming id was unusable (for the invalid count).
     pub(crate) fn checked<M: IncomingMessage + ?Sized>(message: &M) -> (Self, bool) {
-        let mut correlation: Option<&[u8]> = None;
+        let mut correlation: Option<&str> = None;
+        let mut message_header: Option<&str> = None;
         let mut invalid = false;
         for (name, value) in message.headers() {
-            let correlation_header = name.eq_ignore_ascii_case(header::CORRELATION_ID);
-            if correlation_header
-                || name.eq_ignore_ascii_case(header::CAUSATION_ID)
-                || name.eq_ignore_ascii_case(header::MESSAGE_ID)
-            {
+            // Cheap length check before the case-insensitive comparisons.
+            if !(12..=14).contains(&name.len()) {
+                continue;
+            }
+            let is_correlation = name.eq_ignore_ascii_case(header::CORRELATION_ID);
+            let is_message = !is_correlation && name.eq_ignore_ascii_case(header::MESSAGE_ID);
+            if !(is_correlation || is_message || name.eq_ignore_ascii_case(header::CAUSATION_ID)) {
+                continue;
+            }
+            if value.is_empty() {
                 // An empty id is a missing one, not a malformed one.
-                invalid |= !value.is_empty() && !id_ok(value);
-                if correlation_header && correlation.is_none() {
-                    correlation = Some(value);
-                }
+                continue;
+            }
+            let text = std::str::from_utf8(value)
+                .ok()
+                .filter(|t| t.len() <= MAX_ID_BYTES);
+            invalid |= text.is_none();
+            if is_correlation && correlation.is_none() {
+                correlation = Some(text.unwrap_or(""));
+            } else if is_message && message_header.is_none() {
+                message_header = text;
             }
         }
         let mut fresh = IdBuffer::new();
         let correlation_id = match correlation {
-            Some(id) if id_ok(id) => std::str::from_utf8(id).unwrap_or_default(),
+            Some(id) if !id.is_empty() => id,
             _ => fresh.new_id(),
         };
         let native = message.message_id();
         let mut fresh_message = IdBuffer::new();
         let message_id = match native.as_deref() {
-            Some(id) if id_ok(id.as_bytes()) => Some(id),
+            // The header already checked above.
+            Some(id) if message_header.is_some_and(|h| std::ptr::eq(h, id)) => Some(id),
+            Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Some(id),
             Some(id) if !id.is_empty() => {
                 invalid = true;
                 Some(fresh_message.new_id())
@@ -158,8 +180,37 @@ impl IdBuffer {
 
     /// A new UUIDv7, written into this buffer.
     pub(crate) fn new_id(&mut self) -> &str {
-        uuid::Uuid::now_v7().hyphenated().encode_lower(&mut self.0)
+        new_uuid_v7().hyphenated().encode_lower(&mut self.0)
     }
+}
+
+/// A UUIDv7: the Unix time in milliseconds and 74 random bits.
+///
+/// The random bits come from a per-thread generator seeded once from the OS-seeded hasher keys
+/// of the standard library: ids need to be unique, not unpredictable, and this is several times
+/// cheaper than a cryptographic generator behind a shared clock sequence.
+pub(crate) fn new_uuid_v7() -> uuid::Uuid {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+    }
+    // wyrand: one multiply per 64 bits.
+    let next = || {
+        STATE.with(|state| {
+            let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+            state.set(s);
+            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+            (t as u64) ^ ((t >> 64) as u64)
+        })
+    };
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next().to_le_bytes());
+    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 /// Restores the previous scope on drop.

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
@@ -137,16 +138,21 @@ where
     }
 }
 
-/// A started span, held as the OpenTelemetry [`Context`] it makes current.
+/// A started span: its span context, and the OpenTelemetry [`Context`] it makes current.
+///
+/// A span that does not record is only its span context; the `Context` around it is built only
+/// when something needs it current (the process layer), not for a publish.
 pub(crate) struct ActiveSpan {
-    cx: Context,
+    span_context: SpanContext,
+    parent: Context,
+    cx: Option<Context>,
     recording: bool,
 }
 
 impl fmt::Debug for ActiveSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ActiveSpan")
-            .field("span_context", self.cx.span().span_context())
+            .field("span_context", &self.span_context)
             .field("recording", &self.recording)
             .finish()
     }
@@ -159,19 +165,20 @@ impl ActiveSpan {
     ) -> Self {
         if span.is_recording() {
             return Self {
-                cx: parent.with_span(span),
+                span_context: span.span_context().clone(),
+                parent: parent.clone(),
+                cx: Some(parent.with_span(span)),
                 recording: true,
             };
         }
-        // A span that does not record is only its span context: keep that, drop the rest.
         let sc = span.span_context();
-        let cx = if !sc.is_valid() || sc == parent.span().span_context() {
-            parent.clone()
-        } else {
-            parent.with_remote_span_context(sc.clone())
-        };
+        if !sc.is_valid() || sc == parent.span().span_context() {
+            return Self::passthrough(parent);
+        }
         Self {
-            cx,
+            span_context: sc.clone(),
+            parent: parent.clone(),
+            cx: None,
             recording: false,
         }
     }
@@ -179,27 +186,65 @@ impl ActiveSpan {
     /// No span of our own (no provider): the parent context is passed on.
     pub(crate) fn passthrough(parent: &Context) -> Self {
         Self {
-            cx: parent.clone(),
+            span_context: parent.span().span_context().clone(),
+            parent: parent.clone(),
+            cx: Some(parent.clone()),
             recording: false,
         }
     }
 
-    /// The context to make current while the operation runs, and to inject.
-    pub(crate) fn context(&self) -> &Context {
-        &self.cx
+    /// The span's own span context (the parent's when there is no span of our own).
+    pub(crate) fn span_context(&self) -> &SpanContext {
+        &self.span_context
+    }
+
+    /// The context the span was started in (its baggage travels on).
+    pub(crate) fn parent(&self) -> &Context {
+        &self.parent
+    }
+
+    /// The context to make current while the operation runs, built once.
+    pub(crate) fn context(&mut self) -> &Context {
+        let (parent, sc) = (&self.parent, &self.span_context);
+        self.cx
+            .get_or_insert_with(|| parent.with_remote_span_context(sc.clone()))
+    }
+
+    /// The context to attach while the operation runs; `None` when there is nothing to make
+    /// current (no span of our own and an empty parent), which saves the attach on every poll.
+    pub(crate) fn attachable(&mut self) -> Option<&Context> {
+        if !self.recording && !self.span_context.is_valid() && self.parent.baggage().len() == 0 {
+            return None;
+        }
+        Some(self.context())
+    }
+
+    /// The current context if it was built.
+    pub(crate) fn built_context(&self) -> Option<&Context> {
+        self.cx.as_ref()
     }
 
     pub(crate) fn is_recording(&self) -> bool {
         self.recording
     }
 
+    fn recording_span(&self) -> Option<opentelemetry::trace::SpanRef<'_>> {
+        match (&self.cx, self.recording) {
+            (Some(cx), true) => Some(cx.span()),
+            _ => None,
+        }
+    }
+
     /// Names, attributes and links a recording span gets after the sampler said yes.
     pub(crate) fn describe(&self, start: &SpanStart<'_>, extra: impl FnOnce(&mut SpanAttributes)) {
-        if !self.recording {
+        let Some(span) = self.recording_span() else {
             return;
-        }
-        let span = self.cx.span();
-        span.update_name(format!("{} {}", start.operation, start.destination));
+        };
+        let mut name = String::with_capacity(start.operation.len() + 1 + start.destination.len());
+        name.push_str(start.operation);
+        name.push(' ');
+        name.push_str(start.destination);
+        span.update_name(name);
         let mut attributes = SpanAttributes::new();
         start.recording_attributes(&mut attributes);
         extra(&mut attributes);
@@ -208,35 +253,34 @@ impl ActiveSpan {
 
     /// Adds a link (a recording span only).
     pub(crate) fn link(&self, to: &SpanContext, attributes: Vec<KeyValue>) {
-        if self.recording && to.is_valid() {
-            self.cx.span().add_link(to.clone(), attributes);
+        if let Some(span) = self.recording_span().filter(|_| to.is_valid()) {
+            span.add_link(to.clone(), attributes);
         }
     }
 
     /// Adds attributes known only later (the broker's acknowledgement).
     pub(crate) fn annotate(&self, extra: impl FnOnce(&mut SpanAttributes)) {
-        if !self.recording {
+        let Some(span) = self.recording_span() else {
             return;
-        }
+        };
         let mut attributes = SpanAttributes::new();
         extra(&mut attributes);
-        self.cx.span().set_attributes(attributes.into_key_values());
+        span.set_attributes(attributes.into_key_values());
     }
 
     /// Marks the span failed with `error.type`.
     pub(crate) fn fail(&self, error_type: &str) {
-        if !self.recording {
+        let Some(span) = self.recording_span() else {
             return;
-        }
-        let span = self.cx.span();
+        };
         span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
         span.set_status(Status::error(error_type.to_owned()));
     }
 
     /// Ends the span (once; later calls do nothing).
     pub(crate) fn end(&self) {
-        if self.recording {
-            self.cx.span().end_with_timestamp(SystemTime::now());
+        if let Some(span) = self.recording_span() {
+            span.end_with_timestamp(SystemTime::now());
         }
     }
 }
@@ -267,7 +311,10 @@ impl SpanStart<'_> {
 
     /// What samplers may look at (SPEC §3).
     fn sampler_attributes(&self) -> Vec<KeyValue> {
-        vec![
+        // The SDK keeps this vector as the span's attributes: room for the ones `describe` adds
+        // spares a recording span its reallocations, and costs a non-recording one nothing more.
+        let mut attributes = Vec::with_capacity(12);
+        attributes.extend([
             KeyValue::new(semconv::MESSAGING_SYSTEM, self.system),
             KeyValue::new(semconv::MESSAGING_OPERATION_NAME, self.operation),
             KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, self.operation_type()),
@@ -275,14 +322,15 @@ impl SpanStart<'_> {
                 semconv::MESSAGING_DESTINATION_NAME,
                 StringValue::from(Arc::clone(self.destination)),
             ),
-        ]
+        ]);
+        attributes
     }
 
     fn recording_attributes(&self, attributes: &mut SpanAttributes) {
         if let Some(partition) = self.partition {
             attributes.string(
                 semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                partition.to_string(),
+                decimal(partition),
             );
         }
         if let Some(group) = self.group.filter(|g| !g.is_empty()) {
@@ -299,6 +347,38 @@ impl SpanStart<'_> {
         }
         if let Some(count) = self.batch_size {
             attributes.int(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64);
+        }
+    }
+}
+
+/// `n` in decimal, without the formatting machinery (partition ids on every recorded span).
+pub(crate) fn decimal(n: i32) -> String {
+    let mut digits = [0u8; 11];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    String::from_utf8(digits[at..].to_vec()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_matches_display() {
+        for n in [0, 7, 10, 1234, -1, -1001, i32::MAX, i32::MIN] {
+            assert_eq!(decimal(n), n.to_string());
         }
     }
 }

@@ -74,6 +74,10 @@ impl Metrics {
     ) {
         let label = self.inner.destinations.admit(destination);
         let slot = partition_slot(partition);
+        // Layers that memoise their last lookup look again.
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         // The process layer's combined entry holds the same state: evict both, so a partition
         // assigned again starts from fresh series.
         self.inner

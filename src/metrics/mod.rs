@@ -57,6 +57,8 @@ struct Inner {
     consumers: LabelCache<ConsumerInstruments>,
     partitions: LabelCache<PartitionState>,
     consumer_partitions: LabelCache<ConsumerPartition>,
+    /// Bumped whenever cached handles are evicted, so memoised lookups are redone.
+    generation: AtomicU64,
 }
 
 struct Families {
@@ -135,6 +137,7 @@ impl MetricsBuilder {
                 consumers: LabelCache::default(),
                 partitions: LabelCache::default(),
                 consumer_partitions: LabelCache::default(),
+                generation: AtomicU64::new(0),
             }),
         })
     }
@@ -443,6 +446,77 @@ impl Metrics {
         f.sent
             .with_label_values(&[system, destination, error_type])
             .inc();
+    }
+}
+
+/// A layer's memo of its last metric-handle lookup: the same destination (and group and
+/// partition) as the message before costs a comparison instead of a locked hash lookup.
+pub(crate) struct Memo<T> {
+    last: Option<MemoEntry<T>>,
+}
+
+struct MemoEntry<T> {
+    generation: u64,
+    system: &'static str,
+    destination: Box<str>,
+    group: Box<str>,
+    partition: Option<i32>,
+    value: Arc<T>,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Self { last: None }
+    }
+}
+
+impl<T> Clone for Memo<T> {
+    /// A clone starts empty: memos are per service instance.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<T> fmt::Debug for Memo<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Memo")
+    }
+}
+
+impl<T> Memo<T> {
+    pub(crate) fn get_or(
+        &mut self,
+        metrics: &Metrics,
+        system: &'static str,
+        destination: &str,
+        group: &str,
+        partition: Option<i32>,
+        lookup: impl FnOnce() -> Arc<T>,
+    ) -> Arc<T> {
+        let generation = metrics
+            .inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if let Some(last) = &self.last {
+            if last.generation == generation
+                && last.partition == partition
+                && std::ptr::eq(last.system, system)
+                && *last.destination == *destination
+                && *last.group == *group
+            {
+                return Arc::clone(&last.value);
+            }
+        }
+        let value = lookup();
+        self.last = Some(MemoEntry {
+            generation,
+            system,
+            destination: destination.into(),
+            group: group.into(),
+            partition,
+            value: Arc::clone(&value),
+        });
+        value
     }
 }
 

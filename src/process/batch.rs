@@ -152,7 +152,7 @@ where
             group: first.consumer_group(),
             batch_size: Some(batch.len()),
         };
-        let span =
+        let mut span =
             opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
         span.describe(&start, |_| {});
 
@@ -188,7 +188,7 @@ where
         let in_flight = InFlight::many(instruments.in_flight.clone(), batch.len() as i64);
         let started = Instant::now();
         let inner = {
-            let _cx = span.context().clone().attach();
+            let _cx = span.attachable().map(|cx| cx.clone().attach());
             self.inner.call(batch)
         };
         ResponseFuture::with_pending(
@@ -200,6 +200,7 @@ where
                 start: started,
                 instruments,
                 metrics: metrics.clone(),
+                processed_one: None,
                 processed,
                 _in_flight: in_flight,
             },
@@ -219,7 +220,7 @@ fn link_attributes<M: IncomingMessage>(message: &M, scope: &MessageScope) -> Vec
     if let Some(partition) = message.partition() {
         attributes.string(
             semconv::MESSAGING_DESTINATION_PARTITION_ID,
-            partition.to_string(),
+            crate::span::decimal(partition),
         );
     }
     message.extra_attributes(&mut attributes);

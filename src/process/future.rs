@@ -51,7 +51,9 @@ pub(crate) struct Pending {
     pub(crate) start: Instant,
     pub(crate) instruments: Arc<ConsumerInstruments>,
     pub(crate) metrics: Metrics,
-    /// Partitions whose last-processed creation time advances on success.
+    /// The partition whose last-processed creation time advances on success (one message).
+    pub(crate) processed_one: Option<(Arc<PartitionState>, SystemTime)>,
+    /// The same for every message of a batch.
     pub(crate) processed: Vec<(Arc<PartitionState>, SystemTime)>,
     pub(crate) _in_flight: InFlight,
 }
@@ -65,7 +67,7 @@ impl Outcome {
         match error_type {
             None => {
                 pending.instruments.ok_duration.observe(seconds);
-                for (state, created) in &pending.processed {
+                for (state, created) in pending.processed_one.iter().chain(&pending.processed) {
                     state.processed(*created);
                 }
             }
@@ -132,7 +134,8 @@ impl<F, C> ResponseFuture<F, C> {
                 start,
                 instruments,
                 metrics,
-                processed: partition.into_iter().collect(),
+                processed_one: partition,
+                processed: Vec::new(),
                 _in_flight: in_flight,
             },
         )
@@ -182,8 +185,8 @@ where
         let _cx = this
             .outcome
             .span
-            .as_ref()
-            .map(|span| span.context().clone().attach());
+            .as_mut()
+            .and_then(|span| span.attachable().map(|cx| cx.clone().attach()));
         let _scope = this.scope.as_ref().map(MessageScope::enter);
         let result = std::task::ready!(this.inner.poll(cx));
         match &result {

@@ -73,6 +73,7 @@ impl<S, C: Clone> Layer<S> for ProcessLayer<C> {
         Process {
             inner,
             config: self.clone(),
+            memo: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use super::future::{InFlight, ResponseFuture};
 use super::ProcessLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::IncomingMessage;
+use crate::metrics::{ConsumerPartition, Memo};
 use crate::propagation::Extracted;
 use crate::scope::MessageScope;
 use crate::span::{self, ActiveSpan, SpanStart, Tracer};
@@ -19,6 +20,7 @@ use crate::span::{self, ActiveSpan, SpanStart, Tracer};
 pub struct Process<S, C = TypeNameClassifier> {
     pub(crate) inner: S,
     pub(crate) config: ProcessLayer<C>,
+    pub(crate) memo: Memo<ConsumerPartition>,
 }
 
 impl<S, C> Process<S, C> {
@@ -61,11 +63,20 @@ where
             config.metrics.record_trace_context_invalid(system);
         }
         let group = message.consumer_group().unwrap_or("");
-        let entry = config.metrics.consumer_partition(
+        let entry = self.memo.get_or(
+            &config.metrics,
             system,
             message.destination(),
             group,
             message.partition(),
+            || {
+                config.metrics.consumer_partition(
+                    system,
+                    message.destination(),
+                    group,
+                    message.partition(),
+                )
+            },
         );
         let instruments = Arc::clone(&entry.consumer);
 
@@ -82,7 +93,7 @@ where
             group: message.consumer_group(),
             batch_size: None,
         };
-        let span = start_process(
+        let mut span = start_process(
             &config.tracer,
             &start,
             &extracted,
@@ -106,7 +117,7 @@ where
 
         let started = Instant::now();
         let inner = {
-            let _cx = span.context().clone().attach();
+            let _cx = span.attachable().map(|cx| cx.clone().attach());
             let _scope = scope.enter();
             self.inner.call(message)
         };

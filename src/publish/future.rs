@@ -102,7 +102,7 @@ where
                     if let Some(partition) = receipt.partition() {
                         attributes.string(
                             opentelemetry_semantic_conventions::attribute::MESSAGING_DESTINATION_PARTITION_ID,
-                            partition.to_string(),
+                            crate::span::decimal(partition),
                         );
                     }
                     receipt.extra_attributes(attributes);

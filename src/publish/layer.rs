@@ -74,6 +74,7 @@ impl<S, C: Clone> Layer<S> for PublishLayer<C> {
         Publish {
             inner,
             config: self.clone(),
+            memo: Default::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ use super::future::ResponseFuture;
 use super::PublishLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::{new_id, OutgoingMessage, Receipt};
+use crate::metrics::{Memo, PublishInstruments};
 use crate::propagation::header;
 use crate::scope::{id_ok, IdBuffer, MessageScope};
 use crate::span::{self, SpanStart};
@@ -17,6 +18,7 @@ use crate::span::{self, SpanStart};
 pub struct Publish<S, C = TypeNameClassifier> {
     pub(crate) inner: S,
     pub(crate) config: PublishLayer<C>,
+    pub(crate) memo: Memo<PublishInstruments>,
 }
 
 impl<S, C> Publish<S, C> {
@@ -54,10 +56,17 @@ where
     fn call(&mut self, mut message: M) -> Self::Future {
         let config = &self.config;
         let system = message.system();
-        let instruments = config.metrics.publisher(system, message.destination());
+        let instruments = self.memo.get_or(
+            &config.metrics,
+            system,
+            message.destination(),
+            "",
+            None,
+            || config.metrics.publisher(system, message.destination()),
+        );
 
         let mut generated = IdBuffer::new();
-        let message_id_ok = message.message_id().is_some_and(|id| id_ok(id.as_bytes()));
+        let message_id_ok = message.message_id().is_some_and(|id| id_ok(&id));
         let new_message_id = (!message_id_ok).then(|| generated.new_id());
         if let Some(id) = new_message_id {
             message.set_message_id(id.to_owned());
@@ -66,7 +75,7 @@ where
         // whose correlation id is the id of its first message.
         let explicit = message
             .header_str(header::CORRELATION_ID)
-            .is_some_and(|id| id_ok(id.as_bytes()));
+            .is_some_and(|id| id_ok(&id));
         MessageScope::with_current(|scope| {
             if !explicit {
                 let correlation_id = match (scope, new_message_id) {
@@ -110,7 +119,7 @@ where
             );
         }
         if config.inject {
-            config.propagation.inject(span.context(), &mut message);
+            config.propagation.inject_span(&span, &mut message);
         }
 
         let started = Instant::now();
