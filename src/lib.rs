@@ -9,8 +9,12 @@
 //! - **measured**: latency histograms, counters and consumer lag in a [`prometheus::Registry`];
 //! - **correlated**: `correlation-id` and `causation-id` headers follow the business flow.
 //!
-//! Spans are `tracing` spans exported by `tracing-opentelemetry`: install a subscriber with an
-//! OpenTelemetry layer (the `otlp` feature's [`telemetry`] module does it in one call) to see them.
+//! Spans are native OpenTelemetry spans, started through the global tracer provider (the `otlp`
+//! feature's [`telemetry`] module installs one in one call) or a provider you give a layer
+//! (`tracer_provider`). The sampler decides before anything else is built, so unsampled messages
+//! cost little, and with no provider installed no span is built at all. While a handler runs, its
+//! process span's OpenTelemetry context is current: your own `tracing` spans and log lines inside
+//! the handler join the trace.
 //!
 //! # Example
 //!

@@ -92,7 +92,7 @@ impl MessageScope {
         let mut invalid = false;
         for (name, value) in message.headers() {
             // Cheap length check before the case-insensitive comparisons.
-            if !(12..=14).contains(&name.len()) {
+            if !(10..=14).contains(&name.len()) {
                 continue;
             }
             let is_correlation = name.eq_ignore_ascii_case(header::CORRELATION_ID);
