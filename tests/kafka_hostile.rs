@@ -2,17 +2,23 @@
 //! sent no headers, one with a binary key, one with garbage trace headers and non-UTF-8 header
 //! values, a tombstone, and one whose header *name* is not UTF-8 (sent with a hand-built
 //! Produce request, since no client library lets you) are all handed to the handler, processed
-//! as clean new roots, and committed — no panic, no error, no stop.
+//! as clean new roots, and committed — no panic, no error, no stop. The header name that is
+//! not UTF-8 is skipped and counted, and must not panic even in a `panic = "abort"` build
+//! (`examples/kafka_abort_probe.rs`, run here as a subprocess), where a panic would kill the
+//! consumer before it commits, on every restart.
 
 mod kafka_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventscope::kafka::{KafkaConsumer, KafkaMessage};
-use eventscope::metrics::{name, Metrics};
+use eventscope::metrics::{label, name, Metrics};
 use eventscope::process::ProcessLayer;
 use kafka_support::*;
 use opentelemetry::trace::{SpanId, TracerProvider as _};
@@ -142,8 +148,98 @@ fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
         .map(|kv| &kv.value)
 }
 
+/// Panics anywhere in this test process since the hook was installed. The hook runs before
+/// unwinding, so a panic caught inside the consumer still counts.
+fn count_panics() -> Arc<AtomicUsize> {
+    let panics = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&panics);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        previous(info);
+    }));
+    panics
+}
+
+/// The probe, built by `scripts/test.sh` into the same target directory as this test.
+fn abort_probe() -> PathBuf {
+    // This test runs as `<target>/debug/deps/kafka_hostile-<hash>`.
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test runs from <target>/<profile>/deps");
+    let probe = target
+        .join("panic-abort")
+        .join("examples")
+        .join(format!("kafka_abort_probe{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        probe.is_file(),
+        "{} is missing: build it first with \
+         `cargo build --profile panic-abort --features kafka --example kafka_abort_probe` \
+         (scripts/test.sh does)",
+        probe.display()
+    );
+    probe
+}
+
+/// The value of `field=` in the probe's report line.
+fn reported(stdout: &str, field: &str) -> u64 {
+    stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field}= in the probe's output {stdout:?}"))
+}
+
+#[tokio::test]
+async fn a_panic_abort_consumer_skips_a_header_name_that_is_not_utf8() {
+    let probe = abort_probe();
+    let topic = unique("hostile-abort");
+    let group = unique("hostile-abort-group");
+    create_topic(&topic, 1).await;
+    let code = produce_by_hand(
+        &topic,
+        b"k",
+        b"bad header name",
+        &[(&[0xff, 0xfe, b'x'], b"v"), (b"message-id", b"hand-abort")],
+    );
+    assert_eq!(code, 0, "the broker accepted the hand-built record");
+
+    let output = {
+        let (probe, topic, group) = (probe.clone(), topic.clone(), group.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(probe)
+                .args([topic.as_str(), "0", group.as_str(), "1"])
+                .output()
+                .expect("the probe runs")
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the probe ended with {} (134 is an abort); stderr:\n{stderr}",
+        output.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic was printed:\n{stderr}"
+    );
+    assert_eq!(reported(&stdout, "consumed"), 1, "{stdout}");
+    assert_eq!(reported(&stdout, "invalid_headers"), 1, "{stdout}");
+    assert_eq!(
+        committed(&group, &topic, 1)[&0],
+        Some(1),
+        "the record was committed"
+    );
+}
+
 #[tokio::test]
 async fn foreign_and_malformed_messages_are_processed_as_roots() {
+    let panics = count_panics();
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -287,6 +383,19 @@ async fn foreign_and_malformed_messages_are_processed_as_roots() {
     );
 
     // The garbage trace context was counted, the messages without any were not.
-    let invalid = samples(&metrics.encode(), name::TRACE_CONTEXT_INVALID, &[]);
+    let text = metrics.encode();
+    let invalid = samples(&text, name::TRACE_CONTEXT_INVALID, &[]);
     assert_eq!(invalid.iter().map(|(_, v)| v).sum::<f64>(), 1.0);
+    // The unreadable header name was counted, against its topic, without a panic.
+    let skipped = samples(
+        &text,
+        name::INVALID_HEADERS,
+        &[(label::DESTINATION, &topic)],
+    );
+    assert_eq!(skipped.iter().map(|(_, v)| v).sum::<f64>(), 1.0, "{text}");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        0,
+        "no panic, not even a caught one"
+    );
 }

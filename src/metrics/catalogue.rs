@@ -52,6 +52,8 @@ pub mod name {
     pub const REBALANCES: &str = "messaging_consumer_rebalances_total";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
+    /// Incoming headers that could not be read (a Kafka header name that is not UTF-8).
+    pub const INVALID_HEADERS: &str = "eventscope_invalid_headers_total";
 }
 
 /// Duration histogram buckets in seconds (semconv advisory buckets).
@@ -202,6 +204,14 @@ pub const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     labels: &[SYSTEM],
 };
 
+/// Unreadable incoming headers.
+pub const INVALID_HEADERS: MetricFamily = MetricFamily {
+    name: name::INVALID_HEADERS,
+    help: "Incoming headers skipped because they could not be read (a Kafka header name that is not UTF-8); the rest of each message was processed.",
+    kind: Counter,
+    labels: &[SYSTEM, DESTINATION],
+};
+
 /// The whole catalogue, in exposition order.
 pub const CATALOGUE: &[MetricFamily] = &[
     OPERATION_DURATION,
@@ -219,4 +229,5 @@ pub const CATALOGUE: &[MetricFamily] = &[
     INVALID_MESSAGES,
     REBALANCES,
     TRACE_CONTEXT_INVALID,
+    INVALID_HEADERS,
 ];

@@ -75,6 +75,7 @@ struct Families {
     invalid: IntCounterVec,
     rebalances: IntCounterVec,
     trace_invalid: IntCounterVec,
+    invalid_headers: IntCounterVec,
 }
 
 impl fmt::Debug for Metrics {
@@ -186,6 +187,7 @@ impl Families {
             invalid: counter(registry, c::INVALID_MESSAGES)?,
             rebalances: counter(registry, c::REBALANCES)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
+            invalid_headers: counter(registry, c::INVALID_HEADERS)?,
         })
     }
 }
@@ -273,6 +275,20 @@ impl Metrics {
             .trace_invalid
             .with_label_values(&[system])
             .inc();
+    }
+
+    /// `count` headers of a message received from `destination` could not be read and were
+    /// skipped (the message itself was processed); nothing is recorded for 0.
+    pub fn record_invalid_headers(&self, system: &str, destination: &str, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .invalid_headers
+            .with_label_values(&[system, &destination])
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     pub(crate) fn publisher(
