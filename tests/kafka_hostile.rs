@@ -177,14 +177,43 @@ fn abort_probe() -> PathBuf {
         .join("panic-abort")
         .join("examples")
         .join(format!("kafka_abort_probe{}", std::env::consts::EXE_SUFFIX));
+    let build = "cargo build --profile panic-abort --features kafka --example kafka_abort_probe";
+    let built = std::fs::metadata(&probe)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it first with `{build}` (scripts/test.sh does)",
+                probe.display()
+            )
+        });
+    // A probe older than the code it runs would test yesterday's consumer.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest_change(&root.join("src"))
+        .max(newest_change(&root.join("examples/kafka_abort_probe.rs")))
+        .max(newest_change(&root.join("Cargo.toml")));
     assert!(
-        probe.is_file(),
-        "{} is missing: build it first with \
-         `cargo build --profile panic-abort --features kafka --example kafka_abort_probe` \
-         (scripts/test.sh does)",
+        built >= sources,
+        "{} is older than the sources: rebuild it with `{build}`",
         probe.display()
     );
     probe
+}
+
+/// When a file, or any file under a directory, was last modified.
+fn newest_change(path: &std::path::Path) -> std::time::SystemTime {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return std::time::SystemTime::UNIX_EPOCH;
+    };
+    if !meta.is_dir() {
+        return meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| newest_change(&entry.path()))
+        .max()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
 }
 
 /// The value of `field=` in the probe's report line.
