@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
-use eventscope::metrics::Metrics;
+use eventscope::metrics::{label, name, Metrics};
 use eventscope::process::ProcessLayer;
 use eventscope::propagation::header;
 use eventscope::publish::PublishLayer;
@@ -20,7 +20,8 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use opentelemetry_semantic_conventions::attribute as semconv;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, ServiceExt};
@@ -183,6 +184,9 @@ fn first_record_header(topic: &str, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn a_message_without_headers_is_the_cause_of_its_follow_ups() {
+    // Every test of this file runs under a subscriber of its own: a span callsite first hit on
+    // a thread without one could be cached as uninteresting for the others.
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
     let source = unique("foreign-source");
     let follow_up = unique("follow-up");
     let group = unique("follow-up-group");
@@ -235,4 +239,33 @@ async fn a_message_without_headers_is_the_cause_of_its_follow_ups() {
         )),
         "the follow-up names the record it was caused by"
     );
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_named_by_its_librdkafka_code() {
+    // Every test of this file runs under a subscriber of its own: a span callsite first hit on
+    // a thread without one could be cached as uninteresting for the others.
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let topic = unique("too-large");
+    create_topic(&topic, 1).await;
+    let metrics = Metrics::new();
+    let producer: FutureProducer = eventscope::kafka::producer_config(BOOTSTRAP)
+        .set("message.max.bytes", "1000")
+        .create()
+        .expect("producer");
+    let publisher =
+        eventscope::kafka::publish_layer(metrics.clone()).layer(KafkaPublisher::new(producer));
+    let error = publisher
+        .oneshot(KafkaRecord::new(&topic, vec![b'x'; 4000]))
+        .await
+        .expect_err("a record above message.max.bytes is refused");
+    let code = format!("{:?}", RDKafkaErrorCode::MessageSizeTooLarge);
+    assert_eq!(error.error_type(), code);
+    let failed = samples(
+        &metrics.encode(),
+        name::SENT_MESSAGES,
+        &[(label::DESTINATION, &topic), (label::ERROR_TYPE, &code)],
+    );
+    assert_eq!(failed.len(), 1, "one series, error_type={code}");
+    assert_eq!(failed[0].1, 1.0);
 }
