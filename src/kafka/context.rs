@@ -149,7 +149,8 @@ impl EventscopeContext {
     /// A context for a consumer created from `config`, reporting into `metrics`.
     ///
     /// `group.id`, `isolation.level`, `auto.offset.reset` and `bootstrap.servers` are read from
-    /// `config`.
+    /// `config`; a copy of it (without `group.id`) is kept for the client that queries the
+    /// high watermarks of paused partitions, created only if one is needed.
     pub fn new(config: &ClientConfig, metrics: Metrics) -> Self {
         Self::wrap(config, metrics, DefaultConsumerContext)
     }
