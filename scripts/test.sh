@@ -25,4 +25,6 @@ scripts/kafka.sh start
 # The demo's traces must not leak to a collector the developer happens to run.
 unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT OTEL_SDK_DISABLED
 
+# tests/kafka_hostile.rs runs this probe: a consumer built with `panic = "abort"`.
+cargo build --profile panic-abort --features kafka --example kafka_abort_probe
 cargo test --all-features "$@"

@@ -2,12 +2,18 @@
 //! sent no headers, one with a binary key, one with garbage trace headers and non-UTF-8 header
 //! values, a tombstone, and one whose header *name* is not UTF-8 (sent with a hand-built
 //! Produce request, since no client library lets you) are all handed to the handler, processed
-//! as clean new roots, and committed — no panic, no error, no stop.
+//! as clean new roots, and committed — no panic, no error, no stop. The header name that is
+//! not UTF-8 is skipped and counted, and must not panic even in a `panic = "abort"` build
+//! (`examples/kafka_abort_probe.rs`, run here as a subprocess), where a panic would kill the
+//! consumer before it commits, on every restart.
 
 mod kafka_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,8 +148,131 @@ fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
         .map(|kv| &kv.value)
 }
 
+/// Panics on this thread (a current-thread runtime: the consumer and its partition tasks run
+/// here) since the hook was installed. The hook runs before unwinding, so a panic caught
+/// inside the consumer still counts.
+fn count_panics() -> Arc<AtomicUsize> {
+    let panics = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&panics);
+    let here = std::thread::current().id();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == here {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    panics
+}
+
+/// The probe, built by `scripts/test.sh` into the same target directory as this test.
+fn abort_probe() -> PathBuf {
+    // This test runs as `<target>/debug/deps/kafka_hostile-<hash>`.
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test runs from <target>/<profile>/deps");
+    let probe = target
+        .join("panic-abort")
+        .join("examples")
+        .join(format!("kafka_abort_probe{}", std::env::consts::EXE_SUFFIX));
+    let build = "cargo build --profile panic-abort --features kafka --example kafka_abort_probe";
+    let built = std::fs::metadata(&probe)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it first with `{build}` (scripts/test.sh does)",
+                probe.display()
+            )
+        });
+    // A probe older than the code it runs would test yesterday's consumer.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest_change(&root.join("src"))
+        .max(newest_change(&root.join("examples/kafka_abort_probe.rs")))
+        .max(newest_change(&root.join("Cargo.toml")));
+    assert!(
+        built >= sources,
+        "{} is older than the sources: rebuild it with `{build}`",
+        probe.display()
+    );
+    probe
+}
+
+/// When a file, or any file under a directory, was last modified.
+fn newest_change(path: &std::path::Path) -> std::time::SystemTime {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return std::time::SystemTime::UNIX_EPOCH;
+    };
+    if !meta.is_dir() {
+        return meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| newest_change(&entry.path()))
+        .max()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// The value of `field=` in the probe's report line.
+fn reported(stdout: &str, field: &str) -> u64 {
+    stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field}= in the probe's output {stdout:?}"))
+}
+
+#[tokio::test]
+async fn a_panic_abort_consumer_skips_a_header_name_that_is_not_utf8() {
+    let probe = abort_probe();
+    let topic = unique("hostile-abort");
+    let group = unique("hostile-abort-group");
+    create_topic(&topic, 1).await;
+    let code = produce_by_hand(
+        &topic,
+        b"k",
+        b"bad header name",
+        &[(&[0xff, 0xfe, b'x'], b"v"), (b"message-id", b"hand-abort")],
+    );
+    assert_eq!(code, 0, "the broker accepted the hand-built record");
+
+    let output = {
+        let (probe, topic, group) = (probe.clone(), topic.clone(), group.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(probe)
+                .args([topic.as_str(), "0", group.as_str(), "1"])
+                .output()
+                .expect("the probe runs")
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the probe ended with {} (an abort is signal 6, exit 134); stderr:\n{stderr}",
+        output.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic was printed:\n{stderr}"
+    );
+    assert_eq!(reported(&stdout, "consumed"), 1, "{stdout}");
+    assert_eq!(reported(&stdout, "invalid_headers"), 1, "{stdout}");
+    assert_eq!(
+        committed(&group, &topic, 1)[&0],
+        Some(1),
+        "the record was committed"
+    );
+}
+
 #[tokio::test]
 async fn foreign_and_malformed_messages_are_processed_as_roots() {
+    let panics = count_panics();
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -286,7 +415,14 @@ async fn foreign_and_malformed_messages_are_processed_as_roots() {
         Some(&Value::from("hand-1"))
     );
 
-    // The garbage trace context was counted, the messages without any were not.
-    let invalid = samples(&metrics.encode(), name::TRACE_CONTEXT_INVALID, &[]);
-    assert_eq!(invalid.iter().map(|(_, v)| v).sum::<f64>(), 1.0);
+    // Counted: the garbage trace context, and the message whose header name could not be read
+    // (it may have been its trace context); the messages without any trace context were not.
+    let text = metrics.encode();
+    let invalid = samples(&text, name::TRACE_CONTEXT_INVALID, &[]);
+    assert_eq!(invalid.iter().map(|(_, v)| v).sum::<f64>(), 2.0, "{text}");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        0,
+        "no panic, not even a caught one"
+    );
 }

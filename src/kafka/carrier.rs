@@ -4,9 +4,10 @@
 //! headers) and become librdkafka headers only at send time. Incoming headers are copied into a
 //! [`HeaderList`] once, when the message is taken from the consumer.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ffi::{c_char, c_void, CStr};
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::bindings as rdsys;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
 use super::record::Data;
 use crate::message::HeaderList;
@@ -28,29 +29,83 @@ pub(crate) fn to_owned_headers(headers: &HeaderList) -> Option<OwnedHeaders> {
     Some(owned)
 }
 
-/// Copies incoming headers into `data`; a header without value reads as an empty value.
-/// Returns how many headers were skipped.
+/// Copies the headers of `message` into `data`; a header without value reads as an empty
+/// value. Returns how many headers were skipped because their name is not UTF-8.
 ///
-/// `rdkafka` turns header names into `&str` with an `unwrap`, so a name that is not UTF-8
-/// (which only a hand-written client can produce) would panic inside `rdkafka`. Each header is
-/// therefore read behind `catch_unwind` and such a header is skipped: hostile input must never
-/// take the consumer down.
-pub(crate) fn read_headers<H: rdkafka::message::Headers>(headers: &H, data: &mut Data) -> usize {
+/// Kafka header names are bytes on the wire; only a hand-written client sends names that are
+/// not UTF-8, but such a record must neither panic nor abort the consumer (it would never be
+/// committed, so every restart would die on it again). The names are therefore read as bytes,
+/// not through `rdkafka`'s `Headers::try_get`, which `unwrap`s their UTF-8 conversion.
+pub(crate) fn read_headers(message: &BorrowedMessage<'_>, data: &mut Data) -> usize {
     let mut skipped = 0;
-    data.headers.reserve(headers.count());
-    for index in 0..headers.count() {
-        match catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
-            Ok(Some(header)) => data.push_header(header.key, header.value.unwrap_or_default()),
-            Ok(None) => {}
-            Err(_) => skipped += 1,
+    for_each_raw_header(message, |name, value| {
+        if !copy_header(data, name, value) {
+            skipped += 1;
+        }
+    });
+    skipped
+}
+
+/// Appends one header to `data`; `false` (and nothing appended) when `name` is not UTF-8.
+fn copy_header(data: &mut Data, name: &[u8], value: Option<&[u8]>) -> bool {
+    match std::str::from_utf8(name) {
+        Ok(name) => {
+            data.push_header(name, value.unwrap_or_default());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Calls `each` with the raw name and value of every header of `message`, in order.
+///
+/// The one place eventscope calls librdkafka itself: `rdkafka` 0.39 has no way to read a
+/// header name as bytes (`Headers::try_get` and everything built on it, `get`, `get_as`,
+/// `iter`, convert the name with `CStr::to_str().unwrap()`), and a panic is no answer under
+/// `panic = "abort"`. The fix upstream would be a byte-named accessor next to `try_get`
+/// (e.g. `Headers::try_get_raw(idx) -> Option<(&[u8], Option<&[u8]>)>`), or `try_get`
+/// returning `None` / an error for such a name instead of panicking; with it, this function
+/// becomes safe code.
+#[allow(unsafe_code)]
+fn for_each_raw_header(message: &BorrowedMessage<'_>, mut each: impl FnMut(&[u8], Option<&[u8]>)) {
+    let mut headers: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `message.ptr()` is the live `rd_kafka_message_t` that `message` borrows from the
+    // consumer; `rd_kafka_message_headers` only reads it (parsing the headers on first use, as
+    // `Message::headers` does) and stores in `headers` a pointer owned by the message, valid
+    // while the message is, or leaves an error code (`NOENT`: no headers).
+    let err = unsafe { rdsys::rd_kafka_message_headers(message.ptr(), &mut headers) };
+    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+        return;
+    }
+    // SAFETY: `headers` is a valid header list owned by `message` (above).
+    let count = unsafe { rdsys::rd_kafka_header_cnt(headers) };
+    for index in 0..count {
+        let mut name: *const c_char = std::ptr::null();
+        let mut value: *const c_void = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: `headers` is valid and `index < count`; on success librdkafka points `name`
+        // at the header's NUL-terminated name and `value` at its `size` value bytes (NULL for a
+        // null value), both owned by the header list. The list is not modified while `message`
+        // is borrowed, so the slices below live as long as this loop body, and `each` only
+        // copies them: no reference outlives the borrow of `message`.
+        unsafe {
+            let err =
+                rdsys::rd_kafka_header_get_all(headers, index, &mut name, &mut value, &mut size);
+            if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                continue;
+            }
+            let name = CStr::from_ptr(name).to_bytes();
+            let value =
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+            each(name, value);
         }
     }
-    skipped
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers as _;
 
     fn to_list(data: &Data) -> HeaderList {
         let pairs = data
@@ -77,7 +132,9 @@ mod tests {
         list.push("dup", "a").push("dup", "b");
         let owned = to_owned_headers(&list).expect("non-empty");
         let mut data = Data::default();
-        assert_eq!(read_headers(&owned, &mut data), 0);
+        for header in owned.iter() {
+            assert!(copy_header(&mut data, header.key.as_bytes(), header.value));
+        }
         assert_eq!(to_list(&data), list);
     }
 
@@ -88,12 +145,19 @@ mod tests {
 
     #[test]
     fn header_without_value_reads_empty() {
-        let owned = OwnedHeaders::new().insert(Header::<&[u8]> {
-            key: "flag",
-            value: None,
-        });
         let mut data = Data::default();
-        read_headers(&owned, &mut data);
+        assert!(copy_header(&mut data, b"flag", None));
         assert_eq!(to_list(&data).get("flag"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_skipped_and_the_rest_kept() {
+        let mut data = Data::default();
+        assert!(!copy_header(&mut data, &[0xff, 0xfe, b'x'], Some(b"v")));
+        assert!(copy_header(&mut data, b"message-id", Some(b"m-1")));
+        assert_eq!(
+            to_list(&data),
+            HeaderList::from(vec![("message-id".to_owned(), b"m-1".to_vec())])
+        );
     }
 }

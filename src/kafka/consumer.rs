@@ -459,7 +459,10 @@ impl<H: Handle + Clone> Driver<H> {
             return None;
         };
         let waiting = buffered.fetch_add(1, Ordering::AcqRel) + 1;
-        if tx.send(Self::detach(message, origin)).is_err() {
+        if tx
+            .send(Self::detach(message, origin, &self.metrics))
+            .is_err()
+        {
             // The worker has ended (its outcome is on its way); the message stays uncommitted.
             return None;
         }
@@ -492,7 +495,11 @@ impl<H: Handle + Clone> Driver<H> {
         }
     }
 
-    fn detach(message: &BorrowedMessage<'_>, origin: &Arc<Origin>) -> KafkaMessage {
+    fn detach(
+        message: &BorrowedMessage<'_>,
+        origin: &Arc<Origin>,
+        metrics: &Metrics,
+    ) -> KafkaMessage {
         let (key, payload) = (message.key(), message.payload());
         let sizes = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
         let mut data = Data {
@@ -501,16 +508,8 @@ impl<H: Handle + Clone> Driver<H> {
         };
         data.key = key.map(|key| data.push(key));
         data.payload = payload.map(|payload| data.push(payload));
-        if let Some(headers) = message.headers() {
-            let skipped = read_headers(headers, &mut data);
-            if skipped > 0 {
-                tracing::warn!(
-                    topic = %origin.topic, partition = message.partition(),
-                    offset = message.offset(), skipped,
-                    "skipped Kafka headers whose names are not UTF-8"
-                );
-            }
-        }
+        let skipped = read_headers(message, &mut data);
+        metrics.record_unreadable_headers(KAFKA, skipped);
         KafkaMessage {
             origin: Arc::clone(origin),
             partition: message.partition(),

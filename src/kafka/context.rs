@@ -1,9 +1,10 @@
 use std::any::TypeId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::error::Error;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -30,7 +31,12 @@ use crate::metrics::Metrics;
 ///   stable offset under `isolation.level=read_committed` (librdkafka's default). Before the
 ///   group has committed anything, the log start offset stands in for the committed offset
 ///   when `auto.offset.reset` is `earliest`; with `latest` nothing is reported until the first
-///   commit. Sentinels (`-1`, `-1001`) and partition `-1` are never exported.
+///   commit. Sentinels (`-1`, `-1001`) and partition `-1` are never exported. librdkafka
+///   stops fetching a paused partition (one stopped at a failed message, or whose buffer is
+///   full), so its statistics stop following the high watermark: a partition that is behind
+///   and did not move between two statistics has its high watermark queried from the broker
+///   instead, by a background thread with a client of its own (created from the same
+///   configuration, without `group.id`, on first need), never on librdkafka's threads.
 /// - **Rebalances**: each new assignment counts in `messaging_consumer_rebalances_total`.
 ///   Before partitions are revoked, the offsets stored for processed messages are committed
 ///   synchronously, the revoked partitions' lag series are removed, and the
@@ -48,6 +54,7 @@ pub struct EventscopeContext<C = DefaultConsumerContext> {
     has_rebalances: AtomicBool,
     notify: Notify,
     progress: Arc<Progress>,
+    watermarks: Watermarks,
 }
 
 /// Per partition, the offset after the last message the handler finished, kept in an atomic
@@ -142,7 +149,8 @@ impl EventscopeContext {
     /// A context for a consumer created from `config`, reporting into `metrics`.
     ///
     /// `group.id`, `isolation.level`, `auto.offset.reset` and `bootstrap.servers` are read from
-    /// `config`.
+    /// `config`; a copy of it (without `group.id`) is kept for the client that queries the
+    /// high watermarks of paused partitions, created only if one is needed.
     pub fn new(config: &ClientConfig, metrics: Metrics) -> Self {
         Self::wrap(config, metrics, DefaultConsumerContext)
     }
@@ -159,6 +167,7 @@ impl<C> EventscopeContext<C> {
             has_rebalances: AtomicBool::new(false),
             notify: Notify::new(),
             progress: Arc::default(),
+            watermarks: Watermarks::new(config),
         }
     }
 
@@ -211,8 +220,14 @@ impl<C> EventscopeContext<C> {
     fn record_lag(&self, stats: &Value) {
         let group = &*self.settings.group;
         for lag in partition_lags(stats, &self.settings) {
-            self.metrics
-                .record_lag(KAFKA, lag.topic, group, Some(lag.partition), lag.messages);
+            let end = self.watermarks.end(&lag);
+            self.metrics.record_lag(
+                KAFKA,
+                lag.topic,
+                group,
+                Some(lag.partition),
+                lag.messages(end),
+            );
         }
     }
 }
@@ -230,7 +245,192 @@ impl<C> fmt::Debug for EventscopeContext<C> {
 pub(crate) struct PartitionLag<'a> {
     pub(crate) topic: &'a str,
     pub(crate) partition: i32,
-    pub(crate) messages: i64,
+    /// High watermark (last stable offset under `read_committed`) in the statistics.
+    pub(crate) end: i64,
+    /// Committed offset (else the log start, see [`EventscopeContext`]).
+    pub(crate) start: i64,
+    /// The next offset librdkafka hands to the application (`app_offset`), `-1` if unknown.
+    pub(crate) position: i64,
+}
+
+impl PartitionLag<'_> {
+    /// Messages behind, up to `end`.
+    pub(crate) fn messages(&self, end: i64) -> i64 {
+        (end - self.start).max(0)
+    }
+}
+
+/// How often a stalled partition's high watermark is queried, at most.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How long one query may take.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// High watermarks of partitions whose statistics stopped following them (SPEC §5: lag must
+/// keep growing while a partition is stopped), queried off librdkafka's threads.
+struct Watermarks {
+    shared: Arc<Shared>,
+    /// Requests to the query thread, started on first need; `None` before.
+    requests: Mutex<Option<mpsc::Sender<(String, i32)>>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The configuration of the query client: the consumer's, without group and statistics.
+    config: ClientConfig,
+    state: Mutex<WatermarkState>,
+    /// Set when the query client cannot be created: lag then stays as statistics report it.
+    disabled: AtomicBool,
+}
+
+#[derive(Default)]
+struct WatermarkState {
+    /// The statistics' end offset and position of each partition at the previous callback.
+    seen: HashMap<(String, i32), (i64, i64)>,
+    /// Queried high watermarks, used while they are ahead of the statistics.
+    queried: HashMap<(String, i32), i64>,
+    /// Partitions with a query under way or queued.
+    pending: HashSet<(String, i32)>,
+    /// When each partition was last queried.
+    last_query: HashMap<(String, i32), Instant>,
+}
+
+impl Watermarks {
+    fn new(config: &ClientConfig) -> Self {
+        let mut config = config.clone();
+        for key in ["group.id", "group.instance.id", "statistics.interval.ms"] {
+            config.remove(key);
+        }
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                ..Shared::default()
+            }),
+            requests: Mutex::new(None),
+        }
+    }
+
+    /// The end offset to measure `lag` against: the statistics' one, or a queried one that is
+    /// ahead of it. Asks for a query when the partition is behind and neither its end offset
+    /// nor its position moved since the previous statistics: it may be paused, and librdkafka
+    /// does not fetch (so does not learn the high watermark of) a paused partition.
+    fn end(&self, lag: &PartitionLag<'_>) -> i64 {
+        if self.shared.disabled.load(Ordering::Relaxed) {
+            return lag.end;
+        }
+        let key = (lag.topic.to_owned(), lag.partition);
+        let (end, query) = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&key, lag, Instant::now());
+        if query {
+            self.request(key);
+        }
+        end
+    }
+
+    /// Queues a query, starting the query thread on first use; never blocks.
+    fn request(&self, key: (String, i32)) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if requests.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let shared = Arc::clone(&self.shared);
+            let started = std::thread::Builder::new()
+                .name("eventscope-watermarks".into())
+                .spawn(move || shared.serve(rx));
+            match started {
+                Ok(_) => *requests = Some(tx),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the watermark thread; lag of paused partitions will not grow");
+                    self.shared.disabled.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = requests.as_ref() {
+            if tx.send(key.clone()).is_err() {
+                self.shared
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pending
+                    .remove(&key);
+            }
+        }
+    }
+
+    /// Forgets revoked partitions.
+    fn forget(&self, revoked: &[(String, i32)]) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        for key in revoked {
+            state.seen.remove(key);
+            state.queried.remove(key);
+            state.last_query.remove(key);
+        }
+    }
+}
+
+impl WatermarkState {
+    /// Takes in one partition's statistics at `now`: the end offset to use, and whether to
+    /// query the partition's high watermark (then marked pending).
+    fn observe(
+        &mut self,
+        key: &(String, i32),
+        lag: &PartitionLag<'_>,
+        now: Instant,
+    ) -> (i64, bool) {
+        let previous = self.seen.insert(key.clone(), (lag.end, lag.position));
+        let end = match self.queried.get(key) {
+            Some(&queried) if queried > lag.end => queried,
+            Some(_) => {
+                // The statistics caught up: they are current again.
+                self.queried.remove(key);
+                lag.end
+            }
+            None => lag.end,
+        };
+        let stalled = previous == Some((lag.end, lag.position)) && lag.messages(lag.end) > 0;
+        let due = self
+            .last_query
+            .get(key)
+            .is_none_or(|at| now.duration_since(*at) >= REFRESH_EVERY);
+        let query = stalled && due && self.pending.insert(key.clone());
+        if query {
+            self.last_query.insert(key.clone(), now);
+        }
+        (end, query)
+    }
+}
+
+impl Shared {
+    /// The query thread: answers requests until the context (holding the sender) is dropped.
+    fn serve(&self, requests: mpsc::Receiver<(String, i32)>) {
+        let client: BaseConsumer = match self.config.create() {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "cannot create the watermark client; lag of paused partitions will not grow");
+                self.disabled.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        for key in requests {
+            let (topic, partition) = &key;
+            let result = client.fetch_watermarks(topic, *partition, REFRESH_TIMEOUT);
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.pending.remove(&key);
+            match result {
+                // Only partitions still tracked (not revoked meanwhile) keep a result.
+                Ok((_low, high)) if high >= 0 && state.seen.contains_key(&key) => {
+                    state.queried.insert(key, high);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, topic, partition, "querying the high watermark failed");
+                }
+            }
+        }
+    }
 }
 
 /// Lag per assigned, actively fetched partition; see [`EventscopeContext`].
@@ -270,7 +470,9 @@ pub(crate) fn partition_lags<'a>(
             Some(PartitionLag {
                 topic,
                 partition,
-                messages: (end - start).max(0),
+                end,
+                start,
+                position: int("app_offset").unwrap_or(-1),
             })
         })
 }
@@ -323,6 +525,7 @@ impl<C: ConsumerContext + 'static> ConsumerContext for EventscopeContext<C> {
             }
         }
         self.progress.forget(&revoked);
+        self.watermarks.forget(&revoked);
         for (topic, partition) in &revoked {
             self.metrics
                 .remove_partition(KAFKA, topic, &self.settings.group, Some(*partition));
@@ -398,7 +601,7 @@ mod tests {
     fn lags(settings: &Settings) -> Vec<(i32, i64)> {
         let stats = stats();
         let mut lags: Vec<_> = partition_lags(&stats, settings)
-            .map(|l| (l.partition, l.messages))
+            .map(|l| (l.partition, l.messages(l.end)))
             .collect();
         lags.sort_unstable();
         lags
@@ -425,6 +628,38 @@ mod tests {
         assert!(!s.read_committed && s.reset_earliest);
         assert_eq!(s.server.as_ref().and_then(|s| s.port), Some(9092));
         assert!(Settings::from_config(&ClientConfig::new()).read_committed);
+    }
+
+    #[test]
+    fn a_stalled_partition_behind_gets_its_high_watermark_queried() {
+        let key = ("orders".to_owned(), 0);
+        let at = |end, start, position| PartitionLag {
+            topic: "orders",
+            partition: 0,
+            end,
+            start,
+            position,
+        };
+        let mut state = WatermarkState::default();
+        let t0 = Instant::now();
+        // First sight, then moving: statistics are current, nothing to ask.
+        assert_eq!(state.observe(&key, &at(10, 3, 5), t0), (10, false));
+        assert_eq!(state.observe(&key, &at(10, 3, 6), t0), (10, false));
+        // Behind and not moving (paused): ask once, not again while it is pending.
+        assert_eq!(state.observe(&key, &at(10, 3, 6), t0), (10, true));
+        assert_eq!(state.observe(&key, &at(10, 3, 6), t0), (10, false));
+        // The answer is ahead of the statistics: it is the end until they catch up.
+        state.pending.remove(&key);
+        state.queried.insert(key.clone(), 16);
+        assert_eq!(state.observe(&key, &at(10, 3, 6), t0), (16, false));
+        let later = t0 + REFRESH_EVERY;
+        assert_eq!(state.observe(&key, &at(10, 3, 6), later), (16, true));
+        assert_eq!(state.observe(&key, &at(16, 3, 6), later), (16, false));
+        assert!(state.queried.is_empty());
+        // Caught up and idle: nothing to ask.
+        let mut idle = WatermarkState::default();
+        assert_eq!(idle.observe(&key, &at(10, 10, 10), t0), (10, false));
+        assert_eq!(idle.observe(&key, &at(10, 10, 10), later), (10, false));
     }
 
     #[test]

@@ -1,15 +1,21 @@
-//! Errors of the Kafka publisher.
+//! Errors of the Kafka adapter: a publish that failed, a consumer configuration that cannot
+//! work.
 //!
 //! # Example
 //!
 //! ```
-//! use eventscope::kafka::KafkaErrorClassifier;
+//! use eventscope::kafka::{self, error::ConfigError, KafkaConsumer};
 //! use eventscope::metrics::Metrics;
-//! use eventscope::publish::PublishLayer;
 //!
-//! // `error.type` becomes `MessageTimedOut`, `MessageSizeTooLarge`, … instead of the type name.
-//! let layer = PublishLayer::new(Metrics::new()).classify_errors(KafkaErrorClassifier);
+//! // `error.type` of failed publishes is the librdkafka code (`MessageTimedOut`, …).
+//! let layer = kafka::publish_layer(Metrics::new());
 //! # let _ = layer;
+//!
+//! // A consumer that would commit unprocessed messages is refused when it is built.
+//! let mut config = kafka::consumer_config("127.0.0.1:9092", "billing");
+//! config.set("enable.auto.offset.store", "true");
+//! let refused = KafkaConsumer::from_config(&config, &Metrics::new());
+//! assert!(matches!(refused, Err(ConfigError::AutoOffsetStore)));
 //! ```
 
 use std::borrow::Cow;
@@ -99,6 +105,62 @@ pub struct KafkaErrorClassifier;
 impl ClassifyError<PublishError> for KafkaErrorClassifier {
     fn classify(&self, error: &PublishError) -> Cow<'static, str> {
         error.error_type()
+    }
+}
+
+/// Why [`KafkaConsumer::from_config`](super::KafkaConsumer::from_config) could not build a
+/// consumer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `group.id` is missing or empty: offsets are committed for a consumer group.
+    MissingGroupId,
+    /// `enable.auto.offset.store` is not `false`: librdkafka would store (and so commit) the
+    /// offset of every message it hands out, processed or not.
+    AutoOffsetStore,
+    /// `statistics.interval.ms` is not set: consumer lag comes from librdkafka statistics.
+    /// Set it (e.g. `1000`), or to `0` to do without lag.
+    MissingStatisticsInterval,
+    /// A setting eventscope reads has a value it cannot use.
+    InvalidValue {
+        /// The setting.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// librdkafka refused the configuration, or subscribing failed.
+    Client(KafkaError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingGroupId => f.write_str("the consumer configuration needs a group.id"),
+            Self::AutoOffsetStore => f.write_str(
+                "the consumer must be configured with enable.auto.offset.store=false, so only \
+                 processed messages are committed",
+            ),
+            Self::MissingStatisticsInterval => f.write_str(
+                "set statistics.interval.ms (e.g. 1000) for consumer lag, or 0 to go without",
+            ),
+            Self::InvalidValue { key, value } => write!(f, "invalid value {value:?} for {key}"),
+            Self::Client(error) => write!(f, "kafka client: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Client(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<KafkaError> for ConfigError {
+    fn from(error: KafkaError) -> Self {
+        Self::Client(error)
     }
 }
 

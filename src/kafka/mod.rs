@@ -1,6 +1,10 @@
 //! Kafka through `rdkafka`: a traced publisher, a consumer driver that commits only what was
 //! processed, and consumer lag from librdkafka statistics.
 //!
+//! Built on **`rdkafka` 0.39**, re-exported as [`eventscope::kafka::rdkafka`](rdkafka): use it
+//! to name `rdkafka` types without a dependency of your own, or keep yours at the same version
+//! (`rdkafka = "0.39"`), since its types appear in this module's API.
+//!
 //! The adapter has the same parts as every broker adapter:
 //!
 //! - **carrier**: a [`KafkaRecord`] keeps its headers as a
@@ -9,13 +13,20 @@
 //!   [`KafkaMessage`] carries an owned copy of the headers it arrived with;
 //! - **publisher**: [`KafkaPublisher`], a `tower::Service<KafkaRecord>` over your
 //!   `FutureProducer`, resolving on the delivery report with a [`KafkaDelivery`] (partition and
-//!   offset); it waits instead of failing when the producer queue is full;
-//! - **consumer driver**: [`KafkaConsumer`] feeds your `StreamConsumer`'s messages to a handler
+//!   offset); it waits instead of failing when the producer queue is full. Wrap it in
+//!   [`publish_layer`], which names failures by their librdkafka code;
+//! - **consumer driver**: [`KafkaConsumer`], built with [`KafkaConsumer::from_config`] (which
+//!   checks the settings it relies on), feeds the consumer's messages to a handler
 //!   (usually wrapped in a [`ProcessLayer`](crate::process::ProcessLayer)), in order per
 //!   partition, storing and committing offsets only after the handler succeeded; failures
 //!   follow the [`FailurePolicy`](crate::driver::FailurePolicy);
 //! - **lag source**: [`EventscopeContext`], the consumer context that turns librdkafka
 //!   statistics into `messaging_consumer_lag_messages` / `_seconds` and handles rebalances.
+//!
+//! A message without a `message-id` header has the id `{topic}/{partition}/{offset}`, so
+//! what its handler publishes still gets a `causation-id`. Header names that are not UTF-8
+//! (only hand-written clients send them) are skipped, never a panic, and counted in
+//! `eventscope_trace_context_invalid_total`.
 //!
 //! Spans carry `messaging.kafka.message.key` (UTF-8 keys only), `messaging.kafka.offset`,
 //! `messaging.kafka.message.tombstone`, and on the consumer side `server.address` /
@@ -24,12 +35,9 @@
 //! # Example
 //!
 //! ```no_run
-//! use eventscope::kafka::{self, EventscopeContext, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
+//! use eventscope::kafka::{self, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 //! use eventscope::metrics::Metrics;
 //! use eventscope::process::ProcessLayer;
-//! use eventscope::publish::PublishLayer;
-//! use rdkafka::consumer::{Consumer, StreamConsumer};
-//! use rdkafka::producer::FutureProducer;
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main]
@@ -37,28 +45,31 @@
 //! let metrics = Metrics::new();
 //!
 //! // Publish: your producer, wrapped.
-//! let producer: FutureProducer = kafka::producer_config("127.0.0.1:9092").create()?;
-//! let publisher = PublishLayer::new(metrics.clone()).layer(KafkaPublisher::new(producer));
+//! let producer: kafka::rdkafka::producer::FutureProducer =
+//!     kafka::producer_config("127.0.0.1:9092").create()?;
+//! let publisher = kafka::publish_layer(metrics.clone()).layer(KafkaPublisher::new(producer));
 //! let delivery = publisher
 //!     .oneshot(KafkaRecord::new("orders", b"{\"id\":1}".to_vec()).key("customer-7"))
 //!     .await?;
 //! println!("stored at {}[{}]", delivery.partition, delivery.offset);
 //!
-//! // Consume: your consumer, created with eventscope's context, driving a wrapped handler.
+//! // Consume: a consumer built from a checked configuration, driving a wrapped handler.
 //! let config = kafka::consumer_config("127.0.0.1:9092", "billing");
-//! let consumer: StreamConsumer<EventscopeContext> =
-//!     config.create_with_context(EventscopeContext::new(&config, metrics.clone()))?;
-//! consumer.subscribe(&["orders"])?;
+//! let consumer = KafkaConsumer::from_config(&config, &metrics)?.subscribe(&["orders"])?;
 //! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: KafkaMessage| async move {
 //!     tracing::info!(offset = m.offset(), "charging card");
 //!     Ok::<_, std::io::Error>(())
 //! }));
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
-//! KafkaConsumer::new(consumer).max_concurrency(8).run(handler, shutdown).await?;
+//! consumer.max_concurrency(8).run(handler, shutdown).await?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! To bring a `StreamConsumer` of your own, create it with an [`EventscopeContext`] from the
+//! same configuration and pass it to [`KafkaConsumer::new`].
 
+mod builder;
 mod carrier;
 mod config;
 mod consumer;
@@ -71,6 +82,9 @@ mod record;
 pub use self::config::{consumer_config, producer_config};
 pub use self::consumer::KafkaConsumer;
 pub use self::context::EventscopeContext;
-pub use self::error::{KafkaErrorClassifier, PublishError};
-pub use self::publisher::KafkaPublisher;
+pub use self::error::{ConfigError, KafkaErrorClassifier, PublishError};
+pub use self::publisher::{publish_layer, KafkaPublisher};
 pub use self::record::{KafkaDelivery, KafkaMessage, KafkaRecord};
+
+/// The `rdkafka` this adapter is built on (0.39), for naming its types at the same version.
+pub use rdkafka;

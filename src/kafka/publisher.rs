@@ -13,9 +13,21 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::carrier::to_owned_headers;
-use super::error::PublishError;
+use super::error::{KafkaErrorClassifier, PublishError};
 use super::future::ResponseFuture;
 use super::record::KafkaRecord;
+use crate::metrics::Metrics;
+use crate::publish::PublishLayer;
+
+/// The [`PublishLayer`] for a [`KafkaPublisher`]: records into `metrics`, and a failed
+/// publish's `error.type` is its librdkafka error code (`MessageTimedOut`, …, see
+/// [`KafkaErrorClassifier`]) instead of the error's type name.
+///
+/// Shorthand for `PublishLayer::new(metrics).classify_errors(KafkaErrorClassifier)`; the
+/// layer's other settings (propagator, injection) are set on the result as usual.
+pub fn publish_layer(metrics: Metrics) -> PublishLayer<KafkaErrorClassifier> {
+    PublishLayer::new(metrics).classify_errors(KafkaErrorClassifier)
+}
 
 /// How long to wait before offering a record to a full producer queue again. The producer's
 /// own thread serves delivery reports meanwhile, which is what frees the queue.
@@ -24,8 +36,9 @@ pub(crate) const QUEUE_FULL_RETRY: Duration = Duration::from_millis(1);
 /// Publishes [`KafkaRecord`]s through your `rdkafka` [`FutureProducer`]; resolves with a
 /// [`KafkaDelivery`](super::KafkaDelivery) when the delivery report arrives.
 ///
-/// Wrap it in a [`PublishLayer`](crate::publish::PublishLayer) to trace and measure: the
-/// `send` span then ends with the delivery report, carrying partition and offset.
+/// Wrap it in [`publish_layer`] (a [`PublishLayer`] that names failures by their librdkafka
+/// code) to trace and measure: the `send` span then ends with the delivery report, carrying
+/// partition and offset.
 ///
 /// Records are handed to librdkafka in [`call`](Service::call), so they are queued in the order
 /// of the calls. When librdkafka's queue is full (`queue.buffering.max.messages` /

@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -191,9 +193,11 @@ impl ServerAddress {
 /// A message handed to a handler by a [`KafkaConsumer`](super::KafkaConsumer): an owned copy
 /// of what librdkafka delivered, cheap to clone.
 ///
-/// Header names that are not UTF-8 cannot be read through `rdkafka` and are left out; values
-/// are kept as bytes. A message without headers, with a binary key or with unusable trace
-/// headers is processed as a new trace root.
+/// Header names that are not UTF-8 are left out (and counted in
+/// `eventscope_trace_context_invalid_total`); values are kept as bytes. A message without headers,
+/// with a binary key or with unusable trace headers is processed as a new trace root; its
+/// [`message_id`](IncomingMessage::message_id) is its `message-id` header, else
+/// `{topic}/{partition}/{offset}`.
 #[derive(Clone, Debug)]
 pub struct KafkaMessage {
     pub(crate) origin: Arc<Origin>,
@@ -323,6 +327,20 @@ impl IncomingMessage for KafkaMessage {
 
     fn partition(&self) -> Option<i32> {
         Some(self.partition)
+    }
+
+    /// The `message-id` header, else the record's position, `{topic}/{partition}/{offset}`
+    /// (SPEC §2): unique within the cluster, so a follow-up of a message from a producer that
+    /// sets no id still gets a `causation-id`.
+    fn message_id(&self) -> Option<Cow<'_, str>> {
+        if let Some(id) = self.header_str(crate::propagation::header::MESSAGE_ID) {
+            return Some(Cow::Borrowed(id));
+        }
+        let topic = self.topic();
+        let mut id = String::with_capacity(topic.len() + 32);
+        // Writing to a `String` cannot fail.
+        let _ = write!(id, "{topic}/{}/{}", self.partition, self.offset);
+        Some(Cow::Owned(id))
     }
 
     fn consumer_group(&self) -> Option<&str> {
@@ -466,6 +484,14 @@ mod tests {
             Some("m-1")
         );
         assert_eq!(message.consumer_group(), None);
+        let anonymous = KafkaMessage {
+            data: Arc::new(Data::default()),
+            ..message.clone()
+        };
+        assert_eq!(
+            IncomingMessage::message_id(&anonymous).as_deref(),
+            Some("orders/2/7")
+        );
         let mut attrs = SpanAttributes::new();
         message.extra_attributes(&mut attrs);
         assert_eq!(

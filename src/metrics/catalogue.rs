@@ -206,7 +206,7 @@ pub const DROPPED_MESSAGES: MetricFamily = MetricFamily {
 /// Invalid trace context.
 pub const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
-    help: "Incoming messages whose trace context was malformed, oversized or duplicated; each was processed as a new root.",
+    help: "Incoming messages whose trace context, baggage or ids were malformed, oversized or duplicated, or that carried a header that could not be read; each was processed, as a new root where its trace context was unusable.",
     kind: Counter,
     labels: &[SYSTEM],
 };

@@ -311,6 +311,15 @@ impl Metrics {
             .inc();
     }
 
+    /// `count` headers of a message could not be read and were skipped (the message itself was
+    /// processed). Such a header may have been its trace context, so the message counts once in
+    /// `eventscope_trace_context_invalid_total`; nothing is recorded for 0.
+    pub fn record_unreadable_headers(&self, system: &str, count: usize) {
+        if count > 0 {
+            self.record_trace_context_invalid(system);
+        }
+    }
+
     pub(crate) fn publisher(
         &self,
         system: &'static str,
