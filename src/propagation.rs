@@ -261,42 +261,47 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// `00-{trace id}-{span id}-{flags}`, written without the formatting machinery.
 fn traceparent(sc: &SpanContext) -> String {
     let mut out = [b'-'; 55];
-    out[..2].copy_from_slice(b"00");
+    out[0] = b'0';
+    out[1] = b'0';
+    let mut trace = [0u8; 32];
+    hex_into(&sc.trace_id().to_bytes(), &mut trace);
+    out[3..35].copy_from_slice(&trace);
+    let mut span = [0u8; 16];
+    hex_into(&sc.span_id().to_bytes(), &mut span);
+    out[36..52].copy_from_slice(&span);
+    let mut flags = [0u8; 2];
     hex_into(
-        &mut out[3..35],
-        u128::from_be_bytes(sc.trace_id().to_bytes()),
+        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+        &mut flags,
     );
-    hex_into(
-        &mut out[36..52],
-        u128::from(u64::from_be_bytes(sc.span_id().to_bytes())),
-    );
-    hex_into(
-        &mut out[53..55],
-        u128::from((sc.trace_flags() & TraceFlags::SAMPLED).to_u8()),
-    );
+    out[53..55].copy_from_slice(&flags);
     // Only ASCII hex digits and dashes were written, so this cannot fail.
     String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
-/// The low `out.len()` hex digits of `value`, most significant first.
-fn hex_into(out: &mut [u8], mut value: u128) {
-    for digit in out.iter_mut().rev() {
-        *digit = HEX[(value & 0xf) as usize];
-        value >>= 4;
+/// `bytes` as lower-case hex digits.
+fn hex_into<const N: usize, const M: usize>(bytes: &[u8; N], out: &mut [u8; M]) {
+    for i in 0..N.min(M / 2) {
+        out[2 * i] = HEX[usize::from(bytes[i] >> 4)];
+        out[2 * i + 1] = HEX[usize::from(bytes[i] & 0x0f)];
     }
 }
 
-/// Lower-case hex digits as a number; `None` on any other byte.
-fn unhex(digits: &[u8]) -> Option<u128> {
-    let mut value = 0u128;
+/// `N` bytes from `2 * N` lower-case hex digits; `None` on any other byte.
+fn unhex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    if digits.len() != 2 * N {
+        return None;
+    }
     let mut bad = 0u8;
-    for digit in digits {
-        let nibble = UNHEX[usize::from(*digit)];
-        bad |= nibble;
-        value = (value << 4) | u128::from(nibble & 0x0f);
+    for i in 0..N {
+        let high = UNHEX[usize::from(digits[2 * i])];
+        let low = UNHEX[usize::from(digits[2 * i + 1])];
+        bad |= high | low;
+        out[i] = (high << 4) | (low & 0x0f);
     }
     // Valid digits are below 16; `0xff` marks any other byte.
-    (bad < 16).then_some(value)
+    (bad < 16).then_some(out)
 }
 
 /// The value of each lower-case hex digit; `0xff` for every other byte.
@@ -317,16 +322,16 @@ fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
-    let version = unhex(&value[..2])?;
+    let [version] = unhex::<1>(&value[..2])?;
     if version == 0xff || (version == 0 && value.len() != 55) {
         return None;
     }
     if value.len() > 55 && value[55] != b'-' {
         return None;
     }
-    let trace_id = TraceId::from(unhex(&value[3..35])?);
-    let span_id = SpanId::from(unhex(&value[36..52])? as u64);
-    let flags = unhex(&value[53..55])? as u8;
+    let trace_id = TraceId::from_bytes(unhex::<16>(&value[3..35])?);
+    let span_id = SpanId::from_bytes(unhex::<8>(&value[36..52])?);
+    let [flags] = unhex::<1>(&value[53..55])?;
     let sc = SpanContext::new(
         trace_id,
         span_id,
