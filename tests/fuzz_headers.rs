@@ -144,18 +144,28 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
             .prop_map(|members| members.join(",").into_bytes()),
         // Any text.
         1 => any::<String>().prop_map(String::into_bytes),
-        // Occasionally huge: up to 1 MiB, from a repeated random chunk (cheap to generate).
-        1 => (prop::collection::vec(any::<u8>(), 1..32), 64_000usize..=1 << 20)
-            .prop_map(|(chunk, len)| chunk.iter().copied().cycle().take(len).collect()),
     ]
+}
+
+/// A huge value, up to 1 MiB, from a repeated random chunk (cheap to generate).
+fn huge() -> impl Strategy<Value = Vec<u8>> {
+    (prop::collection::vec(any::<u8>(), 1..32), 64_000usize..=1 << 20)
+        .prop_map(|(chunk, len)| chunk.iter().copied().cycle().take(len).collect())
 }
 
 fn case() -> impl Strategy<Value = Case> {
     (
         prop::collection::vec((name(), value()), 0..16),
+        // Occasionally one huge header, anywhere in the list.
+        prop_oneof![19 => Just(None), 1 => (name(), huge(), any::<prop::sample::Index>()).prop_map(Some)],
         prop_oneof![3 => Just(Follow::Fresh), 1 => Just(Follow::Republish)],
     )
-        .prop_map(|(headers, follow)| Case { headers, follow })
+        .prop_map(|(mut headers, huge, follow)| {
+            if let Some((name, value, at)) = huge {
+                headers.insert(at.index(headers.len() + 1), (name, value));
+            }
+            Case { headers, follow }
+        })
 }
 
 /// One process → publish round trip, reusing the runtime, metrics and broker across cases.

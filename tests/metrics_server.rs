@@ -213,6 +213,23 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn the_header_read_timeout_also_ends_keep_alive_between_requests() {
+    let server = MetricsServer::builder()
+        .header_read_timeout(SHORT)
+        .idle_timeout(LONG)
+        .bind(populated_registry().await, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (mut kept_alive, head, _) = scrape(server.local_addr()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        closed_by_server(&mut kept_alive).await,
+        "a keep-alive connection waiting for its next request is closed"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn connections_over_the_cap_wait_until_a_slot_frees() {
     const CAP: usize = 2;
     let server = MetricsServer::builder()
