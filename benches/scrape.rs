@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use eventscope::message::{HeaderList, Headers, HeadersMut, OutgoingMessage};
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
@@ -68,9 +68,7 @@ fn metrics_with(runtime: &tokio::runtime::Runtime, min_series: usize) -> Metrics
                 destination: format!("orders.region-{destination:04}.v1"),
                 headers: HeaderList::new(),
             };
-            runtime
-                .block_on(publisher.clone().oneshot(record))
-                .unwrap();
+            runtime.block_on(publisher.clone().oneshot(record)).unwrap();
             destination += 1;
         }
     }
@@ -80,7 +78,10 @@ fn metrics_with(runtime: &tokio::runtime::Runtime, min_series: usize) -> Metrics
 async fn serve(metrics: &Metrics, cache_ttl: Duration) -> (MetricsServer, String) {
     let server = MetricsServer::builder()
         .cache_ttl(cache_ttl)
-        .bind(metrics.registry().clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        .bind(
+            metrics.registry().clone(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
         .await
         .unwrap();
     let url = format!("http://{}/metrics", server.local_addr());
@@ -109,7 +110,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("encode/1000_series", |b| b.iter(|| small.encode()));
 
     let client = reqwest::Client::new();
-    for (name, ttl) in [("uncached", Duration::ZERO), ("cached", Duration::from_secs(1))] {
+    for (name, ttl) in [
+        ("uncached", Duration::ZERO),
+        ("cached", Duration::from_secs(1)),
+    ] {
         let (server, url) = runtime.block_on(serve(&small, ttl));
         c.bench_function(&format!("http/1000_series/{name}"), |b| {
             b.to_async(&runtime).iter(|| scrape(&client, &url))
@@ -126,7 +130,10 @@ fn bench(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("http/200_concurrent_2MB");
     group.sample_size(10);
-    for (name, ttl) in [("uncached", Duration::ZERO), ("cached", Duration::from_secs(1))] {
+    for (name, ttl) in [
+        ("uncached", Duration::ZERO),
+        ("cached", Duration::from_secs(1)),
+    ] {
         let (server, url) = runtime.block_on(serve(&large, ttl));
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {

@@ -67,6 +67,14 @@ impl IncomingMessage for Fuzzed {
     }
 }
 
+/// The outgoing headers `check` reads.
+const CHECKED: [&str; 4] = [
+    header::TRACEPARENT,
+    header::CORRELATION_ID,
+    header::CAUSATION_ID,
+    header::MESSAGE_ID,
+];
+
 /// What the handler does with the message it processes.
 #[derive(Clone, Copy, Debug)]
 enum Follow {
@@ -149,7 +157,10 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
 
 /// A huge value, up to 1 MiB, from a repeated random chunk (cheap to generate).
 fn huge() -> impl Strategy<Value = Vec<u8>> {
-    (prop::collection::vec(any::<u8>(), 1..32), 64_000usize..=1 << 20)
+    (
+        prop::collection::vec(any::<u8>(), 1..32),
+        64_000usize..=1 << 20,
+    )
         .prop_map(|(chunk, len)| chunk.iter().copied().cycle().take(len).collect())
 }
 
@@ -204,26 +215,33 @@ impl RoundTrip {
             let published = published.clone();
             let broker = self.broker.publisher();
             service_fn(move |record: MemoryRecord| {
-                *published.lock().unwrap() = Some(record.headers().clone());
+                // Only what `check` reads: copying a 1 MiB header here would time the harness.
+                let mut checked = HeaderList::new();
+                for (name, value) in record.headers().iter() {
+                    if CHECKED.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+                        checked.push_bytes(name, value.to_vec());
+                    }
+                }
+                *published.lock().unwrap() = Some(checked);
                 broker.clone().oneshot(record)
             })
         };
         let publisher = PublishLayer::new(self.metrics.clone()).layer(tap);
         let follow = case.follow;
-        let handler = ProcessLayer::new(self.metrics.clone()).layer(service_fn(
-            move |message: Fuzzed| {
+        let handler =
+            ProcessLayer::new(self.metrics.clone()).layer(service_fn(move |message: Fuzzed| {
                 let publisher = publisher.clone();
                 async move {
                     let mut record = MemoryRecord::new("follow-up", b"{}".to_vec());
                     if let Follow::Republish = follow {
-                        for (name, value) in message.headers() {
-                            record = record.header_bytes(name, value.to_vec());
+                        // Moved, not copied: the handler's own cost stays near zero.
+                        for (name, value) in message.0.into_vec() {
+                            record = record.header_bytes(name, value);
                         }
                     }
                     publisher.oneshot(record).await.map(|_| ())
                 }
-            },
-        ));
+            }));
 
         let started = Instant::now();
         self.runtime
@@ -300,12 +318,15 @@ fn check(case: &Case, published: &HeaderList) -> Result<(), TestCaseError> {
             name
         );
         prop_assert!(
-            !value.is_empty() && value.len() <= MAX_ID_BYTES,
-            "outgoing {} is 1..={} bytes, is {}",
+            value.len() <= MAX_ID_BYTES,
+            "outgoing {} is at most {} bytes, is {}",
             name,
             MAX_ID_BYTES,
             value.len()
         );
+        // SPEC §2 is silent on empty ids; an empty one names nothing, and the publish layer
+        // already treats an empty correlation-id as absent.
+        prop_assert!(!value.is_empty(), "outgoing {} is not empty", name);
     }
     if let Some(id) = plain_id(&case.headers, header::CORRELATION_ID) {
         prop_assert_eq!(correlation[0], id.as_bytes(), "the flow's correlation-id");

@@ -59,8 +59,11 @@ impl GatherCounter {
         let gathers = Arc::new(AtomicUsize::new(0));
         let counter = Self {
             gathers: gathers.clone(),
-            gauge: IntGauge::new("test_exposition_gathers", "Times the registry was gathered.")
-                .unwrap(),
+            gauge: IntGauge::new(
+                "test_exposition_gathers",
+                "Times the registry was gathered.",
+            )
+            .unwrap(),
         };
         registry.register(Box::new(counter)).unwrap();
         gathers
