@@ -161,11 +161,10 @@ pub trait IncomingMessage: Headers {
     fn system(&self) -> &'static str;
     /// Topic, queue or subject the message was received from.
     fn destination(&self) -> &str;
-    /// The message id. The default reads the `message-id` header; protocols with a native id
-    /// field (AMQP, JetStream) override it.
+    /// The message id. The default reads the `message-id` header (when it is a usable id,
+    /// SPEC §2); protocols with a native id field (AMQP, JetStream) override it.
     fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.header_str(crate::propagation::header::MESSAGE_ID)
-            .map(Cow::Borrowed)
+        header_id(self).map(Cow::Borrowed)
     }
     /// Partition the message was read from.
     fn partition(&self) -> Option<i32> {
@@ -374,6 +373,17 @@ impl HeadersMut for HeaderList {
     fn remove_header(&mut self, name: &str) {
         self.remove(name);
     }
+}
+
+/// The first `message-id` header, if it is a usable id: UTF-8, not empty, at most
+/// [`MAX_ID_BYTES`](crate::scope::MAX_ID_BYTES).
+pub(crate) fn header_id<H: Headers + ?Sized>(headers: &H) -> Option<&str> {
+    headers
+        .headers()
+        .find(|(key, _)| key.eq_ignore_ascii_case(crate::propagation::header::MESSAGE_ID))
+        // The length first: an oversized value is never scanned.
+        .filter(|(_, value)| !value.is_empty() && value.len() <= crate::scope::MAX_ID_BYTES)
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
 }
 
 /// Generates a new unique id (a UUIDv7: unique, and sortable by creation time).

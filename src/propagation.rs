@@ -362,17 +362,15 @@ impl<'a> Scan<'a> {
             let duplicate = self.tracestate.replace(value).is_some();
             self.invalid |= duplicate || !tracestate_ok(value);
         } else if name.eq_ignore_ascii_case(header::BAGGAGE) {
-            self.baggage_bytes += value.len();
-            // Counting stops at the bound, so a huge header costs one bounded pass.
-            self.baggage_members += value
-                .iter()
-                .filter(|b| **b == b',')
-                .take(BAGGAGE_MAX_MEMBERS + 1)
-                .count()
-                + 1;
-            self.invalid |= self.baggage_bytes > BAGGAGE_MAX_BYTES
-                || self.baggage_members > BAGGAGE_MAX_MEMBERS
-                || std::str::from_utf8(value).is_err();
+            self.baggage_bytes = self.baggage_bytes.saturating_add(value.len());
+            // The byte bound first: an oversized header costs nothing beyond its length.
+            if self.baggage_bytes > BAGGAGE_MAX_BYTES {
+                self.invalid = true;
+                return;
+            }
+            self.baggage_members += value.iter().filter(|b| **b == b',').count() + 1;
+            self.invalid |=
+                self.baggage_members > BAGGAGE_MAX_MEMBERS || std::str::from_utf8(value).is_err();
         }
     }
 }

@@ -129,7 +129,8 @@ impl MessageScope {
                 invalid = true;
                 Some(fresh_message.new_id())
             }
-            _ => None,
+            // No id at all: a fresh one, so that follow-ups still name their cause.
+            _ => Some(fresh_message.new_id()),
         };
         (Self::from_parts(correlation_id, message_id), invalid)
     }

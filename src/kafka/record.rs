@@ -333,7 +333,7 @@ impl IncomingMessage for KafkaMessage {
     /// (SPEC §2): unique within the cluster, so a follow-up of a message from a producer that
     /// sets no id still gets a `causation-id`.
     fn message_id(&self) -> Option<Cow<'_, str>> {
-        if let Some(id) = self.header_str(crate::propagation::header::MESSAGE_ID) {
+        if let Some(id) = crate::message::header_id(self) {
             return Some(Cow::Borrowed(id));
         }
         let topic = self.topic();

@@ -5,7 +5,6 @@ use std::time::SystemTime;
 use crate::message::{
     system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt, Republish,
 };
-use crate::propagation::header;
 
 /// A record to publish to the embedded broker.
 #[derive(Clone, Debug)]
@@ -208,7 +207,7 @@ impl IncomingMessage for MemoryMessage {
 
     /// The `message-id` header, else `{topic}/{partition}/{offset}` (SPEC §2).
     fn message_id(&self) -> Option<Cow<'_, str>> {
-        match self.header_str(header::MESSAGE_ID) {
+        match crate::message::header_id(self) {
             Some(id) => Some(Cow::Borrowed(id)),
             None => Some(Cow::Owned(format!(
                 "{}/{}/{}",

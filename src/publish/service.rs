@@ -7,10 +7,10 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::PublishLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
-use crate::message::{new_id, OutgoingMessage, Receipt};
+use crate::message::{new_id, Headers, OutgoingMessage, Receipt};
 use crate::metrics::{Memo, PublishInstruments};
 use crate::propagation::header;
-use crate::scope::{id_ok, IdBuffer, MessageScope};
+use crate::scope::{id_ok, IdBuffer, MessageScope, MAX_ID_BYTES};
 use crate::span::{self, SpanStart};
 
 /// A publisher service that traces and measures every message; built by [`PublishLayer`].
@@ -66,16 +66,38 @@ where
         );
 
         let mut generated = IdBuffer::new();
-        let message_id_ok = message.message_id().is_some_and(|id| id_ok(&id));
-        let new_message_id = (!message_id_ok).then(|| generated.new_id());
-        if let Some(id) = new_message_id {
-            message.set_message_id(id.to_owned());
-        }
+        let (message_id, single) = match message.message_id() {
+            Some(id) if id_ok(&id) => (
+                Some(id.into_owned()),
+                count(&message, header::MESSAGE_ID) <= 1,
+            ),
+            _ => (None, true),
+        };
+        let new_message_id = match message_id {
+            // A message republished with its headers must not carry two ids.
+            Some(id) if !single => {
+                message.set_message_id(id);
+                None
+            }
+            Some(_) => None,
+            None => {
+                let id = generated.new_id();
+                message.set_message_id(id.to_owned());
+                Some(&*id)
+            }
+        };
         // An explicit correlation id wins; inside a handler the flow's id; else a new flow,
         // whose correlation id is the id of its first message.
-        let explicit = message
-            .header_str(header::CORRELATION_ID)
-            .is_some_and(|id| id_ok(&id));
+        let (explicit, single) = first_id(&message, header::CORRELATION_ID);
+        let explicit = match explicit {
+            Some(id) if !single => {
+                let id = id.to_owned();
+                message.set_static_header(header::CORRELATION_ID, id);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        };
         MessageScope::with_current(|scope| {
             if !explicit {
                 let correlation_id = match (scope, new_message_id) {
@@ -133,4 +155,31 @@ where
             config.classifier.clone(),
         )
     }
+}
+
+/// How many headers are called `name`.
+fn count<H: Headers + ?Sized>(headers: &H, name: &str) -> usize {
+    headers
+        .headers()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .count()
+}
+
+/// The first header called `name` if it is a usable id (SPEC §2), and whether it is the only
+/// header of that name.
+fn first_id<'a, H: Headers + ?Sized>(headers: &'a H, name: &str) -> (Option<&'a str>, bool) {
+    let mut first = None;
+    let mut seen = 0;
+    for (key, value) in headers.headers() {
+        if key.eq_ignore_ascii_case(name) {
+            if seen == 0 {
+                first = Some(value);
+            }
+            seen += 1;
+        }
+    }
+    let id = first
+        .filter(|value| !value.is_empty() && value.len() <= MAX_ID_BYTES)
+        .and_then(|value| std::str::from_utf8(value).ok());
+    (id, seen <= 1)
 }
