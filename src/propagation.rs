@@ -186,7 +186,7 @@ impl Propagation {
                 headers.set_static_header(header::TRACESTATE, state);
             }
         }
-        if cx.baggage().len() > 0 {
+        if !cx.baggage().is_empty() {
             BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
         }
     }

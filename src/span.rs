@@ -213,7 +213,7 @@ impl ActiveSpan {
     /// The context to attach while the operation runs; `None` when there is nothing to make
     /// current (no span of our own and an empty parent), which saves the attach on every poll.
     pub(crate) fn attachable(&mut self) -> Option<&Context> {
-        if !self.recording && !self.span_context.is_valid() && self.parent.baggage().len() == 0 {
+        if !self.recording && !self.span_context.is_valid() && self.parent.baggage().is_empty() {
             return None;
         }
         Some(self.context())

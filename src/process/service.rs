@@ -149,7 +149,7 @@ pub(crate) fn start_process(
     }
     let baggage = extracted.context.baggage();
     opentelemetry::Context::map_current(|current| {
-        if baggage.len() == 0 {
+        if baggage.is_empty() {
             tracer.start(start, current)
         } else {
             let baggage: opentelemetry::baggage::Baggage = baggage

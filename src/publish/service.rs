@@ -83,7 +83,7 @@ where
             None => {
                 let id = generated.new_id();
                 message.set_message_id(id.to_owned());
-                Some(&*id)
+                Some(id)
             }
         };
         // An explicit correlation id wins; inside a handler the flow's id; else a new flow,
