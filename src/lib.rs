@@ -68,7 +68,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classify;
-pub mod driver;
+pub mod consume;
 pub mod message;
 pub mod metrics;
 pub mod process;
@@ -76,6 +76,9 @@ pub mod propagation;
 pub mod publish;
 pub mod scope;
 mod span;
+
+/// A type-erased error, as handlers and services usually return it.
+pub use tower::BoxError;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -29,10 +29,11 @@
 
 mod broker;
 mod consumer;
+mod lag;
 mod publisher;
 mod record;
 
 pub use self::broker::{MemoryBroker, MemoryBrokerBuilder, MemoryError};
-pub use self::consumer::MemoryConsumer;
+pub use self::consumer::{MemoryConsumer, MemorySubscription};
 pub use self::publisher::MemoryPublisher;
 pub use self::record::{Delivery, MemoryMessage, MemoryRecord};

@@ -50,6 +50,8 @@ pub mod name {
     pub const INVALID_MESSAGES: &str = "messaging_consumer_invalid_messages_total";
     /// Consumer-group rebalances seen.
     pub const REBALANCES: &str = "messaging_consumer_rebalances_total";
+    /// 1 while a partition is stopped at a failed message.
+    pub const PARTITION_STOPPED: &str = "messaging_consumer_partition_stopped";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
 }
@@ -194,6 +196,13 @@ pub const REBALANCES: MetricFamily = MetricFamily {
     kind: Counter,
     labels: &[SYSTEM, GROUP],
 };
+/// Stopped partitions.
+pub const PARTITION_STOPPED: MetricFamily = MetricFamily {
+    name: name::PARTITION_STOPPED,
+    help: "1 while the consumer holds a partition stopped at a failed message (settle decision Stop); absent otherwise.",
+    kind: Gauge,
+    labels: SYS_DEST_PART_GROUP,
+};
 /// Invalid trace context.
 pub const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
@@ -218,5 +227,6 @@ pub const CATALOGUE: &[MetricFamily] = &[
     DUPLICATES,
     INVALID_MESSAGES,
     REBALANCES,
+    PARTITION_STOPPED,
     TRACE_CONTEXT_INVALID,
 ];

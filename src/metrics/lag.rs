@@ -72,6 +72,8 @@ impl Metrics {
         group: &str,
         partition: Option<i32>,
     ) {
+        // A revoked partition is no longer ours to report stopped (SPEC §4).
+        self.set_partition_stopped(system, destination, group, partition, false);
         let label = self.inner.destinations.admit(destination);
         let slot = partition_slot(partition);
         // The process layer's combined entry holds the same state: evict both, so a partition
