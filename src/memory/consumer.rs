@@ -335,7 +335,7 @@ impl OrderedSource for MemorySource {
                     generation,
                     next_lag,
                     ..
-                } = self;
+                } = &mut *self;
                 let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = lanes
                     .values_mut()
                     .filter(|fetch| !fetch.paused)
@@ -353,10 +353,14 @@ impl OrderedSource for MemorySource {
                     }
                     futures_util::future::select_all(waits).await;
                 };
-                tokio::select! {
-                    Ok(()) = generation.changed() => {}
-                    () = any_record => {}
-                    () = tokio::time::sleep_until(*next_lag) => {}
+                let regenerated = tokio::select! {
+                    Ok(()) = generation.changed() => true,
+                    () = any_record => false,
+                    () = tokio::time::sleep_until(*next_lag) => false,
+                };
+                if regenerated {
+                    // `changed` marked the generation seen: deal now.
+                    self.rebalance();
                 }
             }
         }
