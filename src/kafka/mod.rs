@@ -10,10 +10,10 @@
 //! - **publisher**: [`KafkaPublisher`], a `tower::Service<KafkaRecord>` over your
 //!   `FutureProducer`, resolving on the delivery report with a [`KafkaDelivery`] (partition and
 //!   offset); it waits instead of failing when the producer queue is full;
-//! - **consumer driver**: [`KafkaConsumer`] feeds your `StreamConsumer`'s messages to a handler
-//!   (usually wrapped in a [`ProcessLayer`](crate::process::ProcessLayer)), in order per
-//!   partition, storing and committing offsets only after the handler succeeded; failures
-//!   follow the [`FailurePolicy`](crate::driver::FailurePolicy);
+//! - **consumer**: [`KafkaConsumer`], a source of your `StreamConsumer`'s messages and a
+//!   settler of offsets, run by the [consumer core](crate::consume): in order per partition,
+//!   handlers wrapped in its [`process_layer`](crate::consume::Consumer::process_layer),
+//!   offsets stored and committed only once settled (SPEC §7);
 //! - **lag source**: [`EventscopeContext`], the consumer context that turns librdkafka
 //!   statistics into `messaging_consumer_lag_messages` / `_seconds` and handles rebalances.
 //!
@@ -26,8 +26,7 @@
 //! ```no_run
 //! use eventscope::kafka::{self, EventscopeContext, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 //! use eventscope::metrics::Metrics;
-//! use eventscope::process::ProcessLayer;
-//! use eventscope::publish::PublishLayer;
+//! //! use eventscope::publish::PublishLayer;
 //! use rdkafka::consumer::{Consumer, StreamConsumer};
 //! use rdkafka::producer::FutureProducer;
 //! use tower::{service_fn, Layer, ServiceExt};
@@ -49,12 +48,13 @@
 //! let consumer: StreamConsumer<EventscopeContext> =
 //!     config.create_with_context(EventscopeContext::new(&config, metrics.clone()))?;
 //! consumer.subscribe(&["orders"])?;
-//! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: KafkaMessage| async move {
+//! let consumer = KafkaConsumer::new(consumer).max_concurrency(8);
+//! let handler = consumer.process_layer().layer(service_fn(|m: KafkaMessage| async move {
 //!     tracing::info!(offset = m.offset(), "charging card");
 //!     Ok::<_, std::io::Error>(())
 //! }));
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
-//! KafkaConsumer::new(consumer).max_concurrency(8).run(handler, shutdown).await?;
+//! consumer.run(handler, shutdown).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -69,7 +69,7 @@ mod publisher;
 mod record;
 
 pub use self::config::{consumer_config, producer_config};
-pub use self::consumer::KafkaConsumer;
+pub use self::consumer::{KafkaConsumer, KafkaSubscription};
 pub use self::context::EventscopeContext;
 pub use self::error::{KafkaErrorClassifier, PublishError};
 pub use self::publisher::KafkaPublisher;
