@@ -180,10 +180,7 @@ impl Classifier {
         T: std::error::Error + 'static,
     {
         let probe: Probe = |e| e.is::<T>();
-        self.edit(|t| {
-            t.types
-                .push((TypeId::of::<T>(), probe, error_type.into()))
-        })
+        self.edit(|t| t.types.push((TypeId::of::<T>(), probe, error_type.into())))
     }
 
     /// Failures named `error_type` (by [`on`](Self::on), a type name, or [`PANIC`]) get
@@ -221,8 +218,7 @@ impl Classifier {
     fn by_chain(&self, error: &(dyn std::error::Error + 'static)) -> Option<&Cow<'static, str>> {
         let mut next = Some(error);
         while let Some(error) = next {
-            if let Some((_, _, name)) = self.inner.types.iter().find(|(_, probe, _)| probe(error))
-            {
+            if let Some((_, _, name)) = self.inner.types.iter().find(|(_, probe, _)| probe(error)) {
                 return Some(name);
             }
             next = error.source();
@@ -319,7 +315,10 @@ mod tests {
         let c = Classifier::new()
             .decision("Declined", Decision::Reject)
             .decision(PANIC, Decision::retry(Duration::from_secs(1)));
-        assert_eq!(ClassifyError::<BoxError>::decide(&c, "Declined"), Decision::Reject);
+        assert_eq!(
+            ClassifyError::<BoxError>::decide(&c, "Declined"),
+            Decision::Reject
+        );
         assert_eq!(
             ClassifyError::<BoxError>::decide(&c, PANIC),
             Decision::retry(Duration::from_secs(1))

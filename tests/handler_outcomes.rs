@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventscope::driver::{ConsumeError, FailurePolicy};
+use eventscope::classify::{Classifier, Decision};
+use eventscope::consume::ConsumeError;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::metrics::Metrics;
 use eventscope::process::{BatchProcessLayer, ProcessLayer};
@@ -138,9 +139,9 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
         .consumer("g")
         .subscribe(["flaky"])
         .metrics(metrics.clone())
-        .failure_policy(FailurePolicy::Redeliver {
-            backoff: Duration::from_millis(10),
-        })
+        .classify_errors(
+            Classifier::new().decision("CardDeclined", Decision::retry(Duration::from_millis(10))),
+        )
         .run(handler, committed)
         .await
         .unwrap();

@@ -13,27 +13,26 @@ mod bus;
 mod envelope;
 mod tree;
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus::{Bus, Classify, Handler, Publisher};
+use bus::{Bus, Handler, Publisher};
 use envelope::{Envelope, FollowUp, Item, OrderCreated};
-use eventscope::driver::BoxError;
+use eventscope::classify::{Classifier, Decision};
 use eventscope::memory::MemoryBroker;
 use eventscope::message::{new_id, IncomingMessage};
 use eventscope::metrics::Metrics;
-use eventscope::process::ProcessLayer;
 use eventscope::scope::MessageScope;
 use eventscope::server::{MetricsServer, DEFAULT_ADDR};
 use eventscope::telemetry::{otlp_configured, OtlpExport, TelemetryBuilder, TelemetryGuard};
+use eventscope::BoxError;
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, ServiceExt};
 use tracing::instrument::WithSubscriber;
 use tracing::{Dispatch, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -106,12 +105,12 @@ impl std::fmt::Display for PaymentDeclined {
 
 impl std::error::Error for PaymentDeclined {}
 
-fn classify(error: &BoxError) -> Cow<'static, str> {
-    if error.is::<PaymentDeclined>() {
-        Cow::Borrowed("PaymentDeclined")
-    } else {
-        Cow::Borrowed(eventscope::classify::OTHER)
-    }
+/// Names a declined payment for metrics and spans, and retries every failure after a pause:
+/// the consumer and its process layer share this one classifier.
+fn classifier() -> Classifier {
+    Classifier::new()
+        .on::<PaymentDeclined>("PaymentDeclined")
+        .otherwise(Decision::retry(std::time::Duration::from_millis(100)))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -313,16 +312,12 @@ fn handler<B: Bus>(
     shared: &Arc<Shared<B>>,
     publisher: Publisher<B::Record>,
 ) -> Handler<B::Message> {
-    let metrics = shared.metrics.clone();
     let shared = Arc::clone(shared);
     let inner = service_fn(move |message: B::Message| {
         handle(role, shared.clone(), publisher.clone(), message)
     });
-    BoxCloneSyncService::new(
-        ProcessLayer::new(metrics)
-            .classify_errors(classify as Classify)
-            .layer(inner),
-    )
+    // The consumer wraps it in its own process layer (its metrics, its classifier).
+    BoxCloneSyncService::new(inner)
 }
 
 /// Each service gets its own tracer provider, so traces show four services as four processes
@@ -533,7 +528,14 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>) -> Result<(), BoxError> {
         let stop = Box::pin(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
-        let run = bus.consume(role.service(), ORDERS, handler, &metrics, classify, stop);
+        let run = bus.consume(
+            role.service(),
+            ORDERS,
+            handler,
+            &metrics,
+            classifier(),
+            stop,
+        );
         consumers.push((role, tokio::spawn(run.with_subscriber(dispatch))));
     }
 

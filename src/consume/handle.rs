@@ -51,8 +51,10 @@ impl Failure {
 
 /// How the core hands work to the user's service: each message, or the batch as a `Vec`.
 pub(crate) trait Handle<M>: Send + 'static {
-    fn handle<'a>(&'a mut self, work: &'a [M])
-        -> impl Future<Output = Result<(), Failure>> + Send + 'a;
+    fn handle<'a>(
+        &'a mut self,
+        work: &'a [M],
+    ) -> impl Future<Output = Result<(), Failure>> + Send + 'a;
 }
 
 /// A `Service<M>` called once per message.
@@ -100,11 +102,8 @@ where
     S::Error: Into<BoxError> + Send,
     C: ClassifyError<S::Error> + Send + Sync + 'static,
 {
-    fn handle<'a>(
-        &'a mut self,
-        work: &'a [M],
-    ) -> impl Future<Output = Result<(), Failure>> + Send + 'a {
-        async move {
+    async fn handle(&mut self, work: &[M]) -> Result<(), Failure> {
+        {
             for message in work {
                 call(&mut self.service, &self.classifier, message.clone()).await?;
             }
@@ -121,11 +120,8 @@ where
     S::Error: Into<BoxError> + Send,
     C: ClassifyError<S::Error> + Send + Sync + 'static,
 {
-    fn handle<'a>(
-        &'a mut self,
-        work: &'a [M],
-    ) -> impl Future<Output = Result<(), Failure>> + Send + 'a {
-        async move {
+    async fn handle(&mut self, work: &[M]) -> Result<(), Failure> {
+        {
             // The core never hands out an empty batch: no span, no series for nothing.
             if work.is_empty() {
                 return Ok(());

@@ -319,9 +319,10 @@ where
         let Some(lane) = self.tasks.remove(&task) else {
             return;
         };
-        let current = self.lanes.get(&lane).is_some_and(
-            |s| matches!(&s.state, SlotState::Running { task: t, .. } if *t == task),
-        );
+        let current = self
+            .lanes
+            .get(&lane)
+            .is_some_and(|s| matches!(&s.state, SlotState::Running { task: t, .. } if *t == task));
         match end {
             LaneEnd::Done => {
                 if current && !self.shutting_down {

@@ -26,8 +26,11 @@ pub(crate) trait UnorderedSource: Send {
 
 /// Carries out a decision on one delivery (ack, nack with requeue, reject, term, ...).
 pub(crate) trait UnorderedSettler<M>: Send + Sync + 'static {
-    fn settle(&self, message: &M, decision: Decision)
-        -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn settle(
+        &self,
+        message: &M,
+        decision: Decision,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// A handled delivery, as its task reports it.
@@ -88,7 +91,8 @@ where
             }
             Some(Ok(message)) => message,
         };
-        let (mut handler, settler, core) = (handler.clone(), Arc::clone(&settler), Arc::clone(&core));
+        let (mut handler, settler, core) =
+            (handler.clone(), Arc::clone(&settler), Arc::clone(&core));
         let task = async move {
             let result = handler.handle(std::slice::from_ref(&message)).await;
             let (decision, failure) = match result {
@@ -117,7 +121,13 @@ where
                 error_type.unwrap_or(""),
                 elapsed.as_secs_f64(),
             );
-            settle_span_hook(core.system, message.destination(), started, elapsed, error_type);
+            settle_span_hook(
+                core.system,
+                message.destination(),
+                started,
+                elapsed,
+                error_type,
+            );
             drop(permit);
             Handled {
                 destination: message.destination().to_owned(),
@@ -150,10 +160,7 @@ where
 }
 
 /// Notes a finished task; `true` when it decided `Stop`.
-fn note(
-    done: Result<Handled, tokio::task::JoinError>,
-    outcome: &mut Option<ConsumeError>,
-) -> bool {
+fn note(done: Result<Handled, tokio::task::JoinError>, outcome: &mut Option<ConsumeError>) -> bool {
     match done {
         Ok(Handled {
             destination,

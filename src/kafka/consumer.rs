@@ -18,8 +18,8 @@ use super::context::{EventscopeContext, Progress, RebalanceEvent, Settings};
 use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
 use crate::classify::{Classifier, ClassifyError};
 use crate::consume::{
-    run_ordered, Batch, ConsumeError, Consumer, Core, Delivery, Event, Lane, One,
-    OrderedSettler, OrderedSource, Options,
+    run_ordered, Batch, ConsumeError, Consumer, Core, Delivery, Event, Lane, One, Options,
+    OrderedSettler, OrderedSource,
 };
 use crate::message::system::KAFKA;
 use crate::BoxError;
@@ -263,8 +263,8 @@ impl<X: ConsumerContext + 'static> KafkaSource<X> {
 impl<X: ConsumerContext + 'static> OrderedSource for KafkaSource<X> {
     type Message = KafkaMessage;
 
-    fn next(&mut self) -> impl Future<Output = Event<KafkaMessage>> + Send {
-        async move {
+    async fn next(&mut self) -> Event<KafkaMessage> {
+        {
             loop {
                 if let Some(event) = self.pending.pop_front() {
                     return event;

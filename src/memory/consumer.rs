@@ -310,8 +310,8 @@ impl MemorySource {
 impl OrderedSource for MemorySource {
     type Message = MemoryMessage;
 
-    fn next(&mut self) -> impl Future<Output = Event<MemoryMessage>> + Send {
-        async move {
+    async fn next(&mut self) -> Event<MemoryMessage> {
+        {
             loop {
                 if let Some(event) = self.pending.pop_front() {
                     return event;

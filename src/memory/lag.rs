@@ -18,6 +18,12 @@ pub(crate) fn report_lag<'a>(
         let next = broker
             .committed(group, &topic.name, partition)
             .unwrap_or_else(|| broker.log_start(topic, partition));
-        metrics.record_lag(MEMORY, &topic.name, group, Some(partition), (high - next).max(0));
+        metrics.record_lag(
+            MEMORY,
+            &topic.name,
+            group,
+            Some(partition),
+            (high - next).max(0),
+        );
     }
 }

@@ -17,8 +17,8 @@ use eventscope::metrics::{label, name, Metrics, OPERATION_SETTLE};
 use eventscope::process::future::CANCELLED;
 use eventscope::BoxError;
 use tokio::sync::Notify;
-use tower::util::BoxCloneSyncService;
 use tower::service_fn;
+use tower::util::BoxCloneSyncService;
 
 /// A handler of one message.
 pub type Handler<M> = BoxCloneSyncService<M, (), BoxError>;
@@ -92,8 +92,7 @@ macro_rules! conformance_suite {
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn retry_hands_the_message_again_while_the_partition_waits() {
-            conformance::retry_hands_the_message_again_while_the_partition_waits(&$harness)
-                .await;
+            conformance::retry_hands_the_message_again_while_the_partition_waits(&$harness).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn reject_commits_past_the_message() {
@@ -255,7 +254,10 @@ fn signal() -> (Arc<Notify>, Shutdown) {
     )
 }
 
-async fn finish(notify: &Notify, running: tokio::task::JoinHandle<Result<(), ConsumeError>>) -> Result<(), ConsumeError> {
+async fn finish(
+    notify: &Notify,
+    running: tokio::task::JoinHandle<Result<(), ConsumeError>>,
+) -> Result<(), ConsumeError> {
     notify.notify_one();
     tokio::time::timeout(LIMIT, running)
         .await
@@ -309,7 +311,12 @@ pub async fn at_least_once_with_a_consumer_killed_mid_stream<H: Harness>(h: &H) 
     ));
     let expected: BTreeSet<String> = all.iter().cloned().collect();
     eventually("every message to be handled by the two", || {
-        first.distinct().union(&second.distinct()).cloned().collect::<BTreeSet<_>>() == expected
+        first
+            .distinct()
+            .union(&second.distinct())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            == expected
     })
     .await;
     finish(&stop, running).await.expect("clean run");
@@ -353,7 +360,10 @@ pub async fn retry_hands_the_message_again_while_the_partition_waits<H: Harness>
     assert_eq!(seen.count("0-2"), 3, "two retries, then success");
     let order: Vec<String> = seen.payloads();
     let expected = ["0-0", "0-1", "0-2", "0-2", "0-2", "0-3", "0-4"];
-    assert_eq!(order, expected, "the partition waited for the retried message");
+    assert_eq!(
+        order, expected,
+        "the partition waited for the retried message"
+    );
     let text = spec.metrics.encode();
     assert_eq!(
         sample(
@@ -388,12 +398,18 @@ pub async fn reject_commits_past_the_message<H: Harness>(h: &H) {
     let (stop, shutdown) = signal();
     let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
     eventually("all four handled", || seen.distinct().len() == 4).await;
-    finish(&stop, running).await.expect("a rejected message does not stop the consumer");
+    finish(&stop, running)
+        .await
+        .expect("a rejected message does not stop the consumer");
     assert_eq!(seen.count("0-1"), 1, "rejected, not retried");
     assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(4));
     let text = spec.metrics.encode();
     assert_eq!(
-        sample(&text, name::PARTITION_STOPPED, &[(label::SYSTEM, h.system())]),
+        sample(
+            &text,
+            name::PARTITION_STOPPED,
+            &[(label::SYSTEM, h.system())]
+        ),
         None
     );
 }
@@ -478,7 +494,10 @@ pub async fn order_per_partition_within_the_concurrency_bound<H: Harness>(h: &H)
     let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
     eventually("all handled", || seen.distinct().len() == 45).await;
     finish(&stop, running).await.expect("clean run");
-    assert!(most.load(Ordering::SeqCst) <= 2, "at most two calls at once");
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "at most two calls at once"
+    );
     let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (_, p, o) in seen.0.lock().unwrap().iter() {
         per_partition.entry(*p).or_default().push(*o);
@@ -561,7 +580,10 @@ pub async fn a_panic_is_a_failure_that_stops_its_partition<H: Harness>(h: &H) {
         sample(
             &text,
             &format!("{}_count", name::PROCESS_DURATION),
-            &[(label::ERROR_TYPE, PANIC), (label::DESTINATION, topic.as_str())]
+            &[
+                (label::ERROR_TYPE, PANIC),
+                (label::DESTINATION, topic.as_str())
+            ]
         ),
         Some(1.0)
     );
@@ -627,7 +649,11 @@ pub async fn revoked_partitions_lose_their_series<H: Harness>(h: &H) {
     finish(&stop_first, first).await.expect("clean run");
     let text = first_spec.metrics.encode();
     assert_eq!(
-        sample(&text, name::LAG_MESSAGES, &[(label::DESTINATION, topic.as_str())]),
+        sample(
+            &text,
+            name::LAG_MESSAGES,
+            &[(label::DESTINATION, topic.as_str())]
+        ),
         None,
         "leaving the group revokes everything"
     );
@@ -676,7 +702,10 @@ pub async fn batches_settle_whole_and_empty_polls_record_nothing<H: Harness>(h: 
         sample(
             &text,
             &format!("{}_count", name::OPERATION_DURATION),
-            &[(label::OPERATION, OPERATION_SETTLE), (label::DESTINATION, topic.as_str())]
+            &[
+                (label::OPERATION, OPERATION_SETTLE),
+                (label::DESTINATION, topic.as_str())
+            ]
         )
         .is_some_and(|n| n >= 1.0),
         "commits are timed as settles"
