@@ -39,6 +39,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const ORDERS: &str = "orders";
 const DEAD_LETTERS: &str = "orders.dlq";
+/// Chaos mode only: a ledger whose consumer meets an entry it cannot handle.
+const LEDGER: &str = "ledger";
 
 struct Args {
     orders: usize,
@@ -466,6 +468,7 @@ async fn run_kafka(args: Arc<Args>, bootstrap: String) -> Result<(), BoxError> {
         &[
             ORDERS,
             DEAD_LETTERS,
+            LEDGER,
             "payments",
             "inventory",
             "notifications",
@@ -539,6 +542,38 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>) -> Result<(), BoxError> {
         consumers.push((role, tokio::spawn(run.with_subscriber(dispatch))));
     }
 
+    // Chaos: the ledger service cannot handle one entry. The error is not classified, so its
+    // decision is `Stop`: that partition stops there (messaging_consumer_partition_stopped = 1,
+    // alert ConsumerPartitionStopped) while the service goes on with the others.
+    let mut ledger = None;
+    if args.forever {
+        let handler: Handler<B::Message> = BoxCloneSyncService::new(service_fn(|m: B::Message| {
+            let balanced = B::payload(&m) != b"unbalanced";
+            async move {
+                if balanced {
+                    Ok(())
+                } else {
+                    Err(BoxError::from("ledger entry does not balance"))
+                }
+            }
+        }));
+        let record = bus.record(LEDGER, "entry-1", b"unbalanced".to_vec(), &[]);
+        bus.raw_publisher().oneshot(record).await?;
+        let mut stop = stop_rx.clone();
+        let stop = Box::pin(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let run = bus.consume(
+            "ledger-service",
+            LEDGER,
+            handler,
+            &metrics,
+            Classifier::new(),
+            stop,
+        );
+        ledger = Some(tokio::spawn(run));
+    }
+
     let (order_dispatch, order_guard) = telemetry("order-service", &collected)?;
     guards.push(order_guard);
     let traces = Arc::new(Mutex::new(Vec::new()));
@@ -599,6 +634,11 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>) -> Result<(), BoxError> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("{}: {e}", role.service()),
             Err(e) => eprintln!("{}: task failed: {e}", role.service()),
+        }
+    }
+    if let Some(ledger) = ledger {
+        if let Ok(Err(e)) = ledger.await {
+            eprintln!("ledger-service: {e}");
         }
     }
     for guard in &guards {
