@@ -57,6 +57,9 @@
 //! # }
 //! ```
 
+// Without an adapter feature nothing runs the core.
+#![cfg_attr(not(any(feature = "memory", feature = "kafka")), allow(dead_code, unused_imports))]
+
 use std::fmt;
 use std::time::Duration;
 

@@ -41,6 +41,7 @@ pub(crate) enum Event<M> {
     /// Partitions no longer ours: their buffered messages are dropped, running calls finish.
     Revoked(Vec<Lane>),
     /// The source cannot go on.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     Fatal(BoxError),
 }
 

@@ -221,10 +221,7 @@ impl<X: ConsumerContext + 'static> KafkaSource<X> {
     fn lanes(&mut self, partitions: Vec<(String, i32)>) -> Vec<Lane> {
         partitions
             .into_iter()
-            .map(|(topic, partition)| Lane {
-                topic: Arc::clone(&self.origin(&topic).topic),
-                partition,
-            })
+            .map(|(topic, partition)| Lane::new(Arc::clone(&self.origin(&topic).topic), partition))
             .collect()
     }
 

@@ -26,7 +26,7 @@
 //! ```no_run
 //! use eventscope::kafka::{self, EventscopeContext, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 //! use eventscope::metrics::Metrics;
-//! //! use eventscope::publish::PublishLayer;
+//! use eventscope::publish::PublishLayer;
 //! use rdkafka::consumer::{Consumer, StreamConsumer};
 //! use rdkafka::producer::FutureProducer;
 //! use tower::{service_fn, Layer, ServiceExt};
