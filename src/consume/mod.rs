@@ -58,7 +58,10 @@
 //! ```
 
 // Without an adapter feature nothing runs the core.
-#![cfg_attr(not(any(feature = "memory", feature = "kafka")), allow(dead_code, unused_imports))]
+#![cfg_attr(
+    not(any(feature = "memory", feature = "kafka")),
+    allow(dead_code, unused_imports)
+)]
 
 use std::fmt;
 use std::time::Duration;

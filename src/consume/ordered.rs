@@ -105,6 +105,12 @@ where
         }
     }
     driver.commit(true);
+    // A consumer that returned holds no partition stopped any more.
+    for (lane, slot) in &driver.lanes {
+        if matches!(slot.state, SlotState::Stopped) {
+            driver.stopped_gauge(lane, false);
+        }
+    }
     drop(source);
     match driver.fatal.or(driver.first_failure) {
         Some(error) => Err(error),
@@ -377,7 +383,8 @@ where
                 (next > slot.committed).then(|| (lane.clone(), next))
             })
             .collect();
-        if done.is_empty() {
+        // The final commit is always made: the broker may hold work stored since the last one.
+        if done.is_empty() && !last {
             return;
         }
         let started = SystemTime::now();
@@ -516,10 +523,14 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
             if *self.stop.borrow() {
                 return Step::Interrupted;
             }
-            let result = {
-                let _permit = self.permits.acquire().await;
-                handler.handle(work).await
+            // Shutdown or a revoke may come while the lane waits for its turn.
+            let permit = tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
+                permit = self.permits.acquire() => permit,
             };
+            let result = handler.handle(work).await;
+            drop(permit);
             let failure = match result {
                 Ok(()) => {
                     self.advance(last + 1);

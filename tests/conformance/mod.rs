@@ -448,6 +448,11 @@ pub async fn stop_holds_the_partition_and_shows_it<H: Harness>(h: &H) {
     })
     .await;
     let outcome = finish(&stop, running).await;
+    assert_eq!(
+        sample(&spec.metrics.encode(), name::PARTITION_STOPPED, &stopped),
+        None,
+        "a consumer that returned holds nothing stopped"
+    );
     assert_eq!(seen.count("1-1"), 1, "not retried");
     assert_eq!(seen.count("1-2") + seen.count("1-3"), 0, "nothing after it");
     assert_eq!(
