@@ -17,7 +17,6 @@
 //! ```
 //! use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 //! use eventscope::metrics::Metrics;
-//! use eventscope::process::ProcessLayer;
 //! use eventscope::publish::PublishLayer;
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
@@ -30,12 +29,12 @@
 //! let publisher = PublishLayer::new(metrics.clone()).layer(broker.publisher());
 //! publisher.oneshot(MemoryRecord::new("orders", b"{}".to_vec())).await?;
 //!
-//! // Process through the layer, driven by the embedded broker's consumer.
-//! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: MemoryMessage| async move {
+//! // Process through the consumer's own process layer (same metrics, same classifier).
+//! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
+//! let handler = consumer.process_layer().layer(service_fn(|m: MemoryMessage| async move {
 //!     assert!(m.headers().get("correlation-id").is_some());
 //!     Ok::<_, std::io::Error>(())
 //! }));
-//! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
 //! let done = async { tokio::time::sleep(std::time::Duration::from_millis(200)).await };
 //! consumer.run(handler, done).await?;
 //!

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::instrument::WithSubscriber;
@@ -18,6 +19,9 @@ use crate::metrics::Metrics;
 
 /// No offset finished yet.
 const NOTHING_DONE: i64 = -1;
+
+/// Events taken from the source per wake-up of the dispatcher, at most.
+const DRAIN: usize = 64;
 
 /// Who the core reports as.
 pub(crate) struct Core {
@@ -72,6 +76,13 @@ where
             _ = commit_tick.tick() => driver.commit(false),
             event = source.next() => {
                 driver.event(event, &mut source);
+                // Take what the source already has without a round through `select!`.
+                for _ in 1..DRAIN {
+                    match source.next().now_or_never() {
+                        Some(event) => driver.event(event, &mut source),
+                        None => break,
+                    }
+                }
                 // A source with messages ready never runs out of budget: let the lanes run
                 // instead of filling their buffers until they are paused.
                 tokio::task::coop::consume_budget().await;

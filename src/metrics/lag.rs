@@ -64,7 +64,7 @@ impl Metrics {
         state.lag_seconds.set(seconds);
     }
 
-    /// Removes a partition's lag and last-message series, e.g. when it is revoked.
+    /// Removes a partition's lag, last-message and stopped series, e.g. when it is revoked.
     pub fn remove_partition(
         &self,
         system: &str,
