@@ -9,7 +9,7 @@ use common::*;
 use eventscope::classify::{Classifier, Decision};
 use eventscope::consume::ConsumeError;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
-use eventscope::metrics::Metrics;
+use eventscope::metrics::{label, name, Metrics};
 use eventscope::process::{BatchProcessLayer, ProcessLayer};
 use eventscope::publish::PublishLayer;
 use opentelemetry::trace::Status;
@@ -89,19 +89,16 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
 
     let text = metrics.encode();
     let labels = [
-        ("messaging_consumer_group_name", "billing"),
-        ("error_type", "CardDeclined"),
+        (label::GROUP, "billing"),
+        (label::ERROR_TYPE, "CardDeclined"),
     ];
     assert_eq!(
-        sample(&text, "messaging_process_duration_seconds_count", &labels),
+        sample(&text, &format!("{}_count", name::PROCESS_DURATION), &labels),
         Some(1.0)
     );
-    let ok = [
-        ("messaging_consumer_group_name", "billing"),
-        ("error_type", ""),
-    ];
+    let ok = [(label::GROUP, "billing"), (label::ERROR_TYPE, "")];
     assert_eq!(
-        sample(&text, "messaging_process_duration_seconds_count", &ok),
+        sample(&text, &format!("{}_count", name::PROCESS_DURATION), &ok),
         Some(1.0)
     );
 }
@@ -148,11 +145,7 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
     assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
     let text = metrics.encode();
     assert_eq!(
-        sample(
-            &text,
-            "messaging_consumer_retries_total",
-            &[("error_type", "CardDeclined")]
-        ),
+        sample(&text, name::RETRIES, &[(label::ERROR_TYPE, "CardDeclined")]),
         Some(2.0)
     );
 }
@@ -171,12 +164,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
     let started = {
         let metrics = metrics.clone();
         async move {
-            while sample(
-                &metrics.encode(),
-                "messaging_consumer_in_flight_messages",
-                &[],
-            ) != Some(1.0)
-            {
+            while sample(&metrics.encode(), name::IN_FLIGHT, &[]) != Some(1.0) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -193,12 +181,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
 
     // Aborted tasks are dropped when the runtime next runs them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sample(
-        &metrics.encode(),
-        "messaging_consumer_in_flight_messages",
-        &[],
-    ) != Some(0.0)
-    {
+    while sample(&metrics.encode(), name::IN_FLIGHT, &[]) != Some(0.0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "in-flight never returned to 0"
@@ -275,8 +258,8 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
     assert_eq!(
         sample(
             &text,
-            "messaging_client_consumed_messages_total",
-            &[("messaging_destination_name", "events")]
+            name::CONSUMED_MESSAGES,
+            &[(label::DESTINATION, "events")]
         ),
         Some(3.0)
     );
