@@ -1,29 +1,108 @@
-//! Turning a handler's or publisher's error into the low-cardinality `error.type` value.
+//! One classification for handler and publisher errors: the low-cardinality `error.type`
+//! value, and the settle decision a consumer carries out (SPEC §7).
+//!
+//! [`ClassifyError`] is the one mechanism: the process and publish layers call
+//! [`classify`](ClassifyError::classify) for the `error.type` of spans and metrics, and the
+//! consumer core calls it too, then [`decide`](ClassifyError::decide) with that `error.type` for
+//! the [`Decision`]. A handler panic is classified as [`PANIC`] and decided like any other
+//! failure.
+//!
+//! [`Classifier`] is the default: errors are named by downcast (through a
+//! [`BoxError`](crate::BoxError) and its `source()` chain too), each name can be given a
+//! decision ([`decision`](Classifier::decision)), and everything else gets the fallback decision ([`Decision::Stop`] unless told
+//! otherwise). A closure `Fn(&E) -> Cow<'static, str>` and [`TypeNameClassifier`] are
+//! classifiers too; they decide [`Decision::Stop`] for every failure.
 //!
 //! # Example
 //!
 //! ```
-//! use std::borrow::Cow;
-//! use eventscope::classify::{ClassifyError, TypeNameClassifier};
+//! use std::time::Duration;
+//! use eventscope::classify::{Classifier, ClassifyError, Decision, TypeNameClassifier};
+//! use eventscope::BoxError;
+//!
+//! #[derive(Debug)]
+//! struct PaymentDeclined;
+//! impl std::fmt::Display for PaymentDeclined {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+//!         f.write_str("payment declined")
+//!     }
+//! }
+//! impl std::error::Error for PaymentDeclined {}
+//!
+//! let classifier = Classifier::new()
+//!     .on::<PaymentDeclined>("PaymentDeclined")
+//!     .on::<std::io::Error>("io")
+//!     .decision("PaymentDeclined", Decision::Reject)
+//!     .decision("io", Decision::retry(Duration::from_millis(100)));
+//!
+//! let error: BoxError = Box::new(PaymentDeclined);
+//! let error_type = classifier.classify(&error);
+//! assert_eq!(error_type, "PaymentDeclined");
+//! let decide = |error_type: &str| ClassifyError::<BoxError>::decide(&classifier, error_type);
+//! assert_eq!(decide(&error_type), Decision::Reject);
+//! assert_eq!(decide("_OTHER"), Decision::Stop);
 //!
 //! #[derive(Debug)]
 //! struct GatewayTimeout;
 //! assert_eq!(TypeNameClassifier.classify(&GatewayTimeout), "GatewayTimeout");
-//!
-//! let by_kind = |e: &std::io::Error| -> Cow<'static, str> { format!("{:?}", e.kind()).into() };
-//! let err = std::io::Error::from(std::io::ErrorKind::TimedOut);
-//! assert_eq!(by_kind.classify(&err), "TimedOut");
 //! ```
 
+use std::any::{Any, TypeId};
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::BoxError;
 
 /// The `error.type` value used when nothing better is known (semconv's fallback).
 pub const OTHER: &str = "_OTHER";
 
-/// Maps an error to its `error.type`: a short, low-cardinality name such as a type or a code.
+/// The `error.type` of a handler that panicked.
+pub const PANIC: &str = "panic";
+
+/// What the consumer core does with a handled message (SPEC §7).
+///
+/// An `Ok` from the handler stack is [`Ack`](Decision::Ack); an error maps to a decision through
+/// the [`ClassifyError`] in use. Each broker adapter carries the decision out its own way: on
+/// Kafka and the embedded broker (ordered per partition) `Ack` and `Reject` commit past the
+/// message once every earlier message of its partition is done, `Retry` hands it to the handler
+/// again after `after` while the partition waits, and `Stop` pauses the partition at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Done: settle it.
+    Ack,
+    /// Hand the message to the handler again after `after`.
+    Retry {
+        /// Pause before the message is handed out again.
+        after: Duration,
+    },
+    /// Settle it as failed for good (it was handled elsewhere, e.g. dead-lettered).
+    Reject,
+    /// Never settle past it: the partition (or, on unordered brokers, the consumer) stops here.
+    Stop,
+}
+
+impl Decision {
+    /// `Retry { after }`.
+    pub const fn retry(after: Duration) -> Self {
+        Self::Retry { after }
+    }
+}
+
+/// Maps an error to its `error.type` (a short, low-cardinality name such as a type or a code)
+/// and a failure's `error.type` to a [`Decision`].
 pub trait ClassifyError<E: ?Sized> {
     /// The `error.type` for `error`.
     fn classify(&self, error: &E) -> Cow<'static, str>;
+
+    /// What a consumer does with a message whose handling failed with `error_type` (the value
+    /// [`classify`](Self::classify) gave, or [`PANIC`]). The default is [`Decision::Stop`].
+    fn decide(&self, error_type: &str) -> Decision {
+        let _ = error_type;
+        Decision::Stop
+    }
 }
 
 impl<E: ?Sized, F> ClassifyError<E> for F
@@ -35,8 +114,8 @@ where
     }
 }
 
-/// The default classifier: the error's type name without its module path, or
-/// [`OTHER`] for type-erased errors (`Box<dyn Error>`), whose name says nothing.
+/// Names errors by their type name without the module path, or [`OTHER`] for type-erased
+/// errors (`Box<dyn Error>`), whose name says nothing; decides [`Decision::Stop`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TypeNameClassifier;
 
@@ -55,9 +134,156 @@ fn short_type_name(full: &'static str) -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
+type Probe = fn(&(dyn std::error::Error + 'static)) -> bool;
+
+/// The default classifier: error types named by downcast, decisions by name; see the
+/// [module docs](self).
+///
+/// An error is looked up as itself, then, when it is a [`BoxError`] (or a
+/// `Box<dyn Error + Send + Sync>` inside one), as the boxed error and along its `source()`
+/// chain; the first registered type found names it. An unregistered error gets its type name
+/// ([`TypeNameClassifier`]), which is [`OTHER`] for a [`BoxError`].
+#[derive(Clone, Default)]
+pub struct Classifier {
+    inner: Arc<Table>,
+}
+
+#[derive(Clone, Default)]
+struct Table {
+    types: Vec<(TypeId, Probe, Cow<'static, str>)>,
+    decisions: Vec<(Cow<'static, str>, Decision)>,
+    otherwise: Option<Decision>,
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field(
+                "types",
+                &self.inner.types.iter().map(|t| &t.2).collect::<Vec<_>>(),
+            )
+            .field("decisions", &self.inner.decisions)
+            .field("otherwise", &self.fallback())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// Names nothing by downcast; decides [`Decision::Stop`] for every failure.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names errors of type `T` `error_type`.
+    pub fn on<T>(self, error_type: impl Into<Cow<'static, str>>) -> Self
+    where
+        T: std::error::Error + 'static,
+    {
+        let probe: Probe = |e| e.is::<T>();
+        self.edit(|t| t.types.push((TypeId::of::<T>(), probe, error_type.into())))
+    }
+
+    /// Failures named `error_type` (by [`on`](Self::on), a type name, or [`PANIC`]) get
+    /// `decision`.
+    pub fn decision(self, error_type: impl Into<Cow<'static, str>>, decision: Decision) -> Self {
+        let error_type = error_type.into();
+        self.edit(|t| {
+            t.decisions.retain(|(name, _)| *name != error_type);
+            t.decisions.push((error_type, decision));
+        })
+    }
+
+    /// The decision for failures without one of their own (default [`Decision::Stop`]).
+    pub fn otherwise(self, decision: Decision) -> Self {
+        self.edit(|t| t.otherwise = Some(decision))
+    }
+
+    fn fallback(&self) -> Decision {
+        self.inner.otherwise.unwrap_or(Decision::Stop)
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Table)) -> Self {
+        f(Arc::make_mut(&mut self.inner));
+        self
+    }
+
+    fn by_type(&self, id: TypeId) -> Option<&Cow<'static, str>> {
+        self.inner
+            .types
+            .iter()
+            .find(|(t, _, _)| *t == id)
+            .map(|(_, _, name)| name)
+    }
+
+    fn by_chain(&self, error: &(dyn std::error::Error + 'static)) -> Option<&Cow<'static, str>> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some((_, _, name)) = self.inner.types.iter().find(|(_, probe, _)| probe(error)) {
+                return Some(name);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
+impl<E: 'static> ClassifyError<E> for Classifier {
+    fn classify(&self, error: &E) -> Cow<'static, str> {
+        if let Some(name) = self.by_type(TypeId::of::<E>()) {
+            return name.clone();
+        }
+        let any: &dyn Any = error;
+        let boxed: Option<&(dyn std::error::Error + 'static)> =
+            if let Some(boxed) = any.downcast_ref::<BoxError>() {
+                Some(&**boxed)
+            } else {
+                any.downcast_ref::<Box<dyn std::error::Error + Send>>()
+                    .map(|b| &**b as &(dyn std::error::Error + 'static))
+                    .or_else(|| {
+                        any.downcast_ref::<Box<dyn std::error::Error>>()
+                            .map(|b| &**b)
+                    })
+            };
+        if let Some(name) = boxed.and_then(|e| self.by_chain(e)) {
+            return name.clone();
+        }
+        TypeNameClassifier.classify(error)
+    }
+
+    fn decide(&self, error_type: &str) -> Decision {
+        self.inner
+            .decisions
+            .iter()
+            .find(|(name, _)| name == error_type)
+            .map_or_else(|| self.fallback(), |(_, decision)| *decision)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Declined;
+    impl fmt::Display for Declined {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("declined")
+        }
+    }
+    impl std::error::Error for Declined {}
+
+    #[derive(Debug)]
+    struct Wrapper(Declined);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
 
     #[test]
     fn short_names() {
@@ -68,5 +294,41 @@ mod tests {
         );
         assert_eq!(short_type_name("my::Wrapper<u8>"), "Wrapper");
         assert_eq!(short_type_name("Plain"), "Plain");
+    }
+
+    #[test]
+    fn downcasts_through_boxes_and_sources() {
+        let c = Classifier::new().on::<Declined>("Declined");
+        assert_eq!(c.classify(&Declined), "Declined");
+        let boxed: BoxError = Box::new(Declined);
+        assert_eq!(c.classify(&boxed), "Declined");
+        let nested: BoxError = Box::new(Wrapper(Declined));
+        assert_eq!(c.classify(&nested), "Declined");
+        let other: BoxError = "text".into();
+        assert_eq!(c.classify(&other), OTHER);
+        // Unregistered concrete types keep their type name.
+        assert_eq!(c.classify(&Wrapper(Declined)), "Wrapper");
+    }
+
+    #[test]
+    fn decisions_by_name_with_a_fallback() {
+        let c = Classifier::new()
+            .decision("Declined", Decision::Reject)
+            .decision(PANIC, Decision::retry(Duration::from_secs(1)));
+        assert_eq!(
+            ClassifyError::<BoxError>::decide(&c, "Declined"),
+            Decision::Reject
+        );
+        assert_eq!(
+            ClassifyError::<BoxError>::decide(&c, PANIC),
+            Decision::retry(Duration::from_secs(1))
+        );
+        assert_eq!(ClassifyError::<BoxError>::decide(&c, OTHER), Decision::Stop);
+        let c = c.otherwise(Decision::Ack);
+        assert_eq!(ClassifyError::<BoxError>::decide(&c, OTHER), Decision::Ack);
+        assert_eq!(
+            ClassifyError::<u8>::decide(&TypeNameClassifier, OTHER),
+            Decision::Stop
+        );
     }
 }

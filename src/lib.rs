@@ -21,7 +21,6 @@
 //! ```
 //! use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 //! use eventscope::metrics::Metrics;
-//! use eventscope::process::ProcessLayer;
 //! use eventscope::publish::PublishLayer;
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
@@ -34,12 +33,12 @@
 //! let publisher = PublishLayer::new(metrics.clone()).layer(broker.publisher());
 //! publisher.oneshot(MemoryRecord::new("orders", b"{}".to_vec())).await?;
 //!
-//! // Process through the layer, driven by the embedded broker's consumer.
-//! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: MemoryMessage| async move {
+//! // Process through the consumer's own process layer (same metrics, same classifier).
+//! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
+//! let handler = consumer.process_layer().layer(service_fn(|m: MemoryMessage| async move {
 //!     assert!(m.headers().get("correlation-id").is_some());
 //!     Ok::<_, std::io::Error>(())
 //! }));
-//! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
 //! let done = async { tokio::time::sleep(std::time::Duration::from_millis(200)).await };
 //! consumer.run(handler, done).await?;
 //!
@@ -74,7 +73,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classify;
-pub mod driver;
+pub mod consume;
 pub mod message;
 pub mod metrics;
 pub mod process;
@@ -82,6 +81,9 @@ pub mod propagation;
 pub mod publish;
 pub mod scope;
 mod span;
+
+/// A type-erased error, as handlers and services usually return it.
+pub use tower::BoxError;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

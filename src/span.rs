@@ -83,6 +83,25 @@ impl Tracer {
 
     /// Starts a span under `parent`: the sampler sees `start` and nothing else.
     pub(crate) fn start(&self, start: &SpanStart<'_>, parent: &Context) -> ActiveSpan {
+        self.start_with(start, parent, None)
+    }
+
+    /// [`start`](Self::start) for an operation that began at `at` (a settle, timed first).
+    pub(crate) fn start_at(
+        &self,
+        start: &SpanStart<'_>,
+        parent: &Context,
+        at: SystemTime,
+    ) -> ActiveSpan {
+        self.start_with(start, parent, Some(at))
+    }
+
+    fn start_with(
+        &self,
+        start: &SpanStart<'_>,
+        parent: &Context,
+        at: Option<SystemTime>,
+    ) -> ActiveSpan {
         let tracer: &dyn StartSpan = match &*self.source {
             Source::Provider(tracer) => &**tracer,
             Source::Global(cell) => match cell.get_or_init(resolve_global) {
@@ -93,6 +112,7 @@ impl Tracer {
         let builder = SpanBuilder {
             name: Cow::Borrowed(start.operation),
             span_kind: Some(start.kind.clone()),
+            start_time: at,
             attributes: Some(start.sampler_attributes()),
             ..SpanBuilder::from_name(start.operation)
         };
@@ -279,8 +299,13 @@ impl ActiveSpan {
 
     /// Ends the span (once; later calls do nothing).
     pub(crate) fn end(&self) {
+        self.end_at(SystemTime::now());
+    }
+
+    /// Ends the span at `at`.
+    pub(crate) fn end_at(&self, at: SystemTime) {
         if let Some(span) = self.recording_span() {
-            span.end_with_timestamp(SystemTime::now());
+            span.end_with_timestamp(at);
         }
     }
 }

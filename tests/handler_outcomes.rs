@@ -6,9 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventscope::driver::{ConsumeError, FailurePolicy};
+use eventscope::classify::{Classifier, Decision};
+use eventscope::consume::ConsumeError;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
-use eventscope::metrics::Metrics;
+use eventscope::metrics::{label, name, Metrics};
 use eventscope::process::{BatchProcessLayer, ProcessLayer};
 use eventscope::publish::PublishLayer;
 use opentelemetry::trace::Status;
@@ -97,19 +98,16 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
 
     let text = metrics.encode();
     let labels = [
-        ("messaging_consumer_group_name", "billing"),
-        ("error_type", "CardDeclined"),
+        (label::GROUP, "billing"),
+        (label::ERROR_TYPE, "CardDeclined"),
     ];
     assert_eq!(
-        sample(&text, "messaging_process_duration_seconds_count", &labels),
+        sample(&text, &format!("{}_count", name::PROCESS_DURATION), &labels),
         Some(1.0)
     );
-    let ok = [
-        ("messaging_consumer_group_name", "billing"),
-        ("error_type", ""),
-    ];
+    let ok = [(label::GROUP, "billing"), (label::ERROR_TYPE, "")];
     assert_eq!(
-        sample(&text, "messaging_process_duration_seconds_count", &ok),
+        sample(&text, &format!("{}_count", name::PROCESS_DURATION), &ok),
         Some(1.0)
     );
 }
@@ -154,20 +152,16 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
         .consumer("g")
         .subscribe(["flaky"])
         .metrics(metrics.clone())
-        .failure_policy(FailurePolicy::Redeliver {
-            backoff: Duration::from_millis(10),
-        })
+        .classify_errors(
+            Classifier::new().decision("CardDeclined", Decision::retry(Duration::from_millis(10))),
+        )
         .run(handler, committed)
         .await
         .unwrap();
     assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
     let text = metrics.encode();
     assert_eq!(
-        sample(
-            &text,
-            "messaging_consumer_retries_total",
-            &[("error_type", "CardDeclined")]
-        ),
+        sample(&text, name::RETRIES, &[(label::ERROR_TYPE, "CardDeclined")]),
         Some(2.0)
     );
 }
@@ -188,12 +182,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
     let started = {
         let metrics = metrics.clone();
         async move {
-            while sample(
-                &metrics.encode(),
-                "messaging_consumer_in_flight_messages",
-                &[],
-            ) != Some(1.0)
-            {
+            while sample(&metrics.encode(), name::IN_FLIGHT, &[]) != Some(1.0) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -210,12 +199,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
 
     // Aborted tasks are dropped when the runtime next runs them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sample(
-        &metrics.encode(),
-        "messaging_consumer_in_flight_messages",
-        &[],
-    ) != Some(0.0)
-    {
+    while sample(&metrics.encode(), name::IN_FLIGHT, &[]) != Some(0.0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "in-flight never returned to 0"
@@ -294,8 +278,8 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
     assert_eq!(
         sample(
             &text,
-            "messaging_client_consumed_messages_total",
-            &[("messaging_destination_name", "events")]
+            name::CONSUMED_MESSAGES,
+            &[(label::DESTINATION, "events")]
         ),
         Some(3.0)
     );

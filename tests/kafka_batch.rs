@@ -7,7 +7,7 @@ mod kafka_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventscope::driver::ConsumeError;
+use eventscope::consume::ConsumeError;
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::Metrics;
 use eventscope::process::BatchProcessLayer;

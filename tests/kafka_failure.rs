@@ -1,6 +1,6 @@
-//! A failed message is never skipped silently. Under the default `StopPartition` the failing
+//! A failed message is never skipped silently. Under the default decision (`Stop`) the failing
 //! partition is never committed past the failed offset while the other partitions go on, and
-//! the driver reports `PartitionStopped` at shutdown; under `Redeliver` the same message comes
+//! the consumer reports `PartitionStopped` at shutdown; decided `Retry` the same message comes
 //! back until it succeeds, each retry counted.
 
 mod kafka_support;
@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventscope::driver::{ConsumeError, FailurePolicy};
+use eventscope::classify::{Classifier, Decision};
+use eventscope::consume::ConsumeError;
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::process::ProcessLayer;
 use kafka_support::*;
 use tokio::sync::watch;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -61,7 +61,8 @@ async fn stop_partition_never_commits_past_the_failed_offset() {
     let consumer = consumer(&config(&group), &metrics);
     assign(&consumer, &topic, 2);
     let calls: Calls = Arc::default();
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
+    let driver = KafkaConsumer::new(consumer).commit_interval(Duration::from_millis(100));
+    let handler = driver.process_layer().layer(service_fn({
         let calls = calls.clone();
         move |m: KafkaMessage| {
             calls.lock().unwrap().push((m.partition(), m.offset()));
@@ -76,11 +77,7 @@ async fn stop_partition_never_commits_past_the_failed_offset() {
         }
     }));
     let (stop, shutdown) = stopper();
-    let driver = tokio::spawn(
-        KafkaConsumer::new(consumer)
-            .commit_interval(Duration::from_millis(100))
-            .run(handler, shutdown),
-    );
+    let driver = tokio::spawn(driver.run(handler, shutdown));
 
     // Partition 1 goes on to the end and is committed; partition 0 stops at offset 3.
     eventually(
@@ -102,8 +99,10 @@ async fn stop_partition_never_commits_past_the_failed_offset() {
             destination,
             partition,
             offset,
+            error_type,
             source,
         }) => {
+            assert_eq!(error_type, "PaymentDeclined");
             assert_eq!(
                 (destination.as_str(), partition, offset),
                 (topic.as_str(), 0, 3)
@@ -156,7 +155,13 @@ async fn redeliver_retries_until_success_and_counts_retries() {
     let consumer = consumer(&config(&group), &metrics);
     assign(&consumer, &topic, 1);
     let calls: Calls = Arc::default();
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
+    let driver = KafkaConsumer::new(consumer)
+        .classify_errors(Classifier::new().decision(
+            "PaymentDeclined",
+            Decision::retry(Duration::from_millis(20)),
+        ))
+        .commit_interval(Duration::from_millis(100));
+    let handler = driver.process_layer().layer(service_fn({
         let calls = calls.clone();
         move |m: KafkaMessage| {
             let mut calls = calls.lock().unwrap();
@@ -172,14 +177,7 @@ async fn redeliver_retries_until_success_and_counts_retries() {
         }
     }));
     let (stop, shutdown) = stopper();
-    let driver = tokio::spawn(
-        KafkaConsumer::new(consumer)
-            .failure_policy(FailurePolicy::Redeliver {
-                backoff: Duration::from_millis(20),
-            })
-            .commit_interval(Duration::from_millis(100))
-            .run(handler, shutdown),
-    );
+    let driver = tokio::spawn(driver.run(handler, shutdown));
     eventually("everything committed", Duration::from_secs(30), || {
         committed(&group, &topic, 1)[&0] == Some(5)
     })

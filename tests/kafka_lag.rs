@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventscope::driver::{ConsumeError, FailurePolicy};
+use eventscope::consume::ConsumeError;
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::{label, name, Metrics};
 use eventscope::process::ProcessLayer;
@@ -206,8 +206,8 @@ async fn lag_of_a_stopped_partition_follows_the_growing_backlog() {
     }));
     let (stop, stopped) = watch::channel(false);
     let driver = tokio::spawn(
+        // Unclassified failures stop their partition (the default decision).
         KafkaConsumer::new(consumer)
-            .failure_policy(FailurePolicy::StopPartition)
             .commit_interval(Duration::from_millis(100))
             .run(handler, async move {
                 let mut stopped = stopped;

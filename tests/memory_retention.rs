@@ -48,7 +48,7 @@ fn start_group(
     seen: Seen,
 ) -> (
     watch::Sender<bool>,
-    tokio::task::JoinHandle<Result<(), eventscope::driver::ConsumeError>>,
+    tokio::task::JoinHandle<Result<(), eventscope::consume::ConsumeError>>,
 ) {
     let handler = service_fn(move |m: MemoryMessage| {
         let (mut gate, seen) = (gate.clone(), seen.clone());

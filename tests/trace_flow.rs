@@ -22,7 +22,7 @@ fn collector(
 ) -> impl tower::Service<
     MemoryMessage,
     Response = (),
-    Error = eventscope::driver::BoxError,
+    Error = eventscope::BoxError,
     Future = impl Send,
 > + Clone
        + Send
@@ -59,7 +59,7 @@ async fn consume_until(
     handler: impl tower::Service<
             MemoryMessage,
             Response = (),
-            Error = eventscope::driver::BoxError,
+            Error = eventscope::BoxError,
             Future = impl Send,
         > + Clone
         + Send
@@ -118,7 +118,7 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
                     publisher
                         .oneshot(MemoryRecord::new("payments", b"{}".to_vec()))
                         .await?;
-                    Ok::<_, eventscope::driver::BoxError>(())
+                    Ok::<_, eventscope::BoxError>(())
                 }
             }))
     };
@@ -144,7 +144,7 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
                 let seen = seen.clone();
                 async move {
                     seen.lock().unwrap().push(m);
-                    Ok::<_, eventscope::driver::BoxError>(())
+                    Ok::<_, eventscope::BoxError>(())
                 }
             }))
     };

@@ -1,22 +1,23 @@
 //! The broker the pipeline runs on, behind one small trait so the services don't care.
 
 use std::future::Future;
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::pin::Pin;
 
-use eventscope::driver::{BoxError, ConsumeError, FailurePolicy};
+use eventscope::classify::Classifier;
+use eventscope::consume::ConsumeError;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::message::{IncomingMessage, OutgoingMessage};
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
+use eventscope::BoxError;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub type Publisher<R> = BoxCloneSyncService<R, (), BoxError>;
 pub type Handler<M> = BoxCloneSyncService<M, (), BoxError>;
-
-/// Classifies handler errors for metrics and spans.
-pub type Classify = fn(&BoxError) -> std::borrow::Cow<'static, str>;
 
 pub trait Bus: Clone + Send + Sync + 'static {
     type Record: OutgoingMessage + Send + 'static;
@@ -36,13 +37,16 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// A plain publisher: a legacy client that knows nothing of tracing.
     fn raw_publisher(&self) -> Publisher<Self::Record>;
     fn payload(message: &Self::Message) -> &[u8];
+    /// Runs `handler` wrapped in the consumer's process layer, which shares the consumer's
+    /// metrics and classifier.
     fn consume(
         &self,
         group: &str,
         topic: &str,
         handler: Handler<Self::Message>,
         metrics: &Metrics,
-        classify: Classify,
+        classifier: Classifier,
+        provider: Option<&SdkTracerProvider>,
         stop: BoxFuture<()>,
     ) -> BoxFuture<Result<(), ConsumeError>>;
 }
@@ -100,18 +104,20 @@ impl Bus for Memory {
         topic: &str,
         handler: Handler<MemoryMessage>,
         metrics: &Metrics,
-        classify: Classify,
+        classifier: Classifier,
+        provider: Option<&SdkTracerProvider>,
         stop: BoxFuture<()>,
     ) -> BoxFuture<Result<(), ConsumeError>> {
-        let consumer = self
+        let mut consumer = self
             .0
             .consumer(group)
             .subscribe([topic])
             .metrics(metrics.clone())
-            .classify_errors(classify)
-            .failure_policy(FailurePolicy::Redeliver {
-                backoff: std::time::Duration::from_millis(100),
-            });
+            .classify_errors(classifier);
+        if let Some(provider) = provider {
+            consumer = consumer.tracer_provider(provider);
+        }
+        let handler = consumer.process_layer().layer(handler);
         Box::pin(consumer.run(handler, stop))
     }
 }
@@ -123,13 +129,15 @@ pub use self::kafka_bus::Kafka;
 mod kafka_bus {
     use std::time::Duration;
 
-    use eventscope::driver::{BoxError, ConsumeError, FailurePolicy};
+    use eventscope::classify::Classifier;
+    use eventscope::consume::ConsumeError;
     use eventscope::kafka::{
         consumer_config, producer_config, EventscopeContext, KafkaConsumer, KafkaErrorClassifier,
         KafkaMessage, KafkaPublisher, KafkaRecord,
     };
     use eventscope::metrics::Metrics;
     use eventscope::publish::PublishLayer;
+    use eventscope::BoxError;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -138,7 +146,7 @@ mod kafka_bus {
     use tower::util::BoxCloneSyncService;
     use tower::{Layer, ServiceExt};
 
-    use super::{BoxFuture, Bus, Classify, Handler, Publisher};
+    use super::{BoxFuture, Bus, Handler, Publisher};
 
     /// The pipeline over a Kafka-compatible broker.
     #[derive(Clone)]
@@ -219,7 +227,8 @@ mod kafka_bus {
             topic: &str,
             handler: Handler<KafkaMessage>,
             metrics: &Metrics,
-            classify: Classify,
+            classifier: Classifier,
+            provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
             stop: BoxFuture<()>,
         ) -> BoxFuture<Result<(), ConsumeError>> {
             let config = consumer_config(&self.bootstrap, group);
@@ -229,11 +238,11 @@ mod kafka_bus {
                 Ok(consumer) => consumer,
                 Err(e) => return Box::pin(async move { Err(ConsumeError::Broker(e.into())) }),
             };
-            let driver = KafkaConsumer::new(consumer)
-                .classify_errors(classify)
-                .failure_policy(FailurePolicy::Redeliver {
-                    backoff: Duration::from_millis(100),
-                });
+            let mut driver = KafkaConsumer::new(consumer).classify_errors(classifier);
+            if let Some(provider) = provider {
+                driver = driver.tracer_provider(provider);
+            }
+            let handler = driver.process_layer().layer(handler);
             Box::pin(driver.run(handler, stop))
         }
     }

@@ -13,34 +13,35 @@ mod bus;
 mod envelope;
 mod tree;
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus::{Bus, Classify, Handler, Publisher};
+use bus::{Bus, Handler, Publisher};
 use envelope::{Envelope, FollowUp, Item, OrderCreated};
-use eventscope::driver::BoxError;
+use eventscope::classify::{Classifier, Decision};
 use eventscope::memory::MemoryBroker;
 use eventscope::message::{new_id, IncomingMessage};
 use eventscope::metrics::Metrics;
-use eventscope::process::ProcessLayer;
 use eventscope::publish::PublishLayer;
 use eventscope::scope::MessageScope;
 use eventscope::server::{MetricsServer, DEFAULT_ADDR};
 use eventscope::telemetry::{otlp_configured, OtlpExport, TelemetryBuilder, TelemetryGuard};
+use eventscope::BoxError;
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, ServiceExt};
 use tracing::instrument::WithSubscriber;
 use tracing::{Dispatch, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const ORDERS: &str = "orders";
 const DEAD_LETTERS: &str = "orders.dlq";
+/// Chaos mode only: a ledger whose consumer meets an entry it cannot handle.
+const LEDGER: &str = "ledger";
 
 struct Args {
     orders: usize,
@@ -107,12 +108,12 @@ impl std::fmt::Display for PaymentDeclined {
 
 impl std::error::Error for PaymentDeclined {}
 
-fn classify(error: &BoxError) -> Cow<'static, str> {
-    if error.is::<PaymentDeclined>() {
-        Cow::Borrowed("PaymentDeclined")
-    } else {
-        Cow::Borrowed(eventscope::classify::OTHER)
-    }
+/// Names a declined payment for metrics and spans, and retries every failure after a pause:
+/// the consumer and its process layer share this one classifier.
+fn classifier() -> Classifier {
+    Classifier::new()
+        .on::<PaymentDeclined>("PaymentDeclined")
+        .otherwise(Decision::retry(std::time::Duration::from_millis(100)))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -313,19 +314,13 @@ fn handler<B: Bus>(
     role: Role,
     shared: &Arc<Shared<B>>,
     publisher: Publisher<B::Record>,
-    telemetry: &ServiceTelemetry,
 ) -> Handler<B::Message> {
-    let metrics = shared.metrics.clone();
     let shared = Arc::clone(shared);
     let inner = service_fn(move |message: B::Message| {
         handle(role, shared.clone(), publisher.clone(), message)
     });
-    BoxCloneSyncService::new(
-        telemetry
-            .process_layer(metrics)
-            .classify_errors(classify as Classify)
-            .layer(inner),
-    )
+    // The consumer wraps it in its own process layer (its metrics, its classifier).
+    BoxCloneSyncService::new(inner)
 }
 
 /// One service's telemetry: its subscriber, its tracer provider, and the guard that flushes.
@@ -339,15 +334,6 @@ impl ServiceTelemetry {
     /// A publish layer whose spans belong to this service.
     fn publish_layer(&self, metrics: &Metrics) -> PublishLayer {
         let layer = PublishLayer::new(metrics.clone());
-        match &self.provider {
-            Some(provider) => layer.tracer_provider(provider),
-            None => layer,
-        }
-    }
-
-    /// A process layer whose spans belong to this service.
-    fn process_layer(&self, metrics: Metrics) -> ProcessLayer {
-        let layer = ProcessLayer::new(metrics);
         match &self.provider {
             Some(provider) => layer.tracer_provider(provider),
             None => layer,
@@ -510,6 +496,7 @@ async fn run_kafka(args: Arc<Args>, bootstrap: String) -> Result<(), BoxError> {
         &[
             ORDERS,
             DEAD_LETTERS,
+            LEDGER,
             "payments",
             "inventory",
             "notifications",
@@ -565,17 +552,60 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
     for role in Role::ALL {
         let service = telemetry(role.service(), &collected)?;
         let publisher = bus.publisher(service.publish_layer(&metrics));
-        let handler = handler(role, &shared, publisher, &service);
+        let handler = handler(role, &shared, publisher);
         let ServiceTelemetry {
-            dispatch, guard, ..
+            dispatch,
+            guard,
+            provider,
         } = service;
         guards.push(guard);
         let mut stop = stop_rx.clone();
         let stop = Box::pin(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
-        let run = bus.consume(role.service(), ORDERS, handler, &metrics, classify, stop);
+        let run = bus.consume(
+            role.service(),
+            ORDERS,
+            handler,
+            &metrics,
+            classifier(),
+            provider.as_ref(),
+            stop,
+        );
         consumers.push((role, tokio::spawn(run.with_subscriber(dispatch))));
+    }
+
+    // Chaos: the ledger service cannot handle one entry. The error is not classified, so its
+    // decision is `Stop`: that partition stops there (messaging_consumer_partition_stopped = 1,
+    // alert ConsumerPartitionStopped) while the service goes on with the others.
+    let mut ledger = None;
+    if args.forever {
+        let handler: Handler<B::Message> = BoxCloneSyncService::new(service_fn(|m: B::Message| {
+            let balanced = B::payload(&m) != b"unbalanced";
+            async move {
+                if balanced {
+                    Ok(())
+                } else {
+                    Err(BoxError::from("ledger entry does not balance"))
+                }
+            }
+        }));
+        let record = bus.record(LEDGER, "entry-1", b"unbalanced".to_vec(), &[]);
+        bus.raw_publisher().oneshot(record).await?;
+        let mut stop = stop_rx.clone();
+        let stop = Box::pin(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let run = bus.consume(
+            "ledger-service",
+            LEDGER,
+            handler,
+            &metrics,
+            Classifier::new(),
+            None,
+            stop,
+        );
+        ledger = Some(tokio::spawn(run));
     }
 
     let orders = telemetry("order-service", &collected)?;
@@ -644,6 +674,11 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("{}: {e}", role.service()),
             Err(e) => eprintln!("{}: task failed: {e}", role.service()),
+        }
+    }
+    if let Some(ledger) = ledger {
+        if let Ok(Err(e)) = ledger.await {
+            eprintln!("ledger-service: {e}");
         }
     }
     for guard in &guards {

@@ -15,11 +15,11 @@
 //!   `FutureProducer`, resolving on the delivery report with a [`KafkaDelivery`] (partition and
 //!   offset); it waits instead of failing when the producer queue is full. Wrap it in
 //!   [`publish_layer`], which names failures by their librdkafka code;
-//! - **consumer driver**: [`KafkaConsumer`], built with [`KafkaConsumer::from_config`] (which
-//!   checks the settings it relies on), feeds the consumer's messages to a handler
-//!   (usually wrapped in a [`ProcessLayer`](crate::process::ProcessLayer)), in order per
-//!   partition, storing and committing offsets only after the handler succeeded; failures
-//!   follow the [`FailurePolicy`](crate::driver::FailurePolicy);
+//! - **consumer**: [`KafkaConsumer`], built with [`KafkaConsumer::from_config`] (which checks the
+//!   settings it relies on): a source of the consumer's messages and a settler of offsets, run
+//!   by the [consumer core](crate::consume): in order per partition, handlers wrapped in its
+//!   [`process_layer`](crate::consume::Consumer::process_layer), offsets stored and committed
+//!   only once settled (SPEC §7);
 //! - **lag source**: [`EventscopeContext`], the consumer context that turns librdkafka
 //!   statistics into `messaging_consumer_lag_messages` / `_seconds` and handles rebalances.
 //!
@@ -37,7 +37,6 @@
 //! ```no_run
 //! use eventscope::kafka::{self, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 //! use eventscope::metrics::Metrics;
-//! use eventscope::process::ProcessLayer;
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main]
@@ -55,13 +54,15 @@
 //!
 //! // Consume: a consumer built from a checked configuration, driving a wrapped handler.
 //! let config = kafka::consumer_config("127.0.0.1:9092", "billing");
-//! let consumer = KafkaConsumer::from_config(&config, &metrics)?.subscribe(&["orders"])?;
-//! let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: KafkaMessage| async move {
+//! let consumer = KafkaConsumer::from_config(&config, &metrics)?
+//!     .subscribe(&["orders"])?
+//!     .max_concurrency(8);
+//! let handler = consumer.process_layer().layer(service_fn(|m: KafkaMessage| async move {
 //!     tracing::info!(offset = m.offset(), "charging card");
 //!     Ok::<_, std::io::Error>(())
 //! }));
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
-//! consumer.max_concurrency(8).run(handler, shutdown).await?;
+//! consumer.run(handler, shutdown).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -80,7 +81,7 @@ mod publisher;
 mod record;
 
 pub use self::config::{consumer_config, producer_config};
-pub use self::consumer::KafkaConsumer;
+pub use self::consumer::{KafkaConsumer, KafkaSubscription};
 pub use self::context::EventscopeContext;
 pub use self::error::{ConfigError, KafkaErrorClassifier, PublishError};
 pub use self::publisher::{publish_layer, KafkaPublisher};

@@ -1,122 +1,113 @@
-use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
-use tower::ServiceExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tower_service::Service;
-use tracing::instrument::WithSubscriber;
 
 use super::broker::{MemoryBroker, Topic};
+use super::lag::report_lag;
 use super::record::MemoryMessage;
-use crate::classify::{ClassifyError, TypeNameClassifier};
-use crate::driver::{BoxError, ConsumeError, ErrorClassifier, FailurePolicy};
+use crate::classify::{Classifier, ClassifyError};
+use crate::consume::{
+    run_ordered, Batch, ConsumeError, Consumer, Delivery, Event, Lane, One, OrderedSettler,
+    OrderedSource,
+};
 use crate::message::system::MEMORY;
 use crate::metrics::Metrics;
+use crate::BoxError;
 
+/// Records read from a partition per fetch, at most.
 const FETCH_MAX: usize = 64;
 
-/// Drives a handler with the messages of a consumer group; see the [module docs](super).
+/// A consumer in a group of the embedded broker, run by the [consumer core](crate::consume).
 ///
-/// Each assigned partition is consumed in order by its own task; at most
-/// [`max_concurrency`](Self::max_concurrency) handlers run at once across partitions. A message
-/// is committed only after the handler returned `Ok`. When members join or leave the group the
-/// partitions are dealt again: each partition task finishes its current message (committing it)
-/// before the partition moves, and the lag series of revoked partitions are removed.
-pub struct MemoryConsumer {
+/// Each assigned partition is consumed in order; at most
+/// [`max_concurrency`](Consumer::max_concurrency) handler calls run at once across partitions.
+/// A message is committed once it and every earlier message of its partition are settled
+/// (SPEC §7). When members join or leave the group the partitions are dealt again: a revoked
+/// partition's running call finishes, its buffered messages go to the next owner, and its
+/// series are removed.
+pub type MemoryConsumer<C = Classifier> = Consumer<MemorySubscription, C>;
+
+/// The embedded broker's part of a [`MemoryConsumer`]: the group and its topics.
+pub struct MemorySubscription {
     broker: MemoryBroker,
     group: Arc<str>,
     topics: Vec<String>,
-    max_concurrency: usize,
-    failure: FailurePolicy,
     lag_interval: Duration,
-    metrics: Option<Metrics>,
-    classify: Option<ErrorClassifier>,
 }
 
-impl fmt::Debug for MemoryConsumer {
+impl fmt::Debug for MemorySubscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryConsumer")
+        f.debug_struct("MemorySubscription")
             .field("group", &self.group)
             .field("topics", &self.topics)
-            .field("max_concurrency", &self.max_concurrency)
-            .field("failure", &self.failure)
+            .field("lag_interval", &self.lag_interval)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryConsumer {
     pub(crate) fn new(broker: MemoryBroker, group: String) -> Self {
-        Self {
-            broker,
-            group: Arc::from(group),
-            topics: Vec::new(),
-            max_concurrency: 16,
-            failure: FailurePolicy::default(),
-            lag_interval: Duration::from_secs(1),
-            metrics: None,
-            classify: None,
-        }
+        let mut options = crate::consume::Options::DEFAULT;
+        // Commits cost nothing here; keep redelivery after a crash small.
+        options.commit_interval = Duration::from_millis(10);
+        options.max_buffered = 256;
+        Consumer::with(
+            MemorySubscription {
+                broker,
+                group: Arc::from(group),
+                topics: Vec::new(),
+                lag_interval: Duration::from_secs(1),
+            },
+            Metrics::new(),
+            options,
+        )
     }
+}
 
+impl<C> Consumer<MemorySubscription, C> {
     /// Adds topics to consume (created with the default partitions if missing).
     pub fn subscribe<I, T>(mut self, topics: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.topics.extend(topics.into_iter().map(Into::into));
-        self
-    }
-
-    /// Most handlers running at once across partitions (default 16).
-    pub fn max_concurrency(mut self, max: usize) -> Self {
-        self.max_concurrency = max.max(1);
-        self
-    }
-
-    /// What to do when the handler fails (default [`FailurePolicy::StopPartition`]).
-    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.failure = policy;
+        self.adapter
+            .topics
+            .extend(topics.into_iter().map(Into::into));
         self
     }
 
     /// How often lag is reported (default 1 s).
     pub fn lag_interval(mut self, interval: Duration) -> Self {
-        self.lag_interval = interval.max(Duration::from_millis(10));
+        self.adapter.lag_interval = interval.max(Duration::from_millis(10));
         self
     }
 
-    /// Derives the `error_type` of counted redeliveries from the handler's error (default: the
-    /// error's type name, see [`TypeNameClassifier`]).
-    pub fn classify_errors(
-        mut self,
-        classify: impl Fn(&BoxError) -> Cow<'static, str> + Send + Sync + 'static,
-    ) -> Self {
-        self.classify = Some(Arc::new(classify));
-        self
-    }
-
-    /// Reports lag, rebalances and redeliveries into `metrics`.
+    /// Reports into `metrics` (default: metrics in a registry of their own). Call it before
+    /// [`process_layer`](Consumer::process_layer), which hands out the same metrics.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
-    /// Consumes until `shutdown` resolves, then stops fetching, lets in-flight handlers finish,
-    /// commits, leaves the group and returns.
+    /// Consumes until `shutdown` resolves, then stops fetching, lets running handler calls
+    /// finish (up to the [drain deadline](Consumer::drain_deadline)), commits, leaves the
+    /// group and returns.
     ///
-    /// Dropping the returned future instead aborts the partition tasks at once: messages in
-    /// flight are not committed and are delivered again to the group.
+    /// Dropping the returned future instead aborts at once: what was processed since the last
+    /// commit is delivered again to the group.
     ///
     /// # Errors
     ///
-    /// [`ConsumeError::PartitionStopped`] for the first partition stopped by a handler failure
-    /// under [`FailurePolicy::StopPartition`] (reported at shutdown; other partitions go on).
+    /// [`ConsumeError::PartitionStopped`] for the first partition a failure stopped (other
+    /// partitions went on).
     pub async fn run<S>(
         self,
         handler: S,
@@ -125,256 +116,300 @@ impl MemoryConsumer {
     where
         S: Service<MemoryMessage> + Clone + Send + 'static,
         S::Future: Send,
-        S::Response: Send,
         S::Error: Into<BoxError> + Send,
+        C: ClassifyError<S::Error> + Clone + Send + Sync + 'static,
     {
-        let Self {
-            broker,
-            group,
-            topics,
-            max_concurrency,
-            failure,
-            lag_interval,
-            metrics,
-            classify,
-        } = self;
-        let (member, mut generation) = broker.join(&group, &topics);
-        let permits = Arc::new(Semaphore::new(max_concurrency));
-        let mut first_failure: Option<ConsumeError> = None;
-        let mut stopped: HashSet<(Arc<str>, i32)> = HashSet::new();
-        let mut assigned: Vec<(Arc<Topic>, i32)> = Vec::new();
-        let mut lag_tick = tokio::time::interval(lag_interval);
-        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-
-        loop {
-            generation.borrow_and_update();
-            let now = broker.assignment(&group, member);
-            for (topic, partition) in &assigned {
-                let kept = now
-                    .iter()
-                    .any(|(t, p)| t.name == topic.name && p == partition);
-                if !kept {
-                    if let Some(m) = &metrics {
-                        m.remove_partition(MEMORY, &topic.name, &group, Some(*partition));
-                    }
-                }
-            }
-            if let Some(m) = &metrics {
-                m.record_rebalance(MEMORY, &group);
-            }
-            assigned = now;
-            tracing::debug!(group = %group, member, partitions = assigned.len(), "memory consumer assigned");
-
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let mut workers = JoinSet::new();
-            for (topic, partition) in &assigned {
-                if stopped.contains(&(Arc::clone(&topic.name), *partition)) {
-                    continue;
-                }
-                // Partition tasks report to the subscriber of the task that runs the consumer.
-                workers.spawn(
-                    PartitionWorker {
-                        broker: broker.clone(),
-                        topic: Arc::clone(topic),
-                        partition: *partition,
-                        group: Arc::clone(&group),
-                        permits: Arc::clone(&permits),
-                        failure,
-                        metrics: metrics.clone(),
-                        classify: classify.clone(),
-                        stop: stop_rx.clone(),
-                    }
-                    .run(handler.clone())
-                    .with_current_subscriber(),
-                );
-            }
-
-            let shutting_down = loop {
-                tokio::select! {
-                    () = &mut shutdown => break true,
-                    changed = generation.changed() => break changed.is_err(),
-                    Some(done) = workers.join_next() => {
-                        note_worker(done, &mut stopped, &mut first_failure);
-                    }
-                    _ = lag_tick.tick() => {
-                        if let Some(m) = &metrics {
-                            report_lag(&broker, m, &group, &assigned);
-                        }
-                    }
-                }
-            };
-            let _ = stop_tx.send(true);
-            while let Some(done) = workers.join_next().await {
-                note_worker(done, &mut stopped, &mut first_failure);
-            }
-            if shutting_down {
-                break;
-            }
-        }
-
-        broker.leave(&group, member);
-        // Leaving revokes every partition: their series go with them (SPEC §5).
-        if let Some(m) = &metrics {
-            for (topic, partition) in &assigned {
-                m.remove_partition(MEMORY, &topic.name, &group, Some(*partition));
-            }
-        }
-        first_failure.map_or(Ok(()), Err)
-    }
-}
-
-fn note_worker(
-    done: Result<Result<(), ConsumeError>, tokio::task::JoinError>,
-    stopped: &mut HashSet<(Arc<str>, i32)>,
-    first_failure: &mut Option<ConsumeError>,
-) {
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::error!(error = %error, "memory consumer partition stopped");
-            if let ConsumeError::PartitionStopped {
-                destination,
-                partition,
-                ..
-            } = &error
-            {
-                stopped.insert((Arc::from(destination.as_str()), *partition));
-            }
-            first_failure.get_or_insert(error);
-        }
-        Err(join) => {
-            // A panicking handler must not take the consumer down silently.
-            tracing::error!(error = %join, "memory consumer partition task failed");
-            first_failure.get_or_insert(ConsumeError::Broker(Box::new(join)));
-        }
-    }
-}
-
-fn report_lag(
-    broker: &MemoryBroker,
-    metrics: &Metrics,
-    group: &str,
-    assigned: &[(Arc<Topic>, i32)],
-) {
-    for (topic, partition) in assigned {
-        let Some(high) = broker.high_watermark(&topic.name, *partition) else {
-            continue;
+        let (source, settler, core, classifier) = self.open();
+        let handler = One {
+            service: handler,
+            classifier,
         };
-        let next = broker
-            .position(group, &topic.name, *partition)
-            .unwrap_or_else(|| broker.log_start(topic, *partition));
-        metrics.record_lag(
-            MEMORY,
-            &topic.name,
-            group,
-            Some(*partition),
-            (high - next).max(0),
-        );
+        run_ordered(source, settler, handler, 1, core, shutdown).await
+    }
+
+    /// Like [`run`](Self::run), handing the handler up to
+    /// [`max_batch_size`](Consumer::max_batch_size) messages of one partition at a time
+    /// (whatever is buffered, never waiting to fill a batch, never an empty one). A batch is
+    /// settled as a whole.
+    ///
+    /// # Errors
+    ///
+    /// As for [`run`](Self::run); `offset` is the first offset of the stopped batch.
+    pub async fn run_batch<S>(
+        self,
+        handler: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumeError>
+    where
+        S: Service<Vec<MemoryMessage>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+        C: ClassifyError<S::Error> + Clone + Send + Sync + 'static,
+    {
+        let max_batch = self.options.max_batch;
+        let (source, settler, core, classifier) = self.open();
+        let handler = Batch {
+            service: handler,
+            classifier,
+        };
+        run_ordered(source, settler, handler, max_batch, core, shutdown).await
+    }
+
+    /// Joins the group.
+    fn open(self) -> (MemorySource, MemorySettler, crate::consume::Core, C) {
+        let Self {
+            adapter,
+            classifier,
+            metrics,
+            options,
+            spans,
+        } = self;
+        let (member, generation) = adapter.broker.join(&adapter.group, &adapter.topics);
+        let source = MemorySource {
+            broker: adapter.broker.clone(),
+            group: Arc::clone(&adapter.group),
+            member,
+            generation,
+            lanes: HashMap::new(),
+            pending: VecDeque::new(),
+            metrics: metrics.clone(),
+            lag_interval: adapter.lag_interval,
+            next_lag: Instant::now(),
+            joined: false,
+        };
+        let settler = MemorySettler {
+            broker: adapter.broker,
+            group: Arc::clone(&adapter.group),
+        };
+        let core = crate::consume::Core {
+            metrics,
+            system: MEMORY,
+            group: adapter.group,
+            options,
+            spans,
+        };
+        (source, settler, core, classifier)
     }
 }
 
-struct PartitionWorker {
-    broker: MemoryBroker,
-    topic: Arc<Topic>,
-    partition: i32,
-    group: Arc<str>,
-    permits: Arc<Semaphore>,
-    failure: FailurePolicy,
-    metrics: Option<Metrics>,
-    classify: Option<ErrorClassifier>,
-    stop: watch::Receiver<bool>,
+impl Delivery for MemoryMessage {
+    fn lane_topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    fn lane_partition(&self) -> i32 {
+        self.partition
+    }
+
+    fn lane_offset(&self) -> i64 {
+        self.offset
+    }
 }
 
-impl PartitionWorker {
-    async fn run<S>(mut self, mut handler: S) -> Result<(), ConsumeError>
-    where
-        S: Service<MemoryMessage>,
-        S::Error: Into<BoxError>,
-    {
-        let broker = self.broker.clone();
-        let (topic, partition) = (Arc::clone(&self.topic), self.partition);
-        let mut position = broker
-            .committed(&self.group, &topic.name, partition)
-            .unwrap_or_else(|| broker.log_start(&topic, partition));
-        let mut high_watermark = broker.watch_partition(&topic, partition);
-        loop {
-            let batch = broker.read(&topic, partition, position, FETCH_MAX, Some(&self.group));
-            if batch.is_empty() {
-                tokio::select! {
-                    _ = high_watermark.wait_for(|high| *high > position) => continue,
-                    _ = self.stop.wait_for(|stop| *stop) => return Ok(()),
+/// Where a lane is read from.
+struct Fetch {
+    topic: Arc<Topic>,
+    position: i64,
+    paused: bool,
+    high_watermark: watch::Receiver<i64>,
+}
+
+/// The partitions a member owns, read in turn.
+struct MemorySource {
+    broker: MemoryBroker,
+    group: Arc<str>,
+    member: u64,
+    generation: watch::Receiver<u64>,
+    lanes: HashMap<Lane, Fetch>,
+    pending: VecDeque<Event<MemoryMessage>>,
+    metrics: Metrics,
+    lag_interval: Duration,
+    next_lag: Instant,
+    joined: bool,
+}
+
+impl MemorySource {
+    /// Deals the partitions again: what is no longer ours is revoked, what is new assigned.
+    fn rebalance(&mut self) {
+        self.generation.borrow_and_update();
+        let now = self.broker.assignment(&self.group, self.member);
+        let owned: HashSet<Lane> = now
+            .iter()
+            .map(|(topic, partition)| Lane::new(Arc::clone(&topic.name), *partition))
+            .collect();
+        let revoked: Vec<Lane> = self
+            .lanes
+            .keys()
+            .filter(|lane| !owned.contains(*lane))
+            .cloned()
+            .collect();
+        for lane in &revoked {
+            self.lanes.remove(lane);
+            self.metrics
+                .remove_partition(MEMORY, &lane.topic, &self.group, Some(lane.partition));
+        }
+        let mut assigned = Vec::new();
+        for (topic, partition) in now {
+            let lane = Lane::new(Arc::clone(&topic.name), partition);
+            if self.lanes.contains_key(&lane) {
+                continue;
+            }
+            let position = self
+                .broker
+                .committed(&self.group, &topic.name, partition)
+                .unwrap_or_else(|| self.broker.log_start(&topic, partition));
+            let high_watermark = self.broker.watch_partition(&topic, partition);
+            self.lanes.insert(
+                lane.clone(),
+                Fetch {
+                    topic,
+                    position,
+                    paused: false,
+                    high_watermark,
+                },
+            );
+            assigned.push(lane);
+        }
+        self.metrics.record_rebalance(MEMORY, &self.group);
+        tracing::debug!(group = %self.group, member = self.member, partitions = self.lanes.len(), "memory consumer assigned");
+        if !revoked.is_empty() {
+            self.pending.push_back(Event::Revoked(revoked));
+        }
+        if !assigned.is_empty() {
+            self.pending.push_back(Event::Assigned(assigned));
+        }
+    }
+
+    /// Reads what the unpaused lanes have beyond their position.
+    fn fetch(&mut self) {
+        for (lane, fetch) in &mut self.lanes {
+            if fetch.paused {
+                continue;
+            }
+            let batch = self.broker.read(
+                &fetch.topic,
+                lane.partition,
+                fetch.position,
+                FETCH_MAX,
+                Some(&self.group),
+            );
+            if let Some(first) = batch.first() {
+                if first.offset > fetch.position {
+                    tracing::warn!(
+                        topic = %lane.topic, partition = lane.partition, from = fetch.position,
+                        to = first.offset, "records dropped by retention before they were consumed"
+                    );
                 }
             }
             for message in batch {
-                if message.offset > position {
-                    // Counted and warned about (rate-limited) by the broker.
-                    tracing::debug!(
-                        topic = %topic.name, partition, from = position, to = message.offset,
-                        "records dropped by retention before they were consumed"
-                    );
+                fetch.position = message.offset + 1;
+                self.pending.push_back(Event::Message(message));
+            }
+        }
+    }
+}
+
+impl OrderedSource for MemorySource {
+    type Message = MemoryMessage;
+
+    async fn next(&mut self) -> Event<MemoryMessage> {
+        {
+            loop {
+                if let Some(event) = self.pending.pop_front() {
+                    return event;
                 }
-                position = message.offset;
-                if !self.deliver(&mut handler, message).await? {
-                    return Ok(());
+                if Instant::now() >= self.next_lag {
+                    let lanes = self.lanes.iter().map(|(l, f)| (&*f.topic, l.partition));
+                    report_lag(&self.broker, &self.metrics, &self.group, lanes);
+                    self.next_lag = Instant::now() + self.lag_interval;
                 }
-                position += 1;
-                broker.commit(&self.group, &topic.name, partition, position);
+                if !self.joined || self.generation.has_changed().unwrap_or(false) {
+                    self.joined = true;
+                    self.rebalance();
+                    continue;
+                }
+                self.fetch();
+                if !self.pending.is_empty() {
+                    continue;
+                }
+                let Self {
+                    lanes,
+                    generation,
+                    next_lag,
+                    ..
+                } = &mut *self;
+                let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = lanes
+                    .values_mut()
+                    .filter(|fetch| !fetch.paused)
+                    .map(|fetch| {
+                        let position = fetch.position;
+                        let watch = &mut fetch.high_watermark;
+                        Box::pin(async move {
+                            let _ = watch.wait_for(|high| *high > position).await;
+                        }) as Pin<Box<dyn Future<Output = ()> + Send + '_>>
+                    })
+                    .collect();
+                let any_record = async move {
+                    if waits.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    futures_util::future::select_all(waits).await;
+                };
+                let regenerated = tokio::select! {
+                    Ok(()) = generation.changed() => true,
+                    () = any_record => false,
+                    () = tokio::time::sleep_until(*next_lag) => false,
+                };
+                if regenerated {
+                    // `changed` marked the generation seen: deal now.
+                    self.rebalance();
+                }
             }
         }
     }
 
-    /// Hands one message to the handler until it succeeds; `Ok(false)` when asked to stop first.
-    async fn deliver<S>(
-        &mut self,
-        handler: &mut S,
-        message: MemoryMessage,
-    ) -> Result<bool, ConsumeError>
-    where
-        S: Service<MemoryMessage>,
-        S::Error: Into<BoxError>,
-    {
-        loop {
-            if *self.stop.borrow() {
-                return Ok(false);
-            }
-            let result = {
-                let _permit = self.permits.acquire().await;
-                match handler.ready().await {
-                    Ok(ready) => ready.call(message.clone()).await,
-                    Err(error) => Err(error),
-                }
-            };
-            let error = match result {
-                Ok(_) => return Ok(true),
-                Err(error) => error,
-            };
-            match self.failure {
-                FailurePolicy::StopPartition => {
-                    return Err(ConsumeError::PartitionStopped {
-                        destination: self.topic.name.to_string(),
-                        partition: self.partition,
-                        offset: message.offset,
-                        source: error.into(),
-                    })
-                }
-                FailurePolicy::Redeliver { backoff } => {
-                    let type_name = TypeNameClassifier.classify(&error);
-                    let error: BoxError = error.into();
-                    let error_type = match &self.classify {
-                        Some(classify) => classify(&error),
-                        None => type_name,
-                    };
-                    if let Some(m) = &self.metrics {
-                        m.record_retry(MEMORY, &self.topic.name, &self.group, &error_type);
-                    }
-                    tracing::debug!(offset = message.offset, error = %error, "redelivering");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = self.stop.wait_for(|stop| *stop) => return Ok(false),
-                    }
-                }
-            }
+    fn pause(&mut self, lane: &Lane) {
+        if let Some(fetch) = self.lanes.get_mut(lane) {
+            fetch.paused = true;
         }
+    }
+
+    fn resume(&mut self, lane: &Lane) {
+        if let Some(fetch) = self.lanes.get_mut(lane) {
+            fetch.paused = false;
+        }
+    }
+}
+
+impl Drop for MemorySource {
+    fn drop(&mut self) {
+        self.broker.leave(&self.group, self.member);
+        // Leaving revokes every partition: their series go with them (SPEC §5).
+        for lane in self.lanes.keys() {
+            self.metrics
+                .remove_partition(MEMORY, &lane.topic, &self.group, Some(lane.partition));
+        }
+    }
+}
+
+/// Commits a group's offsets in the broker.
+struct MemorySettler {
+    broker: MemoryBroker,
+    group: Arc<str>,
+}
+
+impl OrderedSettler for MemorySettler {
+    type Cursor = ();
+
+    fn cursor(&self, _lane: &Lane) {}
+
+    fn mark(&self, _cursor: &(), _next: i64) {}
+
+    fn commit(&self, done: &[(Lane, i64)], _last: bool) -> Result<(), BoxError> {
+        for (lane, next) in done {
+            self.broker
+                .commit(&self.group, &lane.topic, lane.partition, *next);
+        }
+        Ok(())
     }
 }

@@ -66,10 +66,11 @@
 mod broker;
 mod consumer;
 pub mod future;
+mod lag;
 mod publisher;
 mod record;
 
 pub use self::broker::{MemoryBroker, MemoryBrokerBuilder, MemoryError, Overflow};
-pub use self::consumer::MemoryConsumer;
+pub use self::consumer::{MemoryConsumer, MemorySubscription};
 pub use self::publisher::MemoryPublisher;
 pub use self::record::{Delivery, MemoryMessage, MemoryRecord};

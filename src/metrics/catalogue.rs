@@ -52,6 +52,8 @@ pub mod name {
     pub const REBALANCES: &str = "messaging_consumer_rebalances_total";
     /// Messages removed by the broker before the consumer group received them.
     pub const DROPPED_MESSAGES: &str = "messaging_consumer_dropped_messages_total";
+    /// 1 while a partition is stopped at a failed message.
+    pub const PARTITION_STOPPED: &str = "messaging_consumer_partition_stopped";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
 }
@@ -203,6 +205,13 @@ pub const DROPPED_MESSAGES: MetricFamily = MetricFamily {
     kind: Counter,
     labels: SYS_DEST_PART_GROUP,
 };
+/// Stopped partitions.
+pub const PARTITION_STOPPED: MetricFamily = MetricFamily {
+    name: name::PARTITION_STOPPED,
+    help: "1 while the consumer holds a partition stopped at a failed message (settle decision Stop); absent otherwise.",
+    kind: Gauge,
+    labels: SYS_DEST_PART_GROUP,
+};
 /// Invalid trace context.
 pub const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
@@ -228,5 +237,6 @@ pub const CATALOGUE: &[MetricFamily] = &[
     INVALID_MESSAGES,
     REBALANCES,
     DROPPED_MESSAGES,
+    PARTITION_STOPPED,
     TRACE_CONTEXT_INVALID,
 ];

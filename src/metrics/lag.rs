@@ -64,7 +64,7 @@ impl Metrics {
         state.lag_seconds.set(seconds);
     }
 
-    /// Removes a partition's lag and last-message series, e.g. when it is revoked.
+    /// Removes a partition's lag, last-message and stopped series, e.g. when it is revoked.
     pub fn remove_partition(
         &self,
         system: &str,
@@ -72,6 +72,8 @@ impl Metrics {
         group: &str,
         partition: Option<i32>,
     ) {
+        // A revoked partition is no longer ours to report stopped (SPEC §4).
+        self.set_partition_stopped(system, destination, group, partition, false);
         let label = self.inner.destinations.admit(destination);
         let slot = partition_slot(partition);
         // Layers that memoise their last lookup look again.

@@ -42,6 +42,8 @@ pub const OTHER_DESTINATION: &str = "_other";
 pub const DEFAULT_MAX_DESTINATIONS: usize = 1000;
 /// `messaging.operation.name` of a publish.
 pub const OPERATION_SEND: &str = "send";
+/// `messaging.operation.name` of a commit / ack / nack / term made by a consumer.
+pub const OPERATION_SETTLE: &str = "settle";
 
 /// Shared handle to eventscope's metric families.
 #[derive(Clone)]
@@ -77,6 +79,7 @@ struct Families {
     invalid: IntCounterVec,
     rebalances: IntCounterVec,
     dropped: IntCounterVec,
+    partition_stopped: IntGaugeVec,
     trace_invalid: IntCounterVec,
 }
 
@@ -190,6 +193,7 @@ impl Families {
             invalid: counter(registry, c::INVALID_MESSAGES)?,
             rebalances: counter(registry, c::REBALANCES)?,
             dropped: counter(registry, c::DROPPED_MESSAGES)?,
+            partition_stopped: int_gauge(registry, c::PARTITION_STOPPED)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
         })
     }
@@ -300,6 +304,39 @@ impl Metrics {
             .families
             .dropped
             .with_label_values(&[system, &destination, &partition, group])
+    }
+
+    /// A consumer settled messages of `destination` (a commit, ack, nack or term) in `seconds`;
+    /// `error_type` is empty when it succeeded.
+    pub fn record_settle(&self, system: &str, destination: &str, error_type: &str, seconds: f64) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .operation_duration
+            .with_label_values(&[system, OPERATION_SETTLE, &destination, error_type])
+            .observe(seconds);
+    }
+
+    /// Shows (`stopped`) or removes the `messaging_consumer_partition_stopped` series of a
+    /// partition.
+    pub fn set_partition_stopped(
+        &self,
+        system: &str,
+        destination: &str,
+        group: &str,
+        partition: Option<i32>,
+        stopped: bool,
+    ) {
+        let destination = self.inner.destinations.admit(destination);
+        let partition = partition.map(|p| p.to_string()).unwrap_or_default();
+        let values = [system, &*destination, &*partition, group];
+        let gauge = &self.inner.families.partition_stopped;
+        if stopped {
+            gauge.with_label_values(&values).set(1);
+        } else {
+            // Absent series are fine: removal is idempotent for the caller.
+            let _ = gauge.remove_label_values(&values);
+        }
     }
 
     /// An incoming trace context was unusable.

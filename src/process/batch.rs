@@ -72,6 +72,11 @@ impl<C> BatchProcessLayer<C> {
         }
     }
 
+    pub(crate) fn with_tracer(mut self, tracer: crate::span::Tracer) -> Self {
+        self.config.tracer = tracer;
+        self
+    }
+
     /// Uses `classifier` to derive `error.type` from the handler's errors.
     pub fn classify_errors<C2>(self, classifier: C2) -> BatchProcessLayer<C2> {
         BatchProcessLayer {

@@ -188,7 +188,15 @@ where
             .as_mut()
             .and_then(|span| span.attachable().map(|cx| cx.clone().attach()));
         let _scope = this.scope.as_ref().map(MessageScope::enter);
-        let result = std::task::ready!(this.inner.poll(cx));
+        // A panic is recorded as such (SPEC §3), then goes on to the consumer core.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.inner.poll(cx)));
+        let result = match polled {
+            Ok(poll) => std::task::ready!(poll),
+            Err(panic) => {
+                this.outcome.finish(Some(crate::classify::PANIC));
+                std::panic::resume_unwind(panic)
+            }
+        };
         match &result {
             Ok(_) => this.outcome.finish(None),
             Err(error) => {

@@ -1,0 +1,611 @@
+//! Ordered lanes: one task per partition handling its messages in order, in-order commits.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::{Id, JoinError, JoinSet};
+use tracing::instrument::WithSubscriber;
+
+use super::handle::{Failure, Handle};
+use super::source::{Delivery, Event, Lane, OrderedSettler, OrderedSource};
+use super::{settle_span_hook, ConsumeError, Options};
+use crate::classify::{Decision, OTHER};
+use crate::metrics::Metrics;
+
+/// No offset finished yet.
+const NOTHING_DONE: i64 = -1;
+
+/// Events taken from the source per wake-up of the dispatcher, at most.
+const DRAIN: usize = 64;
+
+/// Who the core reports as.
+pub(crate) struct Core {
+    pub(crate) metrics: Metrics,
+    pub(crate) system: &'static str,
+    pub(crate) group: Arc<str>,
+    pub(crate) options: Options,
+    pub(crate) spans: super::Spans,
+}
+
+/// Runs an ordered source until `shutdown` resolves or the source fails for good.
+pub(crate) async fn run_ordered<Src, Set, H>(
+    mut source: Src,
+    settler: Set,
+    handler: H,
+    max_batch: usize,
+    core: Core,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConsumeError>
+where
+    Src: OrderedSource,
+    Set: OrderedSettler,
+    H: Handle<Src::Message> + Clone,
+{
+    let (control, mut control_rx) = mpsc::unbounded_channel();
+    let mut commit_tick = tokio::time::interval(core.options.commit_interval);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drain_deadline = core.options.drain_deadline;
+    let mut driver = Driver {
+        permits: Arc::new(Semaphore::new(core.options.max_concurrency)),
+        core,
+        handler,
+        settler: Arc::new(settler),
+        max_batch,
+        control,
+        lanes: HashMap::new(),
+        assigned: HashSet::new(),
+        tasks: HashMap::new(),
+        retiring: HashMap::new(),
+        workers: JoinSet::new(),
+        shutting_down: false,
+        first_failure: None,
+        fatal: None,
+    };
+    tokio::pin!(shutdown);
+
+    while driver.fatal.is_none() {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(done) = driver.workers.join_next_with_id() => driver.worker_done(done, &mut source),
+            Some(lane) = control_rx.recv() => driver.resume(&lane, &mut source),
+            _ = commit_tick.tick() => driver.commit(false),
+            event = source.next() => {
+                driver.event(event, &mut source);
+                // Take what the source already has without a round through `select!`.
+                for _ in 1..DRAIN {
+                    match source.next().now_or_never() {
+                        Some(event) => driver.event(event, &mut source),
+                        None => break,
+                    }
+                }
+                // A source with messages ready never runs out of budget: let the lanes run
+                // instead of filling their buffers until they are paused.
+                tokio::task::coop::consume_budget().await;
+            }
+        }
+    }
+
+    // Stop fetching; let running calls finish until the deadline; cancel the rest.
+    driver.shutting_down = true;
+    driver.stop_all();
+    let deadline = tokio::time::sleep(drain_deadline);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            done = driver.workers.join_next_with_id() => match done {
+                Some(done) => driver.worker_done(done, &mut source),
+                None => break,
+            },
+            () = &mut deadline => {
+                tracing::warn!(
+                    running = driver.workers.len(), deadline = ?drain_deadline,
+                    "drain deadline passed: cancelling running handler calls, their messages stay unsettled"
+                );
+                driver.workers.abort_all();
+                while let Some(done) = driver.workers.join_next_with_id().await {
+                    driver.worker_done(done, &mut source);
+                }
+                break;
+            }
+        }
+    }
+    driver.commit(true);
+    // A consumer that returned holds no partition stopped any more.
+    for (lane, slot) in &driver.lanes {
+        if matches!(slot.state, SlotState::Stopped) {
+            driver.stopped_gauge(lane, false);
+        }
+    }
+    drop(source);
+    match driver.fatal.or(driver.first_failure) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+struct Driver<M, H, Set: OrderedSettler> {
+    core: Core,
+    handler: H,
+    settler: Arc<Set>,
+    permits: Arc<Semaphore>,
+    max_batch: usize,
+    control: mpsc::UnboundedSender<Lane>,
+    lanes: HashMap<Lane, Slot<M>>,
+    assigned: HashSet<Lane>,
+    tasks: HashMap<Id, Lane>,
+    /// Workers of revoked lanes still finishing a call; a new worker of the same lane waits
+    /// for them, so order holds across a revoke and re-assign.
+    retiring: HashMap<Lane, oneshot::Receiver<()>>,
+    workers: JoinSet<LaneEnd>,
+    shutting_down: bool,
+    first_failure: Option<ConsumeError>,
+    fatal: Option<ConsumeError>,
+}
+
+/// A lane as the dispatcher sees it.
+struct Slot<M> {
+    state: SlotState<M>,
+    paused: bool,
+    /// The offset after the last message the lane finished, written by its worker.
+    progress: Arc<AtomicI64>,
+    committed: i64,
+}
+
+enum SlotState<M> {
+    Running {
+        task: Id,
+        tx: mpsc::UnboundedSender<M>,
+        buffered: Arc<AtomicUsize>,
+        stop: watch::Sender<bool>,
+        done: oneshot::Receiver<()>,
+    },
+    /// A failure decided `Stop` here: paused, nothing more is handed out or committed past.
+    Stopped,
+}
+
+impl<M, H, Set> Driver<M, H, Set>
+where
+    M: Delivery,
+    H: Handle<M> + Clone,
+    Set: OrderedSettler,
+{
+    fn event<Src: OrderedSource<Message = M>>(&mut self, event: Event<M>, source: &mut Src) {
+        match event {
+            Event::Message(message) => self.route(message, source),
+            Event::Assigned(lanes) => {
+                for lane in lanes {
+                    match self.lanes.get(&lane).map(|s| &s.state) {
+                        // A broker may keep or drop a pause across reassignment.
+                        Some(SlotState::Stopped) => source.pause(&lane),
+                        _ => source.resume(&lane),
+                    }
+                    self.assigned.insert(lane);
+                }
+            }
+            Event::Revoked(lanes) => {
+                // Commit what finished while the lanes are still ours.
+                self.commit(false);
+                for lane in lanes {
+                    self.assigned.remove(&lane);
+                    self.retire(&lane);
+                }
+            }
+            Event::Fatal(error) => {
+                tracing::error!(%error, system = self.core.system, "consumer failed");
+                self.fatal.get_or_insert(ConsumeError::Broker(error));
+            }
+        }
+    }
+
+    fn route<Src: OrderedSource<Message = M>>(&mut self, message: M, source: &mut Src) {
+        let lane = Lane {
+            topic: Arc::clone(message.lane_topic()),
+            partition: message.lane_partition(),
+        };
+        if !self.lanes.contains_key(&lane) {
+            self.spawn(&lane);
+        }
+        let Some(slot) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        let SlotState::Running { tx, buffered, .. } = &slot.state else {
+            // Fetched before the pause took effect: left unsettled, like everything after the
+            // message the lane stopped at.
+            return;
+        };
+        let waiting = buffered.fetch_add(1, Ordering::AcqRel) + 1;
+        if tx.send(message).is_err() {
+            // The worker has ended (its outcome is on its way); the message stays unsettled.
+            return;
+        }
+        if waiting >= self.core.options.max_buffered && !slot.paused {
+            slot.paused = true;
+            source.pause(&lane);
+        }
+    }
+
+    fn spawn(&mut self, lane: &Lane) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = oneshot::channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let progress = Arc::new(AtomicI64::new(NOTHING_DONE));
+        let worker = LaneWorker {
+            lane: lane.clone(),
+            rx,
+            buffered: Arc::clone(&buffered),
+            resume_at: self.core.options.max_buffered / 2,
+            control: self.control.clone(),
+            stop: stop_rx,
+            permits: Arc::clone(&self.permits),
+            cursor: self.settler.cursor(lane),
+            settler: Arc::clone(&self.settler),
+            progress: Arc::clone(&progress),
+            max_batch: self.max_batch,
+            predecessor: self.retiring.remove(lane),
+            metrics: self.core.metrics.clone(),
+            system: self.core.system,
+            group: Arc::clone(&self.core.group),
+            _done: done_tx,
+        };
+        // Lanes report to the subscriber of the task that runs the consumer.
+        let task = self
+            .workers
+            .spawn(worker.run(self.handler.clone()).with_current_subscriber())
+            .id();
+        self.tasks.insert(task, lane.clone());
+        self.lanes.insert(
+            lane.clone(),
+            Slot {
+                state: SlotState::Running {
+                    task,
+                    tx,
+                    buffered,
+                    stop: stop_tx,
+                    done: done_rx,
+                },
+                paused: false,
+                progress,
+                committed: NOTHING_DONE,
+            },
+        );
+    }
+
+    fn resume<Src: OrderedSource<Message = M>>(&mut self, lane: &Lane, source: &mut Src) {
+        let Some(slot) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        if slot.paused && matches!(slot.state, SlotState::Running { .. }) {
+            slot.paused = false;
+            source.resume(lane);
+        }
+    }
+
+    /// A revoked lane's worker finishes its running call; what it buffered is dropped.
+    fn retire(&mut self, lane: &Lane) {
+        match self.lanes.remove(lane) {
+            Some(Slot {
+                state: SlotState::Running { stop, done, .. },
+                ..
+            }) => {
+                let _ = stop.send(true);
+                self.retiring.insert(lane.clone(), done);
+            }
+            Some(Slot {
+                state: SlotState::Stopped,
+                ..
+            }) => self.stopped_gauge(lane, false),
+            None => {}
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for slot in self.lanes.values() {
+            if let SlotState::Running { stop, .. } = &slot.state {
+                let _ = stop.send(true);
+            }
+        }
+    }
+
+    fn worker_done<Src: OrderedSource<Message = M>>(
+        &mut self,
+        done: Result<(Id, LaneEnd), JoinError>,
+        source: &mut Src,
+    ) {
+        let (task, end) = match done {
+            Ok(done) => done,
+            Err(join) => {
+                let task = join.id();
+                if let Some(lane) = self.tasks.remove(&task) {
+                    if !join.is_cancelled() {
+                        // Handler panics are caught in the lane: this is a bug of the core.
+                        tracing::error!(error = %join, topic = %lane.topic, partition = lane.partition, "consumer lane failed");
+                        self.first_failure
+                            .get_or_insert(ConsumeError::Broker(Box::new(join)));
+                    }
+                }
+                return;
+            }
+        };
+        let Some(lane) = self.tasks.remove(&task) else {
+            return;
+        };
+        let current = self
+            .lanes
+            .get(&lane)
+            .is_some_and(|s| matches!(&s.state, SlotState::Running { task: t, .. } if *t == task));
+        match end {
+            LaneEnd::Done => {
+                if current && !self.shutting_down {
+                    self.lanes.remove(&lane);
+                }
+            }
+            LaneEnd::Stopped { offset, failure } if current => {
+                if let Some(slot) = self.lanes.get_mut(&lane) {
+                    slot.state = SlotState::Stopped;
+                    slot.paused = true;
+                }
+                self.first_failure
+                    .get_or_insert(ConsumeError::PartitionStopped {
+                        destination: lane.topic.to_string(),
+                        partition: lane.partition,
+                        offset,
+                        error_type: failure.error_type.into_owned(),
+                        source: failure.error,
+                    });
+                source.pause(&lane);
+            }
+            LaneEnd::Stopped { .. } => self.stopped_gauge(&lane, false),
+        }
+        if !current && !self.assigned.contains(&lane) && !self.lanes.contains_key(&lane) {
+            // A revoked lane's last message may have re-created its series.
+            self.core.metrics.remove_partition(
+                self.core.system,
+                &lane.topic,
+                &self.core.group,
+                Some(lane.partition),
+            );
+        }
+    }
+
+    fn stopped_gauge(&self, lane: &Lane, stopped: bool) {
+        self.core.metrics.set_partition_stopped(
+            self.core.system,
+            &lane.topic,
+            &self.core.group,
+            Some(lane.partition),
+            stopped,
+        );
+    }
+
+    /// Commits every lane that advanced since the last commit, timed as a settle.
+    fn commit(&mut self, last: bool) {
+        let done: Vec<(Lane, i64)> = self
+            .lanes
+            .iter()
+            .filter_map(|(lane, slot)| {
+                let next = slot.progress.load(Ordering::Acquire);
+                (next > slot.committed).then(|| (lane.clone(), next))
+            })
+            .collect();
+        // The final commit is always made: the broker may hold work stored since the last one.
+        if done.is_empty() && !last {
+            return;
+        }
+        let started = SystemTime::now();
+        let clock = Instant::now();
+        let result = self.settler.commit(&done, last);
+        let elapsed = clock.elapsed();
+        let error_type = match &result {
+            Ok(()) => None,
+            Err(error) => {
+                tracing::warn!(%error, system = self.core.system, last, "commit failed");
+                Some(OTHER)
+            }
+        };
+        let mut destinations: Vec<&Arc<str>> = done.iter().map(|(lane, _)| &lane.topic).collect();
+        destinations.sort_unstable();
+        destinations.dedup();
+        for destination in destinations {
+            self.core.metrics.record_settle(
+                self.core.system,
+                destination,
+                error_type.unwrap_or(""),
+                elapsed.as_secs_f64(),
+            );
+            settle_span_hook(
+                &self.core.spans,
+                self.core.system,
+                destination,
+                &self.core.group,
+                started,
+                elapsed,
+                error_type,
+            );
+        }
+        if result.is_ok() {
+            for (lane, next) in &done {
+                if let Some(slot) = self.lanes.get_mut(lane) {
+                    slot.committed = *next;
+                }
+            }
+        }
+    }
+}
+
+/// How a lane worker ended.
+enum LaneEnd {
+    /// Asked to stop, or its buffer closed.
+    Done,
+    /// A failure decided `Stop` at `offset`.
+    Stopped { offset: i64, failure: Failure },
+}
+
+/// What a delivery came to.
+enum Step {
+    Settled,
+    Interrupted,
+    Stopped(i64, Failure),
+}
+
+/// Handles one lane's messages, in order.
+struct LaneWorker<M, Set: OrderedSettler> {
+    lane: Lane,
+    rx: mpsc::UnboundedReceiver<M>,
+    buffered: Arc<AtomicUsize>,
+    resume_at: usize,
+    control: mpsc::UnboundedSender<Lane>,
+    stop: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
+    settler: Arc<Set>,
+    cursor: Set::Cursor,
+    progress: Arc<AtomicI64>,
+    max_batch: usize,
+    predecessor: Option<oneshot::Receiver<()>>,
+    metrics: Metrics,
+    system: &'static str,
+    group: Arc<str>,
+    /// Dropped when the worker ends, which releases a successor waiting on `predecessor`.
+    _done: oneshot::Sender<()>,
+}
+
+impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
+    async fn run<H: Handle<M>>(mut self, mut handler: H) -> LaneEnd {
+        if let Some(predecessor) = self.predecessor.take() {
+            tokio::select! {
+                _ = predecessor => {}
+                _ = self.stop.wait_for(|stop| *stop) => return LaneEnd::Done,
+            }
+        }
+        let mut work = Vec::with_capacity(self.max_batch.min(64));
+        loop {
+            if *self.stop.borrow() {
+                return LaneEnd::Done;
+            }
+            let first = match self.rx.try_recv() {
+                Ok(message) => message,
+                Err(mpsc::error::TryRecvError::Disconnected) => return LaneEnd::Done,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    biased;
+                    _ = self.stop.wait_for(|stop| *stop) => return LaneEnd::Done,
+                    message = self.rx.recv() => match message {
+                        Some(message) => message,
+                        None => return LaneEnd::Done,
+                    },
+                },
+            };
+            work.clear();
+            work.push(first);
+            while work.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(message) => work.push(message),
+                    Err(_) => break,
+                }
+            }
+            self.took(work.len());
+            match self.deliver(&mut handler, &work).await {
+                Step::Settled => {}
+                Step::Interrupted => return LaneEnd::Done,
+                Step::Stopped(offset, failure) => return LaneEnd::Stopped { offset, failure },
+            }
+        }
+    }
+
+    /// Counts messages out of the buffer; asks for the lane to be resumed when the buffer
+    /// drains to `resume_at` (the dispatcher ignores this when it had not paused it).
+    fn took(&self, n: usize) {
+        let before = self.buffered.fetch_sub(n, Ordering::AcqRel);
+        let after = before.saturating_sub(n);
+        if before > self.resume_at && after <= self.resume_at {
+            let _ = self.control.send(self.lane.clone());
+        }
+    }
+
+    fn advance(&self, next: i64) {
+        self.settler.mark(&self.cursor, next);
+        self.progress.store(next, Ordering::Release);
+    }
+
+    /// Hands `work` to the handler and carries out the decision on its result.
+    async fn deliver<H: Handle<M>>(&mut self, handler: &mut H, work: &[M]) -> Step {
+        let (Some(first), Some(last)) = (work.first(), work.last()) else {
+            return Step::Settled;
+        };
+        let (first, last) = (first.lane_offset(), last.lane_offset());
+        loop {
+            if *self.stop.borrow() {
+                return Step::Interrupted;
+            }
+            // Shutdown or a revoke may come while the lane waits for its turn.
+            let permit = tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
+                permit = self.permits.acquire() => permit,
+            };
+            let result = handler.handle(work).await;
+            drop(permit);
+            let failure = match result {
+                Ok(()) => {
+                    self.advance(last + 1);
+                    return Step::Settled;
+                }
+                Err(failure) => failure,
+            };
+            match failure.decision {
+                Decision::Ack => {
+                    self.advance(last + 1);
+                    return Step::Settled;
+                }
+                Decision::Reject => {
+                    tracing::warn!(
+                        topic = %self.lane.topic, partition = self.lane.partition, offset = first,
+                        error_type = %failure.error_type, error = %failure.error,
+                        "handler failed, message rejected: committed past"
+                    );
+                    self.advance(last + 1);
+                    return Step::Settled;
+                }
+                Decision::Retry { after } => {
+                    self.metrics.record_retry(
+                        self.system,
+                        &self.lane.topic,
+                        &self.group,
+                        &failure.error_type,
+                    );
+                    tracing::debug!(
+                        topic = %self.lane.topic, partition = self.lane.partition, offset = first,
+                        error_type = %failure.error_type, error = %failure.error, ?after,
+                        "handler failed, retrying"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
+                    }
+                }
+                Decision::Stop => {
+                    // Shown at once, not when the consumer returns.
+                    self.metrics.set_partition_stopped(
+                        self.system,
+                        &self.lane.topic,
+                        &self.group,
+                        Some(self.lane.partition),
+                        true,
+                    );
+                    tracing::error!(
+                        topic = %self.lane.topic, partition = self.lane.partition, offset = first,
+                        group = %self.group, error_type = %failure.error_type, error = %failure.error,
+                        "handler failed, partition stopped: nothing at or after this offset is committed"
+                    );
+                    return Step::Stopped(first, failure);
+                }
+            }
+        }
+    }
+}

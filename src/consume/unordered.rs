@@ -1,0 +1,444 @@
+//! Unordered mode: each message is handled and settled on its own (RabbitMQ, JetStream), at
+//! most `max_concurrency` at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::instrument::WithSubscriber;
+
+use super::handle::{Failure, Handle};
+use super::ordered::Core;
+use super::{settle_span_hook, ConsumeError};
+use crate::classify::{Decision, OTHER};
+use crate::message::IncomingMessage;
+use crate::BoxError;
+
+/// An unordered broker's stream of deliveries.
+pub(crate) trait UnorderedSource: Send {
+    type Message: IncomingMessage + Clone + Send + Sync + 'static;
+
+    /// The next delivery; `None` when the source is closed. Must be cancel-safe.
+    fn next(&mut self) -> impl Future<Output = Option<Result<Self::Message, BoxError>>> + Send;
+}
+
+/// Carries out a decision on one delivery (ack, nack with requeue, reject, term, ...).
+pub(crate) trait UnorderedSettler<M>: Send + Sync + 'static {
+    fn settle(
+        &self,
+        message: &M,
+        decision: Decision,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// A handled delivery, as its task reports it.
+struct Handled {
+    destination: String,
+    failure: Option<Failure>,
+}
+
+/// Runs an unordered source until `shutdown` resolves, a failure decides `Stop`, or the
+/// source closes.
+pub(crate) async fn run_unordered<Src, Set, H>(
+    mut source: Src,
+    settler: Set,
+    handler: H,
+    core: Core,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConsumeError>
+where
+    Src: UnorderedSource,
+    Set: UnorderedSettler<Src::Message>,
+    H: Handle<Src::Message> + Clone,
+{
+    let settler = Arc::new(settler);
+    let permits = Arc::new(Semaphore::new(core.options.max_concurrency));
+    let core = Arc::new(core);
+    let mut tasks: JoinSet<Handled> = JoinSet::new();
+    let mut outcome: Option<ConsumeError> = None;
+    tokio::pin!(shutdown);
+
+    'pull: loop {
+        // A permit first: never more deliveries taken than handler calls allowed.
+        let permit = loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break 'pull,
+                Some(done) = tasks.join_next() => {
+                    if note(done, &mut outcome) {
+                        break 'pull;
+                    }
+                }
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => break 'pull,
+                },
+            }
+        };
+        let message = tokio::select! {
+            biased;
+            () = &mut shutdown => break 'pull,
+            next = source.next() => next,
+        };
+        let message = match message {
+            None => break,
+            Some(Err(error)) => {
+                tracing::error!(%error, system = core.system, "consumer failed");
+                outcome.get_or_insert(ConsumeError::Broker(error));
+                break;
+            }
+            Some(Ok(message)) => message,
+        };
+        let (mut handler, settler, core) =
+            (handler.clone(), Arc::clone(&settler), Arc::clone(&core));
+        let task = async move {
+            let result = handler.handle(std::slice::from_ref(&message)).await;
+            let (decision, failure) = match result {
+                Ok(()) => (Decision::Ack, None),
+                Err(failure) => (failure.decision, Some(failure)),
+            };
+            if let (Decision::Retry { .. }, Some(failure)) = (decision, &failure) {
+                core.metrics.record_retry(
+                    core.system,
+                    message.destination(),
+                    &core.group,
+                    &failure.error_type,
+                );
+            }
+            let started = SystemTime::now();
+            let clock = Instant::now();
+            let settled = settler.settle(&message, decision).await;
+            let elapsed = clock.elapsed();
+            let error_type = settled.as_ref().err().map(|_| OTHER);
+            if let Err(error) = &settled {
+                tracing::warn!(%error, ?decision, "settle failed: the broker redelivers");
+            }
+            core.metrics.record_settle(
+                core.system,
+                message.destination(),
+                error_type.unwrap_or(""),
+                elapsed.as_secs_f64(),
+            );
+            settle_span_hook(
+                &core.spans,
+                core.system,
+                message.destination(),
+                &core.group,
+                started,
+                elapsed,
+                error_type,
+            );
+            drop(permit);
+            Handled {
+                destination: message.destination().to_owned(),
+                failure: failure.filter(|f| f.decision == Decision::Stop),
+            }
+        };
+        tasks.spawn(task.with_current_subscriber());
+    }
+
+    // Stop pulling; let running calls finish until the deadline; cancel the rest.
+    let deadline = tokio::time::sleep(core.options.drain_deadline);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            done = tasks.join_next() => match done {
+                Some(done) => { note(done, &mut outcome); }
+                None => break,
+            },
+            () = &mut deadline => {
+                tracing::warn!(running = tasks.len(), "drain deadline passed: cancelling running handler calls");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    drop(source);
+    outcome.map_or(Ok(()), Err)
+}
+
+/// Notes a finished task; `true` when it decided `Stop`.
+fn note(done: Result<Handled, tokio::task::JoinError>, outcome: &mut Option<ConsumeError>) -> bool {
+    match done {
+        Ok(Handled {
+            destination,
+            failure: Some(failure),
+        }) => {
+            tracing::error!(
+                destination, error_type = %failure.error_type, error = %failure.error,
+                "handler failed, consumer stopped"
+            );
+            outcome.get_or_insert(ConsumeError::Stopped {
+                destination,
+                error_type: failure.error_type.into_owned(),
+                source: failure.error,
+            });
+            true
+        }
+        Ok(_) => false,
+        Err(join) if join.is_cancelled() => false,
+        Err(join) => {
+            tracing::error!(error = %join, "consumer task failed");
+            outcome.get_or_insert(ConsumeError::Broker(Box::new(join)));
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A tiny fake broker that requeues what it is told to: the core's own logic under test.
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tower::service_fn;
+
+    use super::*;
+    use crate::classify::{Classifier, PANIC};
+    use crate::consume::handle::One;
+    use crate::consume::Options;
+    use crate::message::Headers;
+    use crate::metrics::{label, name, Metrics, OPERATION_SETTLE};
+
+    #[derive(Clone, Debug)]
+    struct Fake(u32);
+
+    impl Headers for Fake {
+        fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+            std::iter::empty()
+        }
+    }
+
+    impl IncomingMessage for Fake {
+        fn system(&self) -> &'static str {
+            crate::message::system::RABBITMQ
+        }
+        fn destination(&self) -> &str {
+            "jobs"
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Queue {
+        ready: Arc<Mutex<VecDeque<Fake>>>,
+        pulled: Arc<AtomicUsize>,
+        settled: Arc<Mutex<Vec<(u32, Decision)>>>,
+    }
+
+    impl UnorderedSource for Queue {
+        type Message = Fake;
+        async fn next(&mut self) -> Option<Result<Fake, BoxError>> {
+            loop {
+                if let Some(message) = self.ready.lock().unwrap().pop_front() {
+                    self.pulled.fetch_add(1, Ordering::SeqCst);
+                    return Some(Ok(message));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    impl UnorderedSettler<Fake> for Queue {
+        async fn settle(&self, message: &Fake, decision: Decision) -> Result<(), BoxError> {
+            self.settled.lock().unwrap().push((message.0, decision));
+            if let Decision::Retry { .. } = decision {
+                // A nack with requeue: the broker hands it out again.
+                self.ready.lock().unwrap().push_back(message.clone());
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Poison;
+    impl std::fmt::Display for Poison {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("poison")
+        }
+    }
+    impl std::error::Error for Poison {}
+
+    #[derive(Debug)]
+    struct Flaky;
+    impl std::fmt::Display for Flaky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("flaky")
+        }
+    }
+    impl std::error::Error for Flaky {}
+
+    fn queue(n: u32) -> Queue {
+        let queue = Queue::default();
+        queue.ready.lock().unwrap().extend((0..n).map(Fake));
+        queue
+    }
+
+    fn core(metrics: &Metrics, max_concurrency: usize, drain: Duration) -> Core {
+        let mut options = Options::DEFAULT;
+        options.max_concurrency = max_concurrency;
+        options.drain_deadline = drain;
+        Core {
+            metrics: metrics.clone(),
+            system: crate::message::system::RABBITMQ,
+            group: Arc::from("workers"),
+            options,
+            spans: crate::consume::Spans::default(),
+        }
+    }
+
+    fn classifier() -> Classifier {
+        Classifier::new()
+            .on::<Poison>("Poison")
+            .on::<Flaky>("Flaky")
+            .decision("Poison", Decision::Reject)
+            .decision("Flaky", Decision::retry(Duration::from_millis(1)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_delivery_is_settled_with_its_decision_within_the_bound() {
+        let queue = queue(20);
+        let metrics = Metrics::new();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let flaked = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let (running, most, flaked) = (running.clone(), most.clone(), flaked.clone());
+            service_fn(move |m: Fake| {
+                let (running, most, flaked) = (running.clone(), most.clone(), flaked.clone());
+                async move {
+                    most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    match m.0 {
+                        3 => Err(BoxError::from(Poison)),
+                        5 if flaked.fetch_add(1, Ordering::SeqCst) == 0 => Err(Flaky.into()),
+                        _ => Ok(()),
+                    }
+                }
+            })
+        };
+        let settled = Arc::clone(&queue.settled);
+        let all_settled = async move {
+            while settled.lock().unwrap().len() < 21 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let handler = One {
+            service,
+            classifier: classifier(),
+        };
+        let core = core(&metrics, 3, Duration::from_secs(30));
+        run_unordered(queue.clone(), queue.clone(), handler, core, all_settled)
+            .await
+            .expect("no failure stops this consumer");
+
+        let mut by_id: HashMap<u32, Vec<Decision>> = HashMap::new();
+        for (id, decision) in queue.settled.lock().unwrap().iter() {
+            by_id.entry(*id).or_default().push(*decision);
+        }
+        assert_eq!(by_id.len(), 20);
+        assert_eq!(by_id[&3], [Decision::Reject]);
+        assert_eq!(
+            by_id[&5],
+            [Decision::retry(Duration::from_millis(1)), Decision::Ack]
+        );
+        assert!(by_id
+            .iter()
+            .filter(|(id, _)| ![3, 5].contains(*id))
+            .all(|(_, d)| *d == [Decision::Ack]));
+        assert!(most.load(Ordering::SeqCst) <= 3, "at most three at once");
+
+        let text = metrics.encode();
+        let count = |family: &str, labels: &[(&str, &str)]| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(family))
+                .filter(|l| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(count(name::RETRIES, &[(label::ERROR_TYPE, "Flaky")]), 1.0);
+        assert_eq!(
+            count(
+                &format!("{}_count", name::OPERATION_DURATION),
+                &[
+                    (label::OPERATION, OPERATION_SETTLE),
+                    (label::DESTINATION, "jobs")
+                ]
+            ),
+            21.0,
+            "every settle is timed"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_settles_the_delivery_and_stops_pulling() {
+        let queue = queue(50);
+        let metrics = Metrics::new();
+        let service = service_fn(|m: Fake| async move {
+            if m.0 == 4 {
+                panic!("handler bug");
+            }
+            Ok::<_, BoxError>(())
+        });
+        let handler = One {
+            service,
+            classifier: Classifier::new(),
+        };
+        let core = core(&metrics, 2, Duration::from_secs(30));
+        let outcome = run_unordered(
+            queue.clone(),
+            queue.clone(),
+            handler,
+            core,
+            std::future::pending(),
+        )
+        .await;
+        match outcome {
+            Err(ConsumeError::Stopped { error_type, .. }) => assert_eq!(error_type, PANIC),
+            other => panic!("expected Stopped, got {other:?}"),
+        }
+        assert!(queue.settled.lock().unwrap().contains(&(4, Decision::Stop)));
+        assert!(
+            queue.pulled.load(Ordering::SeqCst) < 50,
+            "no more pulls after the stop"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_cancels_what_outlives_the_drain_deadline_unsettled() {
+        let queue = queue(3);
+        let metrics = Metrics::new();
+        let service = service_fn(|m: Fake| async move {
+            if m.0 == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(())
+        });
+        let handler = One {
+            service,
+            classifier: Classifier::new(),
+        };
+        let settled = Arc::clone(&queue.settled);
+        let others_done = async move {
+            while settled.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let core = core(&metrics, 4, Duration::from_millis(20));
+        run_unordered(queue.clone(), queue.clone(), handler, core, others_done)
+            .await
+            .expect("a cancelled call is no failure");
+        let settled = queue.settled.lock().unwrap().clone();
+        assert!(settled.iter().all(|(id, _)| *id != 1), "left unsettled");
+        assert_eq!(settled.len(), 2);
+    }
+}

@@ -1,0 +1,718 @@
+//! The consumer contract every broker adapter keeps (SPEC §7), written once over a
+//! [`Harness`]: an adapter's test file implements the harness and instantiates the suite with
+//! [`conformance_suite!`].
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventscope::classify::{Classifier, Decision, PANIC};
+use eventscope::consume::ConsumeError;
+use eventscope::metrics::{label, name, Metrics, OPERATION_SETTLE};
+use eventscope::process::future::CANCELLED;
+use eventscope::BoxError;
+use tokio::sync::Notify;
+use tower::service_fn;
+use tower::util::BoxCloneSyncService;
+
+/// A handler of one message.
+pub type Handler<M> = BoxCloneSyncService<M, (), BoxError>;
+/// A handler of a batch.
+pub type BatchHandler<M> = BoxCloneSyncService<Vec<M>, (), BoxError>;
+/// Resolves when the consumer is to shut down.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A running consumer.
+pub type Running = Pin<Box<dyn Future<Output = Result<(), ConsumeError>> + Send>>;
+
+/// How to build the consumer under test.
+#[derive(Clone)]
+pub struct Spec {
+    pub group: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub metrics: Metrics,
+    pub classifier: Classifier,
+    pub max_concurrency: usize,
+    pub drain_deadline: Duration,
+    /// Join the group (rebalances) instead of taking every partition directly.
+    pub join_group: bool,
+}
+
+/// What the suite needs from an adapter: "start a topic, publish, consume with this stack,
+/// kill, inspect".
+pub trait Harness: Send + Sync + 'static {
+    type Message: Clone + Send + Sync + 'static;
+
+    /// `messaging_system` of the adapter.
+    fn system(&self) -> &'static str;
+    /// A fresh topic with `partitions` partitions.
+    fn topic(&self, partitions: i32) -> impl Future<Output = String> + Send;
+    /// A fresh group name.
+    fn group(&self) -> String;
+    /// Publishes `payload` to `partition` of `topic`, acknowledged by the broker.
+    fn publish(
+        &self,
+        topic: &str,
+        partition: i32,
+        payload: &str,
+    ) -> impl Future<Output = ()> + Send;
+    fn payload(message: &Self::Message) -> String;
+    fn position(message: &Self::Message) -> (i32, i64);
+    /// Runs a consumer built from `spec`, the handler wrapped in the consumer's own
+    /// process layer.
+    fn consume(&self, spec: Spec, handler: Handler<Self::Message>, shutdown: Shutdown) -> Running;
+    /// Like `consume`, in batch mode, wrapped in the consumer's batch process layer.
+    fn consume_batch(
+        &self,
+        spec: Spec,
+        handler: BatchHandler<Self::Message>,
+        shutdown: Shutdown,
+    ) -> Running;
+    /// The group's committed next offset of a partition.
+    fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> impl Future<Output = Option<i64>> + Send;
+}
+
+/// Instantiates every case of the suite for a harness expression.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn at_least_once_with_a_consumer_killed_mid_stream() {
+            conformance::at_least_once_with_a_consumer_killed_mid_stream(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retry_hands_the_message_again_while_the_partition_waits() {
+            conformance::retry_hands_the_message_again_while_the_partition_waits(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn reject_commits_past_the_message() {
+            conformance::reject_commits_past_the_message(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn stop_holds_the_partition_and_shows_it() {
+            conformance::stop_holds_the_partition_and_shows_it(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn order_per_partition_within_the_concurrency_bound() {
+            conformance::order_per_partition_within_the_concurrency_bound(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn shutdown_ends_despite_a_handler_that_never_completes() {
+            conformance::shutdown_ends_despite_a_handler_that_never_completes(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_panic_is_a_failure_that_stops_its_partition() {
+            conformance::a_panic_is_a_failure_that_stops_its_partition(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn revoked_partitions_lose_their_series() {
+            conformance::revoked_partitions_lose_their_series(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn batches_settle_whole_and_empty_polls_record_nothing() {
+            conformance::batches_settle_whole_and_empty_polls_record_nothing(&$harness).await;
+        }
+    };
+}
+
+/// Keeps a broken run from hanging; never an assertion on timing.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A handler failure the suite classifies by downcast.
+#[derive(Debug)]
+pub struct Flaky;
+impl fmt::Display for Flaky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("flaky")
+    }
+}
+impl std::error::Error for Flaky {}
+
+/// A failure the suite rejects.
+#[derive(Debug)]
+pub struct Poison;
+impl fmt::Display for Poison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("poison")
+    }
+}
+impl std::error::Error for Poison {}
+
+fn spec<H: Harness>(h: &H, topic: &str, partitions: i32) -> Spec {
+    Spec {
+        group: h.group(),
+        topic: topic.to_owned(),
+        partitions,
+        metrics: Metrics::new(),
+        classifier: Classifier::new()
+            .on::<Flaky>("Flaky")
+            .on::<Poison>("Poison")
+            .decision("Flaky", Decision::retry(Duration::from_millis(20)))
+            .decision("Poison", Decision::Reject),
+        max_concurrency: 8,
+        drain_deadline: Duration::from_secs(30),
+        join_group: false,
+    }
+}
+
+/// Messages `{partition}-{i}` for i in 0..n, on every partition.
+async fn publish_all<H: Harness>(h: &H, topic: &str, partitions: i32, n: usize) -> Vec<String> {
+    let mut all = Vec::new();
+    for i in 0..n {
+        for p in 0..partitions {
+            let payload = format!("{p}-{i}");
+            h.publish(topic, p, &payload).await;
+            all.push(payload);
+        }
+    }
+    all
+}
+
+/// What a handler saw, in order.
+#[derive(Clone, Default)]
+pub struct Seen(Arc<Mutex<Vec<(String, i32, i64)>>>);
+
+impl Seen {
+    fn push<H: Harness>(&self, message: &H::Message) {
+        let (p, o) = H::position(message);
+        self.0.lock().unwrap().push((H::payload(message), p, o));
+    }
+    fn payloads(&self) -> Vec<String> {
+        self.0.lock().unwrap().iter().map(|s| s.0.clone()).collect()
+    }
+    fn count(&self, payload: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.0 == payload)
+            .count()
+    }
+    fn distinct(&self) -> BTreeSet<String> {
+        self.payloads().into_iter().collect()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// A handler that records and then does what `act` says for the payload.
+fn handler<H: Harness, F, Fut>(seen: &Seen, act: F) -> Handler<H::Message>
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let seen = seen.clone();
+    BoxCloneSyncService::new(service_fn(move |message: H::Message| {
+        seen.push::<H>(&message);
+        act(H::payload(&message))
+    }))
+}
+
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal() -> (Arc<Notify>, Shutdown) {
+    let notify = Arc::new(Notify::new());
+    let waiter = Arc::clone(&notify);
+    (
+        notify,
+        Box::pin(async move { waiter.notified().await }) as Shutdown,
+    )
+}
+
+async fn finish(
+    notify: &Notify,
+    running: tokio::task::JoinHandle<Result<(), ConsumeError>>,
+) -> Result<(), ConsumeError> {
+    notify.notify_one();
+    tokio::time::timeout(LIMIT, running)
+        .await
+        .expect("the consumer returns after shutdown")
+        .expect("the consumer task")
+}
+
+/// The value of one sample: family `name` with every `label="value"` in `with`.
+pub fn sample(text: &str, family: &str, with: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let labels = series.strip_prefix(family)?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            with.iter()
+                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .reduce(|a, b| a + b)
+}
+
+// --- the cases -------------------------------------------------------------------------------
+
+/// Kill a consumer (drop its future) mid-stream; a second one in the group sees everything the
+/// first did not commit, and together they saw everything.
+pub async fn at_least_once_with_a_consumer_killed_mid_stream<H: Harness>(h: &H) {
+    let topic = h.topic(3).await;
+    let all = publish_all(h, &topic, 3, 20).await;
+    let spec = spec(h, &topic, 3);
+
+    let first = Seen::default();
+    let slow = handler::<H, _, _>(&first, |_| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(())
+    });
+    let running = tokio::spawn(h.consume(spec.clone(), slow, Box::pin(std::future::pending())));
+    eventually("the first consumer to be mid-stream", || first.len() >= 15).await;
+    running.abort();
+    let _ = running.await;
+    assert!(first.distinct().len() < all.len(), "killed before the end");
+
+    let second = Seen::default();
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(
+        spec.clone(),
+        handler::<H, _, _>(&second, |_| async { Ok(()) }),
+        shutdown,
+    ));
+    let expected: BTreeSet<String> = all.iter().cloned().collect();
+    eventually("every message to be handled by the two", || {
+        first
+            .distinct()
+            .union(&second.distinct())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            == expected
+    })
+    .await;
+    finish(&stop, running).await.expect("clean run");
+    for p in 0..3 {
+        assert_eq!(
+            h.committed(&spec.group, &topic, p).await,
+            Some(20),
+            "partition {p} committed to its end"
+        );
+    }
+}
+
+pub async fn retry_hands_the_message_again_while_the_partition_waits<H: Harness>(h: &H) {
+    let topic = h.topic(1).await;
+    publish_all(h, &topic, 1, 5).await;
+    let spec = spec(h, &topic, 1);
+    let seen = Seen::default();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let act = {
+        let failures = Arc::clone(&failures);
+        move |payload: String| {
+            let failures = Arc::clone(&failures);
+            async move {
+                if payload == "0-2" && failures.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err(Flaky.into());
+                }
+                Ok(())
+            }
+        }
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
+    eventually("all five handled", || seen.distinct().len() == 5).await;
+    eventually_async("the partition committed to its end", || {
+        let (h, g, t) = (&h, spec.group.clone(), topic.clone());
+        async move { h.committed(&g, &t, 0).await == Some(5) }
+    })
+    .await;
+    finish(&stop, running).await.expect("clean run");
+
+    assert_eq!(seen.count("0-2"), 3, "two retries, then success");
+    let order: Vec<String> = seen.payloads();
+    let expected = ["0-0", "0-1", "0-2", "0-2", "0-2", "0-3", "0-4"];
+    assert_eq!(
+        order, expected,
+        "the partition waited for the retried message"
+    );
+    let text = spec.metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            name::RETRIES,
+            &[(label::ERROR_TYPE, "Flaky"), (label::SYSTEM, h.system())]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{}_count", name::PROCESS_DURATION),
+            &[(label::ERROR_TYPE, "Flaky")]
+        ),
+        Some(2.0),
+        "the process layer uses the consumer's classifier"
+    );
+}
+
+pub async fn reject_commits_past_the_message<H: Harness>(h: &H) {
+    let topic = h.topic(1).await;
+    publish_all(h, &topic, 1, 4).await;
+    let spec = spec(h, &topic, 1);
+    let seen = Seen::default();
+    let act = |payload: String| async move {
+        if payload == "0-1" {
+            return Err(Poison.into());
+        }
+        Ok(())
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
+    eventually("all four handled", || seen.distinct().len() == 4).await;
+    finish(&stop, running)
+        .await
+        .expect("a rejected message does not stop the consumer");
+    assert_eq!(seen.count("0-1"), 1, "rejected, not retried");
+    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(4));
+    let text = spec.metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            name::PARTITION_STOPPED,
+            &[(label::SYSTEM, h.system())]
+        ),
+        None
+    );
+}
+
+pub async fn stop_holds_the_partition_and_shows_it<H: Harness>(h: &H) {
+    let topic = h.topic(2).await;
+    publish_all(h, &topic, 2, 4).await;
+    let spec = spec(h, &topic, 2);
+    let seen = Seen::default();
+    // An unclassified error: the default decision is Stop.
+    let act = |payload: String| async move {
+        if payload == "1-1" {
+            return Err(BoxError::from("unclassified"));
+        }
+        Ok(())
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
+    let stopped = [
+        (label::SYSTEM, h.system()),
+        (label::DESTINATION, topic.as_str()),
+        (label::PARTITION, "1"),
+        (label::GROUP, spec.group.as_str()),
+    ];
+    eventually("the stopped gauge", || {
+        sample(&spec.metrics.encode(), name::PARTITION_STOPPED, &stopped) == Some(1.0)
+    })
+    .await;
+    eventually("partition 0 handled", || {
+        (0..4).all(|i| seen.count(&format!("0-{i}")) == 1)
+    })
+    .await;
+    eventually_async("partition 0 committed", || {
+        let (h, g, t) = (&h, spec.group.clone(), topic.clone());
+        async move { h.committed(&g, &t, 0).await == Some(4) }
+    })
+    .await;
+    let outcome = finish(&stop, running).await;
+    assert_eq!(
+        sample(&spec.metrics.encode(), name::PARTITION_STOPPED, &stopped),
+        None,
+        "a consumer that returned holds nothing stopped"
+    );
+    assert_eq!(seen.count("1-1"), 1, "not retried");
+    assert_eq!(seen.count("1-2") + seen.count("1-3"), 0, "nothing after it");
+    assert_eq!(
+        h.committed(&spec.group, &topic, 1).await,
+        Some(1),
+        "committed up to the failed message, never past it"
+    );
+    match outcome {
+        Err(ConsumeError::PartitionStopped {
+            partition,
+            offset,
+            error_type,
+            ..
+        }) => {
+            assert_eq!((partition, offset), (1, 1));
+            assert_eq!(error_type, eventscope::classify::OTHER);
+        }
+        other => panic!("expected PartitionStopped, got {other:?}"),
+    }
+}
+
+pub async fn order_per_partition_within_the_concurrency_bound<H: Harness>(h: &H) {
+    let topic = h.topic(3).await;
+    publish_all(h, &topic, 3, 15).await;
+    let mut spec = spec(h, &topic, 3);
+    spec.max_concurrency = 2;
+    let seen = Seen::default();
+    let running_now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let act = {
+        let (running_now, most) = (Arc::clone(&running_now), Arc::clone(&most));
+        move |_payload: String| {
+            let (running_now, most) = (Arc::clone(&running_now), Arc::clone(&most));
+            async move {
+                let now = running_now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                running_now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
+    eventually("all handled", || seen.distinct().len() == 45).await;
+    finish(&stop, running).await.expect("clean run");
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "at most two calls at once"
+    );
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (_, p, o) in seen.0.lock().unwrap().iter() {
+        per_partition.entry(*p).or_default().push(*o);
+    }
+    assert_eq!(per_partition.len(), 3);
+    for (p, offsets) in per_partition {
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        assert_eq!(offsets, sorted, "partition {p} handled in order");
+    }
+}
+
+pub async fn shutdown_ends_despite_a_handler_that_never_completes<H: Harness>(h: &H) {
+    let topic = h.topic(2).await;
+    publish_all(h, &topic, 2, 3).await;
+    let mut spec = spec(h, &topic, 2);
+    spec.drain_deadline = Duration::from_millis(200);
+    let seen = Seen::default();
+    let act = |payload: String| async move {
+        if payload == "1-1" {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
+    eventually("partition 0 and the stuck message handled", || {
+        (0..3).all(|i| seen.count(&format!("0-{i}")) == 1) && seen.count("1-1") == 1
+    })
+    .await;
+    finish(&stop, running)
+        .await
+        .expect("a cancelled call is no failure");
+    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(3));
+    assert_eq!(
+        h.committed(&spec.group, &topic, 1).await,
+        Some(1),
+        "what finished before the stuck message is committed, the stuck one is not"
+    );
+    let text = spec.metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{}_count", name::PROCESS_DURATION),
+            &[(label::ERROR_TYPE, CANCELLED)]
+        ),
+        Some(1.0),
+        "the cancelled call is recorded as such"
+    );
+}
+
+pub async fn a_panic_is_a_failure_that_stops_its_partition<H: Harness>(h: &H) {
+    let topic = h.topic(2).await;
+    publish_all(h, &topic, 2, 3).await;
+    let spec = spec(h, &topic, 2);
+    let seen = Seen::default();
+    let act = |payload: String| async move {
+        if payload == "0-1" {
+            panic!("handler bug");
+        }
+        Ok(())
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
+    let stopped = [
+        (label::DESTINATION, topic.as_str()),
+        (label::PARTITION, "0"),
+        (label::GROUP, spec.group.as_str()),
+    ];
+    eventually("the stopped gauge, while the consumer runs", || {
+        sample(&spec.metrics.encode(), name::PARTITION_STOPPED, &stopped) == Some(1.0)
+    })
+    .await;
+    eventually("partition 1 handled", || {
+        (0..3).all(|i| seen.count(&format!("1-{i}")) == 1)
+    })
+    .await;
+    let text = spec.metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{}_count", name::PROCESS_DURATION),
+            &[
+                (label::ERROR_TYPE, PANIC),
+                (label::DESTINATION, topic.as_str())
+            ]
+        ),
+        Some(1.0)
+    );
+    let outcome = finish(&stop, running).await;
+    assert_eq!(seen.count("0-2"), 0, "the partition stopped at the panic");
+    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(1));
+    match outcome {
+        Err(ConsumeError::PartitionStopped {
+            partition,
+            offset,
+            error_type,
+            ..
+        }) => {
+            assert_eq!((partition, offset), (0, 1));
+            assert_eq!(error_type, PANIC);
+        }
+        other => panic!("expected PartitionStopped, got {other:?}"),
+    }
+}
+
+pub async fn revoked_partitions_lose_their_series<H: Harness>(h: &H) {
+    let topic = h.topic(2).await;
+    publish_all(h, &topic, 2, 2).await;
+    let mut first_spec = spec(h, &topic, 2);
+    first_spec.join_group = true;
+    let seen = Seen::default();
+    let (stop_first, shutdown) = signal();
+    let first = tokio::spawn(h.consume(
+        first_spec.clone(),
+        handler::<H, _, _>(&seen, |_| async { Ok(()) }),
+        shutdown,
+    ));
+    let series = |metrics: &Metrics, partition: &str| {
+        sample(
+            &metrics.encode(),
+            name::LAST_MESSAGE_TIMESTAMP,
+            &[
+                (label::DESTINATION, topic.as_str()),
+                (label::PARTITION, partition),
+            ],
+        )
+        .is_some()
+    };
+    eventually("both partitions processed by the only member", || {
+        series(&first_spec.metrics, "0") && series(&first_spec.metrics, "1")
+    })
+    .await;
+
+    // A second member with metrics of its own: the first keeps series only for what it owns.
+    let mut second_spec = first_spec.clone();
+    second_spec.metrics = Metrics::new();
+    let (stop_second, shutdown) = signal();
+    let second = tokio::spawn(h.consume(
+        second_spec.clone(),
+        handler::<H, _, _>(&Seen::default(), |_| async { Ok(()) }),
+        shutdown,
+    ));
+    eventually("one partition revoked from the first member", || {
+        series(&first_spec.metrics, "0") != series(&first_spec.metrics, "1")
+    })
+    .await;
+    finish(&stop_second, second).await.expect("clean run");
+    finish(&stop_first, first).await.expect("clean run");
+    let text = first_spec.metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            name::LAG_MESSAGES,
+            &[(label::DESTINATION, topic.as_str())]
+        ),
+        None,
+        "leaving the group revokes everything"
+    );
+}
+
+pub async fn batches_settle_whole_and_empty_polls_record_nothing<H: Harness>(h: &H) {
+    let topic = h.topic(1).await;
+    let spec = spec(h, &topic, 1);
+    let batches = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let handler: BatchHandler<H::Message> = {
+        let batches = Arc::clone(&batches);
+        BoxCloneSyncService::new(service_fn(move |batch: Vec<H::Message>| {
+            batches.lock().unwrap().push(batch.len());
+            async { Ok::<_, BoxError>(()) }
+        }))
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume_batch(spec.clone(), handler.clone(), shutdown));
+    // Nothing published yet: the consumer polls an empty topic.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = spec.metrics.encode();
+    assert!(batches.lock().unwrap().is_empty(), "no call for nothing");
+    assert_eq!(sample(&text, name::CONSUMED_MESSAGES, &[]), None);
+    assert!(
+        !text.contains(&format!("{}=\"\"", label::DESTINATION)),
+        "no series with an empty destination"
+    );
+    publish_all(h, &topic, 1, 6).await;
+    eventually("six messages in batches", || {
+        batches.lock().unwrap().iter().sum::<usize>() == 6
+    })
+    .await;
+    finish(&stop, running).await.expect("clean run");
+    assert!(batches.lock().unwrap().iter().all(|n| *n > 0));
+    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(6));
+    let text = spec.metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            name::CONSUMED_MESSAGES,
+            &[(label::DESTINATION, topic.as_str())]
+        ),
+        Some(6.0)
+    );
+    assert!(
+        sample(
+            &text,
+            &format!("{}_count", name::OPERATION_DURATION),
+            &[
+                (label::OPERATION, OPERATION_SETTLE),
+                (label::DESTINATION, topic.as_str())
+            ]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "commits are timed as settles"
+    );
+}
