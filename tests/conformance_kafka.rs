@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use conformance::{BatchHandler, Handler, Harness, Running, Shutdown, Spec};
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
+use eventscope::publish::PublishLayer;
 use kafka_support::{assign, config, consumer, create_topic, unique};
 use rdkafka::consumer::Consumer as _;
 use tower::{Layer, ServiceExt};
@@ -33,11 +34,13 @@ impl Kafka {
             // Manual assignment: no group join to wait for where groups are not the point.
             assign(&raw, &spec.topic, spec.partitions);
         }
-        KafkaConsumer::new(Arc::new(raw))
-            .classify_errors(spec.classifier.clone())
-            .max_concurrency(spec.max_concurrency)
-            .drain_deadline(spec.drain_deadline)
-            .commit_interval(Duration::from_millis(100))
+        spec.spans(
+            KafkaConsumer::new(Arc::new(raw))
+                .classify_errors(spec.classifier.clone())
+                .max_concurrency(spec.max_concurrency)
+                .drain_deadline(spec.drain_deadline)
+                .commit_interval(Duration::from_millis(100)),
+        )
     }
 }
 
@@ -61,6 +64,20 @@ impl Harness for Kafka {
     async fn publish(&self, topic: &str, partition: i32, payload: &str) {
         self.publisher
             .clone()
+            .oneshot(KafkaRecord::new(topic, payload.as_bytes().to_vec()).partition(partition))
+            .await
+            .expect("publish");
+    }
+
+    async fn publish_through(
+        &self,
+        layer: PublishLayer,
+        topic: &str,
+        partition: i32,
+        payload: &str,
+    ) {
+        layer
+            .layer(self.publisher.clone())
             .oneshot(KafkaRecord::new(topic, payload.as_bytes().to_vec()).partition(partition))
             .await
             .expect("publish");

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use conformance::{BatchHandler, Handler, Harness, Running, Shutdown, Spec};
 use eventscope::memory::{MemoryBroker, MemoryConsumer, MemoryMessage, MemoryRecord};
+use eventscope::publish::PublishLayer;
 use tower::{Layer, ServiceExt};
 
 struct Memory {
@@ -23,14 +24,16 @@ fn harness() -> Memory {
 impl Memory {
     fn consumer(&self, spec: &Spec) -> MemoryConsumer {
         // Every member of the embedded broker joins its group; `join_group` changes nothing.
-        self.broker
+        let consumer = self
+            .broker
             .consumer(spec.group.clone())
             .subscribe([spec.topic.clone()])
             .metrics(spec.metrics.clone())
             .lag_interval(std::time::Duration::from_millis(20))
             .classify_errors(spec.classifier.clone())
             .max_concurrency(spec.max_concurrency)
-            .drain_deadline(spec.drain_deadline)
+            .drain_deadline(spec.drain_deadline);
+        spec.spans(consumer)
     }
 }
 
@@ -54,6 +57,20 @@ impl Harness for Memory {
     async fn publish(&self, topic: &str, partition: i32, payload: &str) {
         self.broker
             .publisher()
+            .oneshot(MemoryRecord::new(topic, payload.as_bytes().to_vec()).partition(partition))
+            .await
+            .expect("publish");
+    }
+
+    async fn publish_through(
+        &self,
+        layer: PublishLayer,
+        topic: &str,
+        partition: i32,
+        payload: &str,
+    ) {
+        layer
+            .layer(self.broker.publisher())
             .oneshot(MemoryRecord::new(topic, payload.as_bytes().to_vec()).partition(partition))
             .await
             .expect("publish");

@@ -13,9 +13,13 @@ use std::time::Duration;
 
 use eventscope::classify::{Classifier, Decision, PANIC};
 use eventscope::consume::ConsumeError;
+use eventscope::consume::Consumer;
 use eventscope::metrics::{label, name, Metrics, OPERATION_SETTLE};
 use eventscope::process::future::CANCELLED;
+use eventscope::publish::PublishLayer;
 use eventscope::BoxError;
+use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tokio::sync::Notify;
 use tower::service_fn;
 use tower::util::BoxCloneSyncService;
@@ -41,6 +45,21 @@ pub struct Spec {
     pub drain_deadline: Duration,
     /// Join the group (rebalances) instead of taking every partition directly.
     pub join_group: bool,
+    /// The consumer's tracer provider (its process layer's and settle spans'), if not global.
+    pub tracer: Option<SdkTracerProvider>,
+    /// Whether settles are spans.
+    pub settle_spans: bool,
+}
+
+impl Spec {
+    /// Applies the span settings of the spec to an adapter's consumer.
+    pub fn spans<A, C>(&self, consumer: Consumer<A, C>) -> Consumer<A, C> {
+        let consumer = consumer.settle_spans(self.settle_spans);
+        match &self.tracer {
+            Some(provider) => consumer.tracer_provider(provider),
+            None => consumer,
+        }
+    }
 }
 
 /// What the suite needs from an adapter: "start a topic, publish, consume with this stack,
@@ -57,6 +76,15 @@ pub trait Harness: Send + Sync + 'static {
     /// Publishes `payload` to `partition` of `topic`, acknowledged by the broker.
     fn publish(
         &self,
+        topic: &str,
+        partition: i32,
+        payload: &str,
+    ) -> impl Future<Output = ()> + Send;
+    /// Publishes like [`publish`](Self::publish), through `layer` (trace context and ids in
+    /// the headers).
+    fn publish_through(
+        &self,
+        layer: PublishLayer,
         topic: &str,
         partition: i32,
         payload: &str,
@@ -119,6 +147,10 @@ macro_rules! conformance_suite {
             conformance::revoked_partitions_lose_their_series(&$harness).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_trace_continues_across_the_broker() {
+            conformance::the_trace_continues_across_the_broker(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn batches_settle_whole_and_empty_polls_record_nothing() {
             conformance::batches_settle_whole_and_empty_polls_record_nothing(&$harness).await;
         }
@@ -162,6 +194,8 @@ fn spec<H: Harness>(h: &H, topic: &str, partitions: i32) -> Spec {
         max_concurrency: 8,
         drain_deadline: Duration::from_secs(30),
         join_group: false,
+        tracer: None,
+        settle_spans: false,
     }
 }
 
@@ -715,4 +749,84 @@ pub async fn batches_settle_whole_and_empty_polls_record_nothing<H: Harness>(h: 
         .is_some_and(|n| n >= 1.0),
         "commits are timed as settles"
     );
+}
+
+/// SPEC §3: `send {topic}` (PRODUCER) → broker → `process {topic}` (CONSUMER), one trace, the
+/// creation context as parent (no ambient span) and as link; the settle is a `settle {topic}`
+/// CLIENT span when enabled.
+pub async fn the_trace_continues_across_the_broker<H: Harness>(h: &H) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let topic = h.topic(1).await;
+    let mut spec = spec(h, &topic, 1);
+    spec.tracer = Some(provider.clone());
+    spec.settle_spans = true;
+    let metrics = spec.metrics.clone();
+    h.publish_through(
+        PublishLayer::new(metrics.clone()).tracer_provider(&provider),
+        &topic,
+        0,
+        "traced",
+    )
+    .await;
+
+    let seen = Seen::default();
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(
+        spec,
+        handler::<H, _, _>(&seen, |_| async { Ok(()) }),
+        shutdown,
+    ));
+    eventually("the traced message is handled", || seen.len() == 1).await;
+    let send_name = format!("send {topic}");
+    let process_name = format!("process {topic}");
+    let settle_name = format!("settle {topic}");
+    eventually("the commit's settle span", || {
+        let _ = provider.force_flush();
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == settle_name)
+    })
+    .await;
+    finish(&stop, running).await.expect("clean run");
+
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    let one = |name: &str| {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {name:?} span in {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        found[0].clone()
+    };
+    let send = one(&send_name);
+    let process = one(&process_name);
+    assert_eq!(send.span_kind, SpanKind::Producer);
+    assert_eq!(process.span_kind, SpanKind::Consumer);
+    assert_eq!(
+        process.span_context.trace_id(),
+        send.span_context.trace_id()
+    );
+    assert_eq!(process.parent_span_id, send.span_context.span_id());
+    assert_eq!(process.links.len(), 1);
+    assert_eq!(
+        process.links[0].span_context.span_id(),
+        send.span_context.span_id()
+    );
+    let system = |span: &opentelemetry_sdk::trace::SpanData| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "messaging.system")
+            .map(|kv| kv.value.as_str().into_owned())
+    };
+    assert_eq!(system(&process).as_deref(), Some(h.system()));
+    let settles: Vec<_> = spans.iter().filter(|s| s.name == settle_name).collect();
+    assert!(settles.iter().all(|s| s.span_kind == SpanKind::Client));
 }
