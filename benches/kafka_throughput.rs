@@ -23,11 +23,11 @@
 //! - wrapped consume: `KafkaConsumer::run` with a `ProcessLayer` handler. Consumer times include
 //!   the graceful shutdown and final commit.
 //!
-//! Tracer setups: `none` (no subscriber), `unsampled` (tracing-opentelemetry with
-//! `Sampler::AlwaysOff`) and `sampled` (`Sampler::AlwaysOn`, spans exported to an exporter that
-//! discards them). Everything runs on one current-thread runtime, so the subscriber set for a
-//! setup sees every span.
+//! Tracer setups: `none` (no tracer provider), `unsampled` (an SDK provider with
+//! `Sampler::AlwaysOff`) and `sampled` (`Sampler::AlwaysOn`, spans batched to an exporter that
+//! discards them), given to the layers and the consumer with `tracer_provider`.
 
+use std::cell::RefCell;
 use std::future::ready;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,9 +39,7 @@ use eventscope::kafka::{
     KafkaPublisher, KafkaRecord,
 };
 use eventscope::metrics::Metrics;
-use eventscope::process::ProcessLayer;
 use eventscope::publish::PublishLayer;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -55,7 +53,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tracing_subscriber::layer::SubscriberExt;
 
 const BOOTSTRAP: &str = "127.0.0.1:9092";
 const PARTITIONS: i32 = 4;
@@ -97,6 +94,8 @@ struct Bench {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     metrics: Metrics,
+    /// The setup's tracer provider (`None`: no provider, the global no-op one).
+    tracer: RefCell<Option<SdkTracerProvider>>,
 }
 
 impl Bench {
@@ -145,8 +144,11 @@ impl Bench {
     }
 
     async fn produce_wrapped(&self, topic: &str) -> f64 {
-        let publisher = PublishLayer::new(self.metrics.clone())
-            .layer(KafkaPublisher::new(self.producer.clone()));
+        let mut layer = PublishLayer::new(self.metrics.clone());
+        if let Some(provider) = &*self.tracer.borrow() {
+            layer = layer.tracer_provider(provider);
+        }
+        let publisher = layer.layer(KafkaPublisher::new(self.producer.clone()));
         self.produce_with(publisher, topic).await
     }
 
@@ -247,10 +249,13 @@ impl Bench {
                 ready(Ok::<_, std::io::Error>(()))
             }
         });
-        let driver = KafkaConsumer::new(consumer);
+        let mut driver = KafkaConsumer::new(consumer);
+        if let Some(provider) = &*self.tracer.borrow() {
+            driver = driver.tracer_provider(provider);
+        }
         let start = Instant::now();
         if layered {
-            let handler = ProcessLayer::new(self.metrics.clone()).layer(handler);
+            let handler = driver.process_layer().layer(handler);
             driver.run(handler, done.notified()).await
         } else {
             driver.run(handler, done.notified()).await
@@ -260,13 +265,11 @@ impl Bench {
     }
 }
 
-fn subscriber(sampler: Sampler) -> impl tracing::Subscriber + Send + Sync {
-    let provider = SdkTracerProvider::builder()
+fn provider(sampler: Sampler) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_simple_exporter(Discard)
-        .build();
-    tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")))
+        .with_batch_exporter(Discard)
+        .build()
 }
 
 fn report(what: &str, raw: Vec<f64>, adapter: Vec<f64>, wrapped: Vec<f64>) {
@@ -369,6 +372,7 @@ fn main() {
             producer: producer_config(BOOTSTRAP).create().expect("producer"),
             admin: producer_config(BOOTSTRAP).create().expect("admin"),
             metrics: Metrics::new(),
+            tracer: RefCell::new(None),
         };
         println!("{n} messages of {PAYLOAD} B, {PARTITIONS} partitions, median of {reps} runs");
         for setup in setups.split(',').map(str::trim) {
@@ -379,7 +383,7 @@ fn main() {
                 other => panic!("unknown setup {other}"),
             };
             println!("tracer: {setup}");
-            let _guard = sampler.map(|s| tracing::subscriber::set_default(subscriber(s)));
+            *bench.tracer.borrow_mut() = sampler.map(provider);
             run_setup(&bench, reps).await;
         }
     });

@@ -341,15 +341,17 @@ async fn foreign_and_malformed_messages_are_processed_as_roots() {
     assign(&consumer, &topic, 1);
     let received: Arc<Mutex<Vec<KafkaMessage>>> = Arc::default();
     let (done_tx, done) = watch::channel(0usize);
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
-        let received = received.clone();
-        move |m: KafkaMessage| {
-            let mut received = received.lock().unwrap();
-            received.push(m);
-            let _ = done_tx.send(received.len());
-            std::future::ready(Ok::<_, std::io::Error>(()))
-        }
-    }));
+    let handler = ProcessLayer::new(metrics.clone())
+        .tracer_provider(&provider)
+        .layer(service_fn({
+            let received = received.clone();
+            move |m: KafkaMessage| {
+                let mut received = received.lock().unwrap();
+                received.push(m);
+                let _ = done_tx.send(received.len());
+                std::future::ready(Ok::<_, std::io::Error>(()))
+            }
+        }));
     let shutdown = async move {
         let mut done = done;
         tokio::time::timeout(Duration::from_secs(30), done.wait_for(|n| *n >= 4))

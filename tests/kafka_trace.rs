@@ -56,7 +56,9 @@ async fn publish_and_process_share_one_trace() {
     create_topic(&topic, 1).await;
     let metrics = Metrics::new();
 
-    let publisher = PublishLayer::new(metrics.clone()).layer(KafkaPublisher::new(producer()));
+    let publisher = PublishLayer::new(metrics.clone())
+        .tracer_provider(&provider)
+        .layer(KafkaPublisher::new(producer()));
     let delivery = publisher
         .oneshot(KafkaRecord::new(&topic, b"{\"order\":7}".to_vec()).key("customer-7"))
         .await
@@ -68,14 +70,16 @@ async fn publish_and_process_share_one_trace() {
     assign(&consumer, &topic, 1);
     let received: Arc<Mutex<Vec<KafkaMessage>>> = Arc::default();
     let got_one = Arc::new(Notify::new());
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
-        let (received, got_one) = (received.clone(), got_one.clone());
-        move |m: KafkaMessage| {
-            received.lock().unwrap().push(m);
-            got_one.notify_one();
-            std::future::ready(Ok::<_, std::io::Error>(()))
-        }
-    }));
+    let handler = ProcessLayer::new(metrics.clone())
+        .tracer_provider(&provider)
+        .layer(service_fn({
+            let (received, got_one) = (received.clone(), got_one.clone());
+            move |m: KafkaMessage| {
+                received.lock().unwrap().push(m);
+                got_one.notify_one();
+                std::future::ready(Ok::<_, std::io::Error>(()))
+            }
+        }));
     let shutdown = async {
         tokio::time::timeout(Duration::from_secs(30), got_one.notified())
             .await
