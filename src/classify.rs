@@ -8,7 +8,7 @@
 //! failure.
 //!
 //! [`Classifier`] is the default: errors are named by downcast (through a
-//! [`BoxError`](crate::BoxError) and its `source()` chain too), each name can be given a
+//! [`BoxError`] and its `source()` chain too), each name can be given a
 //! decision ([`decision`](Classifier::decision)), and everything else gets the fallback decision ([`Decision::Stop`] unless told
 //! otherwise). A closure `Fn(&E) -> Cow<'static, str>` and [`TypeNameClassifier`] are
 //! classifiers too; they decide [`Decision::Stop`] for every failure.

@@ -39,6 +39,7 @@ pub trait Bus: Clone + Send + Sync + 'static {
     fn payload(message: &Self::Message) -> &[u8];
     /// Runs `handler` wrapped in the consumer's process layer, which shares the consumer's
     /// metrics and classifier.
+    #[allow(clippy::too_many_arguments)] // the demo's one seam between a service and its broker
     fn consume(
         &self,
         group: &str,
