@@ -3,6 +3,7 @@
 
 mod common;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::time::Duration;
 
 use common::*;
@@ -87,11 +88,11 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
     let spans = capture.spans();
     let failed: Vec<_> = named(&spans, "process charges")
         .into_iter()
-        .filter(|s| attr_str(s, "error.type").is_some())
+        .filter(|s| attr_str(s, semconv::ERROR_TYPE).is_some())
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(
-        attr_str(failed[0], "error.type").as_deref(),
+        attr_str(failed[0], semconv::ERROR_TYPE).as_deref(),
         Some("CardDeclined")
     );
     assert!(matches!(failed[0].status, Status::Error { .. }));
@@ -214,7 +215,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
     let spans = capture.spans();
     let process = one(&spans, "process slow");
     assert_eq!(
-        attr_str(process, "error.type").as_deref(),
+        attr_str(process, semconv::ERROR_TYPE).as_deref(),
         Some("cancelled")
     );
 }
@@ -259,7 +260,7 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
     let spans = capture.spans();
     let batch = one(&spans, "process events");
     assert_eq!(
-        common::attr(batch, "messaging.batch.message_count").map(|v| v.to_string()),
+        common::attr(batch, semconv::MESSAGING_BATCH_MESSAGE_COUNT).map(|v| v.to_string()),
         Some("3".into())
     );
     let sends = named(&spans, "send events");
@@ -272,7 +273,7 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
         assert!(link
             .attributes
             .iter()
-            .any(|kv| kv.key.as_str() == "messaging.message.id" && kv.value.as_str() == id));
+            .any(|kv| kv.key.as_str() == semconv::MESSAGING_MESSAGE_ID && kv.value.as_str() == id));
     }
     let text = metrics.encode();
     assert_eq!(

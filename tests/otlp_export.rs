@@ -3,6 +3,7 @@
 
 mod common;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -235,18 +236,23 @@ async fn demo_traces_reach_a_real_otlp_grpc_receiver() {
         assert_eq!(spans.len(), 8, "place, send, 3 process, 3 follow-up sends");
         let send = find("order-service", "send orders");
         assert_eq!(send.kind, SpanKind::Producer as i32);
-        let correlation = string_attr(&send.attributes, "messaging.message.conversation_id")
+        let correlation = string_attr(&send.attributes, semconv::MESSAGING_MESSAGE_CONVERSATION_ID)
             .expect("correlation id");
-        let message_id = string_attr(&send.attributes, "messaging.message.id").expect("message id");
+        let message_id =
+            string_attr(&send.attributes, semconv::MESSAGING_MESSAGE_ID).expect("message id");
         assert_eq!(
-            string_attr(&send.attributes, "messaging.system").as_deref(),
+            string_attr(&send.attributes, semconv::MESSAGING_SYSTEM).as_deref(),
             Some("memory")
         );
         assert_eq!(
-            string_attr(&send.attributes, "messaging.destination.name").as_deref(),
+            string_attr(&send.attributes, semconv::MESSAGING_DESTINATION_NAME).as_deref(),
             Some("orders")
         );
-        assert!(string_attr(&send.attributes, "messaging.destination.partition.id").is_some());
+        assert!(string_attr(
+            &send.attributes,
+            semconv::MESSAGING_DESTINATION_PARTITION_ID
+        )
+        .is_some());
 
         for (service, follow_up) in [
             ("payment-service", "send payments"),
@@ -265,19 +271,22 @@ async fn demo_traces_reach_a_real_otlp_grpc_receiver() {
                 "{service} links the creation context"
             );
             assert_eq!(
-                string_attr(&process.attributes, "messaging.operation.type").as_deref(),
+                string_attr(&process.attributes, semconv::MESSAGING_OPERATION_TYPE).as_deref(),
                 Some("process")
             );
             assert_eq!(
-                string_attr(&process.attributes, "messaging.consumer.group.name").as_deref(),
+                string_attr(&process.attributes, semconv::MESSAGING_CONSUMER_GROUP_NAME).as_deref(),
                 Some(service)
             );
             assert_eq!(
-                string_attr(&process.attributes, "messaging.message.id"),
+                string_attr(&process.attributes, semconv::MESSAGING_MESSAGE_ID),
                 Some(message_id.clone())
             );
             assert_eq!(
-                string_attr(&process.attributes, "messaging.message.conversation_id"),
+                string_attr(
+                    &process.attributes,
+                    semconv::MESSAGING_MESSAGE_CONVERSATION_ID
+                ),
                 Some(correlation.clone())
             );
 
@@ -285,12 +294,12 @@ async fn demo_traces_reach_a_real_otlp_grpc_receiver() {
             assert_eq!(next.kind, SpanKind::Producer as i32);
             assert_eq!(next.parent_span_id, process.span_id);
             assert_eq!(
-                string_attr(&next.attributes, "messaging.message.conversation_id"),
+                string_attr(&next.attributes, semconv::MESSAGING_MESSAGE_CONVERSATION_ID),
                 Some(correlation.clone()),
                 "the follow-up keeps the flow's correlation id"
             );
             assert_ne!(
-                string_attr(&next.attributes, "messaging.message.id"),
+                string_attr(&next.attributes, semconv::MESSAGING_MESSAGE_ID),
                 Some(message_id.clone())
             );
         }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -202,11 +203,11 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
 
     // Attributes at the SPEC's names.
     for (key, want) in [
-        ("messaging.system", "memory"),
-        ("messaging.destination.name", "orders"),
-        ("messaging.operation.type", "process"),
-        ("messaging.operation.name", "process"),
-        ("messaging.consumer.group.name", "payment-service"),
+        (semconv::MESSAGING_SYSTEM, "memory"),
+        (semconv::MESSAGING_DESTINATION_NAME, "orders"),
+        (semconv::MESSAGING_OPERATION_TYPE, "process"),
+        (semconv::MESSAGING_OPERATION_NAME, "process"),
+        (semconv::MESSAGING_CONSUMER_GROUP_NAME, "payment-service"),
     ] {
         assert_eq!(
             attr_str(process_orders, key).as_deref(),
@@ -215,19 +216,19 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
         );
     }
     assert_eq!(
-        attr_str(process_orders, "messaging.destination.partition.id"),
+        attr_str(process_orders, semconv::MESSAGING_DESTINATION_PARTITION_ID),
         Some(order.partition().to_string())
     );
     assert_eq!(
-        attr_str(send_orders, "messaging.operation.type").as_deref(),
+        attr_str(send_orders, semconv::MESSAGING_OPERATION_TYPE).as_deref(),
         Some("send")
     );
     assert_eq!(
-        attr_str(send_orders, "messaging.destination.partition.id"),
+        attr_str(send_orders, semconv::MESSAGING_DESTINATION_PARTITION_ID),
         Some(order.partition().to_string()),
         "the send span learns the partition from the broker's acknowledgement"
     );
-    assert!(attr(send_orders, "messaging.message.body.size").is_some());
+    assert!(attr(send_orders, semconv::MESSAGING_MESSAGE_BODY_SIZE).is_some());
 
     // Correlation and causation ids on every hop.
     let header = |m: &MemoryMessage, name: &str| {
@@ -255,11 +256,11 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
         Some(order_id.as_str())
     );
     assert_eq!(
-        attr_str(process_orders, "messaging.message.conversation_id").as_deref(),
+        attr_str(process_orders, semconv::MESSAGING_MESSAGE_CONVERSATION_ID).as_deref(),
         Some(correlation.as_str())
     );
     assert_eq!(
-        attr_str(process_orders, "messaging.message.id").as_deref(),
+        attr_str(process_orders, semconv::MESSAGING_MESSAGE_ID).as_deref(),
         Some(order_id.as_str())
     );
 

@@ -84,8 +84,76 @@ mod source;
 mod unordered;
 
 pub(crate) use self::handle::{Batch, One};
+
+/// `run` and `run_batch` of an ordered adapter's consumer, written once: the adapter's
+/// `open(self) -> Result<(source, settler, Core, classifier), ConsumeError>` is all that
+/// differs between brokers.
+macro_rules! ordered_runs {
+    ($message:ty) => {
+        /// Consumes until `shutdown` resolves, then stops fetching, lets running handler calls
+        /// finish (up to the [drain deadline](crate::consume::Consumer::drain_deadline)),
+        /// makes the final commit and returns (SPEC §7).
+        ///
+        /// Dropping the returned future instead aborts at once: what was processed since the
+        /// last commit is delivered again.
+        ///
+        /// # Errors
+        ///
+        /// [`ConsumeError::PartitionStopped`](crate::consume::ConsumeError::PartitionStopped)
+        /// for the first partition a failure stopped (the other partitions went on);
+        /// [`ConsumeError::Broker`](crate::consume::ConsumeError::Broker) when the broker
+        /// client is misconfigured or fails for good.
+        pub async fn run<S>(
+            self,
+            handler: S,
+            shutdown: impl std::future::Future<Output = ()>,
+        ) -> Result<(), crate::consume::ConsumeError>
+        where
+            S: tower_service::Service<$message> + Clone + Send + 'static,
+            S::Future: Send,
+            S::Error: Into<crate::BoxError> + Send,
+            C: crate::classify::ClassifyError<S::Error> + Clone + Send + Sync + 'static,
+        {
+            let (source, settler, core, classifier) = self.open()?;
+            let handler = crate::consume::One {
+                service: handler,
+                classifier,
+            };
+            crate::consume::run_ordered(source, settler, handler, 1, core, shutdown).await
+        }
+
+        /// Like [`run`](Self::run), handing the handler up to
+        /// [`max_batch_size`](crate::consume::Consumer::max_batch_size) messages of one
+        /// partition at a time (whatever is buffered, never waiting to fill a batch, never an
+        /// empty one). A batch is settled as a whole.
+        ///
+        /// # Errors
+        ///
+        /// As for [`run`](Self::run); `offset` is the first offset of the stopped batch.
+        pub async fn run_batch<S>(
+            self,
+            handler: S,
+            shutdown: impl std::future::Future<Output = ()>,
+        ) -> Result<(), crate::consume::ConsumeError>
+        where
+            S: tower_service::Service<Vec<$message>> + Clone + Send + 'static,
+            S::Future: Send,
+            S::Error: Into<crate::BoxError> + Send,
+            C: crate::classify::ClassifyError<S::Error> + Clone + Send + Sync + 'static,
+        {
+            let max_batch = self.options.max_batch;
+            let (source, settler, core, classifier) = self.open()?;
+            let handler = crate::consume::Batch {
+                service: handler,
+                classifier,
+            };
+            crate::consume::run_ordered(source, settler, handler, max_batch, core, shutdown).await
+        }
+    };
+}
 pub(crate) use self::ordered::{run_ordered, Core};
 pub(crate) use self::source::{Delivery, Event, Lane, OrderedSettler, OrderedSource};
+pub(crate) use ordered_runs;
 
 /// A consumer: an adapter's source of messages, driven by the core with one [`Metrics`] and
 /// one error classifier; see the [module docs](self).

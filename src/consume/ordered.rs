@@ -84,9 +84,10 @@ where
                         None => break,
                     }
                 }
-                // A source with messages ready never runs out of budget: let the lanes run
-                // instead of filling their buffers until they are paused.
-                tokio::task::coop::consume_budget().await;
+                // Let the lanes run after every burst: a source with messages ready would
+                // otherwise fill their buffers until they are paused, and a paused Kafka
+                // partition throws its fetched messages away and fetches them again.
+                tokio::task::yield_now().await;
             }
         }
     }

@@ -1,6 +1,5 @@
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -11,15 +10,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
-use tower_service::Service;
 
 use super::carrier::read_headers;
 use super::context::{EventscopeContext, Progress, RebalanceEvent, Settings};
 use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
-use crate::classify::{Classifier, ClassifyError};
+use crate::classify::Classifier;
 use crate::consume::{
-    run_ordered, Batch, ConsumeError, Consumer, Core, Delivery, Event, Lane, One, Options,
-    OrderedSettler, OrderedSource,
+    ConsumeError, Consumer, Core, Delivery, Event, Lane, Options, OrderedSettler, OrderedSource,
 };
 use crate::message::system::KAFKA;
 use crate::metrics::Metrics;
@@ -74,68 +71,8 @@ impl<X: ConsumerContext + 'static, C> Consumer<KafkaSubscription<X>, C> {
         &self.adapter.consumer
     }
 
-    /// Consumes until `shutdown` resolves, then stops fetching, lets running handler calls
-    /// finish (up to the [drain deadline](Consumer::drain_deadline)), commits and returns.
-    /// Buffered messages not yet handed to the handler are left for the next consumer of
-    /// their partition.
-    ///
-    /// Dropping the returned future instead aborts at once: messages processed since the last
-    /// commit are delivered again to the group.
-    ///
-    /// # Errors
-    ///
-    /// [`ConsumeError::PartitionStopped`] for the first partition a failure stopped (other
-    /// partitions went on); [`ConsumeError::Broker`] when the consumer is misconfigured or
-    /// fails fatally.
-    pub async fn run<S>(
-        self,
-        handler: S,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ConsumeError>
-    where
-        S: Service<KafkaMessage> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
-        C: ClassifyError<S::Error> + Clone + Send + Sync + 'static,
-    {
-        let (source, settler, core, classifier) = self.open()?;
-        let handler = One {
-            service: handler,
-            classifier,
-        };
-        run_ordered(source, settler, handler, 1, core, shutdown).await
-    }
+    crate::consume::ordered_runs!(KafkaMessage);
 
-    /// Like [`run`](Self::run), handing the handler up to
-    /// [`max_batch_size`](Consumer::max_batch_size) messages of one partition at a time
-    /// (whatever is buffered, never waiting to fill a batch, never an empty one). A batch is
-    /// settled as a whole.
-    ///
-    /// # Errors
-    ///
-    /// As for [`run`](Self::run); `offset` in [`ConsumeError::PartitionStopped`] is the first
-    /// offset of the stopped batch.
-    pub async fn run_batch<S>(
-        self,
-        handler: S,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ConsumeError>
-    where
-        S: Service<Vec<KafkaMessage>> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
-        C: ClassifyError<S::Error> + Clone + Send + Sync + 'static,
-    {
-        let max_batch = self.options.max_batch;
-        let (source, settler, core, classifier) = self.open()?;
-        let handler = Batch {
-            service: handler,
-            classifier,
-        };
-        run_ordered(source, settler, handler, max_batch, core, shutdown).await
-    }
-
-    #[allow(clippy::type_complexity)]
     fn open(self) -> Result<(KafkaSource<X>, KafkaSettler<X>, Core, C), ConsumeError> {
         let Self {
             adapter,

@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower_service::Service;
 
 use super::broker::{MemoryBroker, Topic};
 use super::lag::report_lag;
 use super::record::MemoryMessage;
-use crate::classify::{Classifier, ClassifyError};
+use crate::classify::Classifier;
 use crate::consume::{
-    run_ordered, Batch, ConsumeError, Consumer, Delivery, Event, Lane, One, OrderedSettler,
-    OrderedSource,
+    ConsumeError, Consumer, Delivery, Event, Lane, OrderedSettler, OrderedSource,
 };
 use crate::message::system::MEMORY;
 use crate::metrics::Metrics;
@@ -97,66 +95,10 @@ impl<C> Consumer<MemorySubscription, C> {
         self
     }
 
-    /// Consumes until `shutdown` resolves, then stops fetching, lets running handler calls
-    /// finish (up to the [drain deadline](Consumer::drain_deadline)), commits, leaves the
-    /// group and returns.
-    ///
-    /// Dropping the returned future instead aborts at once: what was processed since the last
-    /// commit is delivered again to the group.
-    ///
-    /// # Errors
-    ///
-    /// [`ConsumeError::PartitionStopped`] for the first partition a failure stopped (other
-    /// partitions went on).
-    pub async fn run<S>(
-        self,
-        handler: S,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ConsumeError>
-    where
-        S: Service<MemoryMessage> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
-        C: ClassifyError<S::Error> + Clone + Send + Sync + 'static,
-    {
-        let (source, settler, core, classifier) = self.open();
-        let handler = One {
-            service: handler,
-            classifier,
-        };
-        run_ordered(source, settler, handler, 1, core, shutdown).await
-    }
-
-    /// Like [`run`](Self::run), handing the handler up to
-    /// [`max_batch_size`](Consumer::max_batch_size) messages of one partition at a time
-    /// (whatever is buffered, never waiting to fill a batch, never an empty one). A batch is
-    /// settled as a whole.
-    ///
-    /// # Errors
-    ///
-    /// As for [`run`](Self::run); `offset` is the first offset of the stopped batch.
-    pub async fn run_batch<S>(
-        self,
-        handler: S,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ConsumeError>
-    where
-        S: Service<Vec<MemoryMessage>> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
-        C: ClassifyError<S::Error> + Clone + Send + Sync + 'static,
-    {
-        let max_batch = self.options.max_batch;
-        let (source, settler, core, classifier) = self.open();
-        let handler = Batch {
-            service: handler,
-            classifier,
-        };
-        run_ordered(source, settler, handler, max_batch, core, shutdown).await
-    }
+    crate::consume::ordered_runs!(MemoryMessage);
 
     /// Joins the group.
-    fn open(self) -> (MemorySource, MemorySettler, crate::consume::Core, C) {
+    fn open(self) -> Result<(MemorySource, MemorySettler, crate::consume::Core, C), ConsumeError> {
         let Self {
             adapter,
             classifier,
@@ -188,7 +130,7 @@ impl<C> Consumer<MemorySubscription, C> {
             options,
             spans,
         };
-        (source, settler, core, classifier)
+        Ok((source, settler, core, classifier))
     }
 }
 

@@ -823,7 +823,9 @@ pub async fn the_trace_continues_across_the_broker<H: Harness>(h: &H) {
     let system = |span: &opentelemetry_sdk::trace::SpanData| {
         span.attributes
             .iter()
-            .find(|kv| kv.key.as_str() == "messaging.system")
+            .find(|kv| {
+                kv.key.as_str() == opentelemetry_semantic_conventions::attribute::MESSAGING_SYSTEM
+            })
             .map(|kv| kv.value.as_str().into_owned())
     };
     assert_eq!(system(&process).as_deref(), Some(h.system()));
