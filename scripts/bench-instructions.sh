@@ -29,7 +29,10 @@ for case in bare no-sdk unsampled sampled; do
     EVENTSCOPE_CALLGRIND="$case" EVENTSCOPE_CALLGRIND_ITERATIONS="$iterations" \
         valgrind --tool=callgrind --callgrind-out-file="$out/$case.out" \
         --toggle-collect='*measured_round_trip*' "$bin" >/dev/null 2>"$out/$case.log"
-    total="$(callgrind_annotate "$out/$case.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')"
+    # awk reads to the end: leaving early would break the pipe (and `pipefail` with it).
+    total="$(callgrind_annotate "$out/$case.out" 2>/dev/null |
+        awk '/PROGRAM TOTALS/ && !found {gsub(",", "", $1); print $1; found = 1}')"
+    [[ -n "$total" ]] || { echo "bench-instructions.sh: no count for $case, see $out/$case.log" >&2; exit 1; }
     per[$case]=$(( total / iterations ))
     echo "$case ${per[$case]}"
 done

@@ -375,6 +375,73 @@ impl HeadersMut for HeaderList {
     }
 }
 
+/// The builder methods and header access every adapter's outgoing record shares, written once:
+/// the record type needs the fields `key: Option<Vec<u8>>`, `headers: HeaderList`,
+/// `partition: Option<i32>` and `timestamp: Option<SystemTime>`.
+#[cfg(any(feature = "memory", feature = "kafka"))]
+macro_rules! record_builders {
+    ($record:ty) => {
+        impl $record {
+            /// Sets the key; records with the same key go to the same partition.
+            pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+                self.key = Some(key.into());
+                self
+            }
+
+            /// Adds a text header (kept alongside any of the same name).
+            pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+                self.headers.push(name, value);
+                self
+            }
+
+            /// Adds a header with a raw value.
+            pub fn header_bytes(mut self, name: impl Into<String>, value: Vec<u8>) -> Self {
+                self.headers.push_bytes(name, value);
+                self
+            }
+
+            /// Sends to this partition instead of choosing by key.
+            pub fn partition(mut self, partition: i32) -> Self {
+                self.partition = Some(partition);
+                self
+            }
+
+            /// Sets the creation timestamp (default: when the broker or producer accepts it).
+            pub fn timestamp(mut self, timestamp: std::time::SystemTime) -> Self {
+                self.timestamp = Some(timestamp);
+                self
+            }
+
+            /// The record's headers.
+            pub fn headers(&self) -> &$crate::message::HeaderList {
+                &self.headers
+            }
+        }
+
+        impl $crate::message::Headers for $record {
+            fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+                self.headers.iter()
+            }
+        }
+
+        impl $crate::message::HeadersMut for $record {
+            fn set_header(&mut self, name: &str, value: String) {
+                $crate::message::HeadersMut::set_header(&mut self.headers, name, value);
+            }
+
+            fn set_static_header(&mut self, name: &'static str, value: String) {
+                $crate::message::HeadersMut::set_static_header(&mut self.headers, name, value);
+            }
+
+            fn remove_header(&mut self, name: &str) {
+                self.headers.remove(name);
+            }
+        }
+    };
+}
+#[cfg(any(feature = "memory", feature = "kafka"))]
+pub(crate) use record_builders;
+
 /// The first `message-id` header, if it is a usable id: UTF-8, not empty, at most
 /// [`MAX_ID_BYTES`](crate::scope::MAX_ID_BYTES).
 pub(crate) fn header_id<H: Headers + ?Sized>(headers: &H) -> Option<&str> {

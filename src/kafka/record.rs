@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::message::{
-    system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt,
+    system, HeaderList, Headers, IncomingMessage, OutgoingMessage, Receipt, Republish,
     SpanAttributes,
 };
 
@@ -48,37 +48,6 @@ impl KafkaRecord {
         }
     }
 
-    /// Sets the key; the default partitioner sends records with the same key to the same
-    /// partition.
-    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Adds a text header (kept alongside any of the same name).
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push(name, value);
-        self
-    }
-
-    /// Adds a header with a raw value.
-    pub fn header_bytes(mut self, name: impl Into<String>, value: Vec<u8>) -> Self {
-        self.headers.push_bytes(name, value);
-        self
-    }
-
-    /// Sends to this partition instead of letting the partitioner choose.
-    pub fn partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// Sets the creation timestamp (default: when the producer accepts the record).
-    pub fn timestamp(mut self, timestamp: SystemTime) -> Self {
-        self.timestamp = Some(timestamp);
-        self
-    }
-
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -87,11 +56,6 @@ impl KafkaRecord {
     /// The payload; `None` for a tombstone.
     pub fn payload(&self) -> Option<&[u8]> {
         self.payload.as_deref()
-    }
-
-    /// The record's headers.
-    pub fn headers(&self) -> &HeaderList {
-        &self.headers
     }
 
     /// Milliseconds since the epoch, as Kafka stores timestamps.
@@ -103,25 +67,7 @@ impl KafkaRecord {
     }
 }
 
-impl Headers for KafkaRecord {
-    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers.iter()
-    }
-}
-
-impl HeadersMut for KafkaRecord {
-    fn set_header(&mut self, name: &str, value: String) {
-        self.headers.set_header(name, value);
-    }
-
-    fn set_static_header(&mut self, name: &'static str, value: String) {
-        self.headers.set_static_header(name, value);
-    }
-
-    fn remove_header(&mut self, name: &str) {
-        self.headers.remove(name);
-    }
-}
+crate::message::record_builders!(KafkaRecord);
 
 impl OutgoingMessage for KafkaRecord {
     fn system(&self) -> &'static str {
@@ -316,6 +262,27 @@ impl Headers for KafkaMessage {
     }
 }
 
+impl Republish for KafkaMessage {
+    type Record = KafkaRecord;
+
+    /// A record for `destination` with this message's key, payload (a tombstone stays one) and
+    /// headers; the partitioner picks the partition.
+    fn republish(&self, destination: &str) -> KafkaRecord {
+        let mut headers = HeaderList::new();
+        for (name, value) in KafkaMessage::headers(self) {
+            headers.push_bytes(name, value.to_vec());
+        }
+        KafkaRecord {
+            topic: destination.to_owned(),
+            key: KafkaMessage::key(self).map(<[u8]>::to_vec),
+            payload: KafkaMessage::payload(self).map(<[u8]>::to_vec),
+            headers,
+            partition: None,
+            timestamp: None,
+        }
+    }
+}
+
 impl IncomingMessage for KafkaMessage {
     fn system(&self) -> &'static str {
         system::KAFKA
@@ -420,6 +387,32 @@ mod tests {
             true
         )));
         assert_eq!(tombstone.body_size(), None);
+    }
+
+    #[test]
+    fn a_republished_copy_keeps_key_payload_and_headers() {
+        let mut data = Data::default();
+        data.key = Some(data.push(b"k-1"));
+        data.payload = Some(data.push(b"{}"));
+        data.push_header("message-id", b"m-1");
+        data.push_header("bin", &[0xff]);
+        let message = KafkaMessage {
+            origin: Arc::new(Origin {
+                topic: Arc::from("orders"),
+                group: Arc::from("billing"),
+                server: None,
+            }),
+            partition: 1,
+            offset: 9,
+            timestamp: None,
+            data: Arc::new(data),
+        };
+        let copy = message.republish("orders.dlq");
+        assert_eq!(copy.topic(), "orders.dlq");
+        assert_eq!(copy.key.as_deref(), Some(&b"k-1"[..]));
+        assert_eq!(copy.payload(), Some(&b"{}"[..]));
+        assert_eq!(copy.headers().get("bin"), Some(&[0xff][..]));
+        assert_eq!(copy.message_id().as_deref(), Some("m-1"));
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::message::{
-    system, HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Receipt, Republish,
+    system, HeaderList, Headers, IncomingMessage, OutgoingMessage, Receipt, Republish,
 };
 
 /// A record to publish to the embedded broker.
@@ -29,62 +29,9 @@ impl MemoryRecord {
             timestamp: None,
         }
     }
-
-    /// Sets the key; records with the same key go to the same partition.
-    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Adds a text header (kept alongside any of the same name).
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push(name, value);
-        self
-    }
-
-    /// Adds a header with a raw value.
-    pub fn header_bytes(mut self, name: impl Into<String>, value: Vec<u8>) -> Self {
-        self.headers.push_bytes(name, value);
-        self
-    }
-
-    /// Sends to this partition instead of choosing by key.
-    pub fn partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// Sets the creation timestamp (default: when the broker appends it).
-    pub fn timestamp(mut self, timestamp: SystemTime) -> Self {
-        self.timestamp = Some(timestamp);
-        self
-    }
-
-    /// The record's headers.
-    pub fn headers(&self) -> &HeaderList {
-        &self.headers
-    }
 }
 
-impl Headers for MemoryRecord {
-    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers.iter()
-    }
-}
-
-impl HeadersMut for MemoryRecord {
-    fn set_header(&mut self, name: &str, value: String) {
-        self.headers.set_header(name, value);
-    }
-
-    fn set_static_header(&mut self, name: &'static str, value: String) {
-        self.headers.set_static_header(name, value);
-    }
-
-    fn remove_header(&mut self, name: &str) {
-        self.headers.remove(name);
-    }
-}
+crate::message::record_builders!(MemoryRecord);
 
 impl OutgoingMessage for MemoryRecord {
     fn system(&self) -> &'static str {
