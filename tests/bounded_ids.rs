@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::process::ProcessLayer;
 use eventscope::propagation::header;
 use eventscope::publish::PublishLayer;
 use eventscope::scope::MAX_ID_BYTES;
