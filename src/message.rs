@@ -328,15 +328,17 @@ impl HeaderList {
             .position(|(key, _)| key.eq_ignore_ascii_case(&name))
         {
             Some(first) => {
-                self.0[first] = (name, value);
-                let mut index = first + 1;
-                while index < self.0.len() {
-                    if self.0[index].0.eq_ignore_ascii_case(&self.0[first].0) {
-                        self.0.remove(index);
-                    } else {
+                let duplicated = self.0[first + 1..]
+                    .iter()
+                    .any(|(key, _)| key.eq_ignore_ascii_case(&name));
+                if duplicated {
+                    let mut index = 0;
+                    self.0.retain(|(key, _)| {
                         index += 1;
-                    }
+                        index <= first + 1 || !key.eq_ignore_ascii_case(&name)
+                    });
                 }
+                self.0[first] = (name, value);
             }
             None => {
                 // Publishing adds a handful of headers: grow once, not header by header.
@@ -448,9 +450,7 @@ pub(crate) fn header_id<H: Headers + ?Sized>(headers: &H) -> Option<&str> {
     headers
         .headers()
         .find(|(key, _)| key.eq_ignore_ascii_case(crate::propagation::header::MESSAGE_ID))
-        // The length first: an oversized value is never scanned.
-        .filter(|(_, value)| !value.is_empty() && value.len() <= crate::scope::MAX_ID_BYTES)
-        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .and_then(|(_, value)| crate::scope::usable_id(value))
 }
 
 /// Generates a new unique id (a UUIDv7: unique, and sortable by creation time).

@@ -43,6 +43,15 @@ pub(crate) fn id_ok(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_BYTES
 }
 
+/// `value` as an id that may be propagated (SPEC §2): not empty, at most [`MAX_ID_BYTES`],
+/// UTF-8. The length is checked first, so an oversized value is never scanned.
+pub(crate) fn usable_id(value: &[u8]) -> Option<&str> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return None;
+    }
+    std::str::from_utf8(value).ok()
+}
+
 /// Correlation id and message id of the message whose processing is under way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageScope {
@@ -91,10 +100,6 @@ impl MessageScope {
         let mut message_header: Option<&str> = None;
         let mut invalid = false;
         for (name, value) in message.headers() {
-            // Cheap length check before the case-insensitive comparisons.
-            if !(10..=14).contains(&name.len()) {
-                continue;
-            }
             let is_correlation = name.eq_ignore_ascii_case(header::CORRELATION_ID);
             let is_message = !is_correlation && name.eq_ignore_ascii_case(header::MESSAGE_ID);
             if !(is_correlation || is_message || name.eq_ignore_ascii_case(header::CAUSATION_ID)) {
@@ -104,9 +109,7 @@ impl MessageScope {
                 // An empty id is a missing one, not a malformed one.
                 continue;
             }
-            let text = std::str::from_utf8(value)
-                .ok()
-                .filter(|t| t.len() <= MAX_ID_BYTES);
+            let text = usable_id(value);
             invalid |= text.is_none();
             if is_correlation && correlation.is_none() {
                 correlation = Some(text.unwrap_or(""));
@@ -187,30 +190,15 @@ impl IdBuffer {
 
 /// A UUIDv7: the Unix time in milliseconds and 74 random bits.
 ///
-/// The random bits come from a per-thread generator seeded once from the OS-seeded hasher keys
-/// of the standard library: ids need to be unique, not unpredictable, and this is several times
-/// cheaper than a cryptographic generator behind a shared clock sequence.
+/// The random bits come from `fastrand`'s per-thread generator: ids need to be unique, not
+/// unpredictable, and this is several times cheaper than `uuid`'s own v7 path (a shared clock
+/// sequence and a cryptographic generator).
 pub(crate) fn new_uuid_v7() -> uuid::Uuid {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, RandomState};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
-    }
-    // wyrand: one multiply per 64 bits.
-    let next = || {
-        STATE.with(|state| {
-            let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
-            state.set(s);
-            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
-            (t as u64) ^ ((t >> 64) as u64)
-        })
-    };
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&next().to_le_bytes());
-    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+    fastrand::fill(&mut random);
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 

@@ -23,9 +23,11 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::message::SpanAttributes;
 
-pub(crate) const OP_SEND: &str = "send";
-pub(crate) const OP_PROCESS: &str = "process";
-pub(crate) const OP_SETTLE: &str = "settle";
+// `messaging.operation.name` values, defined once with the metrics' label values. Each is also
+// the operation's `messaging.operation.type`.
+pub(crate) use crate::metrics::{
+    OPERATION_PROCESS as OP_PROCESS, OPERATION_SEND as OP_SEND, OPERATION_SETTLE as OP_SETTLE,
+};
 
 /// The semantic-conventions version the spans follow (SPEC §3).
 pub(crate) const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
@@ -326,14 +328,6 @@ pub(crate) struct SpanStart<'a> {
 }
 
 impl SpanStart<'_> {
-    fn operation_type(&self) -> &'static str {
-        match self.operation {
-            OP_SEND => "send",
-            OP_PROCESS => "process",
-            _ => "settle",
-        }
-    }
-
     /// What samplers may look at (SPEC §3).
     fn sampler_attributes(&self) -> Vec<KeyValue> {
         // The SDK keeps this vector as the span's attributes: room for the ones `describe` adds
@@ -342,7 +336,7 @@ impl SpanStart<'_> {
         attributes.extend([
             KeyValue::new(semconv::MESSAGING_SYSTEM, self.system),
             KeyValue::new(semconv::MESSAGING_OPERATION_NAME, self.operation),
-            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, self.operation_type()),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, self.operation),
             KeyValue::new(
                 semconv::MESSAGING_DESTINATION_NAME,
                 StringValue::from(Arc::clone(self.destination)),
@@ -355,7 +349,7 @@ impl SpanStart<'_> {
         if let Some(partition) = self.partition {
             attributes.string(
                 semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                decimal(partition),
+                itoa::Buffer::new().format(partition).to_owned(),
             );
         }
         if let Some(group) = self.group.filter(|g| !g.is_empty()) {
@@ -372,38 +366,6 @@ impl SpanStart<'_> {
         }
         if let Some(count) = self.batch_size {
             attributes.int(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64);
-        }
-    }
-}
-
-/// `n` in decimal, without the formatting machinery (partition ids on every recorded span).
-pub(crate) fn decimal(n: i32) -> String {
-    let mut digits = [0u8; 11];
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        at -= 1;
-        digits[at] = b'-';
-    }
-    String::from_utf8(digits[at..].to_vec()).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_matches_display() {
-        for n in [0, 7, 10, 1234, -1, -1001, i32::MAX, i32::MIN] {
-            assert_eq!(decimal(n), n.to_string());
         }
     }
 }

@@ -299,10 +299,9 @@ impl<A, C: Clone> Consumer<A, C> {
     /// A [`ProcessLayer`] recording into this consumer's metrics with its classifier: the
     /// outermost layer of the handler stack to [`run`](crate::memory::MemoryConsumer::run).
     pub fn process_layer(&self) -> ProcessLayer<C> {
-        let mut layer =
-            ProcessLayer::new(self.metrics.clone()).classify_errors(self.classifier.clone());
-        layer.tracer = self.spans.tracer.clone();
-        layer
+        ProcessLayer::new(self.metrics.clone())
+            .classify_errors(self.classifier.clone())
+            .with_tracer(self.spans.tracer.clone())
     }
 
     /// A [`BatchProcessLayer`] recording into this consumer's metrics with its classifier, for

@@ -42,6 +42,9 @@ pub const OTHER_DESTINATION: &str = "_other";
 pub const DEFAULT_MAX_DESTINATIONS: usize = 1000;
 /// `messaging.operation.name` of a publish.
 pub const OPERATION_SEND: &str = "send";
+/// `messaging.operation.name` of processing a message (spans only: the process duration has a
+/// family of its own).
+pub const OPERATION_PROCESS: &str = "process";
 /// `messaging.operation.name` of a commit / ack / nack / term made by a consumer.
 pub const OPERATION_SETTLE: &str = "settle";
 

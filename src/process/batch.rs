@@ -72,9 +72,10 @@ impl<C> BatchProcessLayer<C> {
         }
     }
 
-    pub(crate) fn with_tracer(mut self, tracer: crate::span::Tracer) -> Self {
-        self.config.tracer = tracer;
-        self
+    pub(crate) fn with_tracer(self, tracer: crate::span::Tracer) -> Self {
+        Self {
+            config: self.config.with_tracer(tracer),
+        }
     }
 
     /// Uses `classifier` to derive `error.type` from the handler's errors.
@@ -225,7 +226,7 @@ fn link_attributes<M: IncomingMessage>(message: &M, scope: &MessageScope) -> Vec
     if let Some(partition) = message.partition() {
         attributes.string(
             semconv::MESSAGING_DESTINATION_PARTITION_ID,
-            crate::span::decimal(partition),
+            itoa::Buffer::new().format(partition).to_owned(),
         );
     }
     message.extra_attributes(&mut attributes);

@@ -54,6 +54,11 @@ impl<C> ProcessLayer<C> {
         self
     }
 
+    pub(crate) fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
     /// Uses `classifier` to derive `error.type` from the handler's errors.
     pub fn classify_errors<C2>(self, classifier: C2) -> ProcessLayer<C2> {
         ProcessLayer {

@@ -102,7 +102,7 @@ where
                     if let Some(partition) = receipt.partition() {
                         attributes.string(
                             opentelemetry_semantic_conventions::attribute::MESSAGING_DESTINATION_PARTITION_ID,
-                            crate::span::decimal(partition),
+                            itoa::Buffer::new().format(partition).to_owned(),
                         );
                     }
                     receipt.extra_attributes(attributes);

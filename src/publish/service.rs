@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::{new_id, Headers, OutgoingMessage, Receipt};
 use crate::metrics::{Memo, PublishInstruments};
 use crate::propagation::header;
-use crate::scope::{id_ok, IdBuffer, MessageScope, MAX_ID_BYTES};
+use crate::scope::{id_ok, usable_id, IdBuffer, MessageScope};
 use crate::span::{self, SpanStart};
 
 /// A publisher service that traces and measures every message; built by [`PublishLayer`].
@@ -66,36 +67,37 @@ where
         );
 
         let mut generated = IdBuffer::new();
-        let (message_id, single) = match message.message_id() {
-            Some(id) if id_ok(&id) => (
-                Some(id.into_owned()),
-                count(&message, header::MESSAGE_ID) <= 1,
-            ),
-            _ => (None, true),
-        };
-        let new_message_id = match message_id {
-            // A message republished with its headers must not carry two ids.
-            Some(id) if !single => {
+        // One pass: the caller's correlation id, and whether an id header stands twice (a
+        // message republished with its headers must leave with one of each).
+        let ids = IdHeaders::of(&message);
+        let duplicate_message_id = ids.message_ids > 1;
+        let explicit = ids
+            .correlation
+            .and_then(usable_id)
+            .map(|id| (ids.correlations > 1).then(|| id.to_owned()));
+        let usable_message_id = message.message_id().is_some_and(|id| id_ok(&id));
+        let new_message_id = if !usable_message_id {
+            let id = generated.new_id();
+            message.set_message_id(id.to_owned());
+            Some(id)
+        } else {
+            if duplicate_message_id {
+                let id = message
+                    .message_id()
+                    .map(Cow::into_owned)
+                    .unwrap_or_default();
                 message.set_message_id(id);
-                None
             }
-            Some(_) => None,
-            None => {
-                let id = generated.new_id();
-                message.set_message_id(id.to_owned());
-                Some(id)
-            }
+            None
         };
         // An explicit correlation id wins; inside a handler the flow's id; else a new flow,
         // whose correlation id is the id of its first message.
-        let (explicit, single) = first_id(&message, header::CORRELATION_ID);
         let explicit = match explicit {
-            Some(id) if !single => {
-                let id = id.to_owned();
-                message.set_static_header(header::CORRELATION_ID, id);
+            Some(Some(collapsed)) => {
+                message.set_static_header(header::CORRELATION_ID, collapsed);
                 true
             }
-            Some(_) => true,
+            Some(None) => true,
             None => false,
         };
         MessageScope::with_current(|scope| {
@@ -103,9 +105,7 @@ where
                 let correlation_id = match (scope, new_message_id) {
                     (Some(scope), _) => scope.correlation_id().to_owned(),
                     (None, Some(id)) => id.to_owned(),
-                    (None, None) => message
-                        .message_id()
-                        .map_or_else(new_id, std::borrow::Cow::into_owned),
+                    (None, None) => message.message_id().map_or_else(new_id, Cow::into_owned),
                 };
                 message.set_static_header(header::CORRELATION_ID, correlation_id);
             }
@@ -157,29 +157,28 @@ where
     }
 }
 
-/// How many headers are called `name`.
-fn count<H: Headers + ?Sized>(headers: &H, name: &str) -> usize {
-    headers
-        .headers()
-        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-        .count()
+/// The first `correlation-id` header and how many of it and of `message-id` a message carries.
+struct IdHeaders<'a> {
+    correlation: Option<&'a [u8]>,
+    correlations: usize,
+    message_ids: usize,
 }
 
-/// The first header called `name` if it is a usable id (SPEC §2), and whether it is the only
-/// header of that name.
-fn first_id<'a, H: Headers + ?Sized>(headers: &'a H, name: &str) -> (Option<&'a str>, bool) {
-    let mut first = None;
-    let mut seen = 0;
-    for (key, value) in headers.headers() {
-        if key.eq_ignore_ascii_case(name) {
-            if seen == 0 {
-                first = Some(value);
+impl<'a> IdHeaders<'a> {
+    fn of<H: Headers + ?Sized>(headers: &'a H) -> Self {
+        let mut ids = Self {
+            correlation: None,
+            correlations: 0,
+            message_ids: 0,
+        };
+        for (key, value) in headers.headers() {
+            if key.eq_ignore_ascii_case(header::CORRELATION_ID) {
+                ids.correlation.get_or_insert(value);
+                ids.correlations += 1;
+            } else if key.eq_ignore_ascii_case(header::MESSAGE_ID) {
+                ids.message_ids += 1;
             }
-            seen += 1;
         }
+        ids
     }
-    let id = first
-        .filter(|value| !value.is_empty() && value.len() <= MAX_ID_BYTES)
-        .and_then(|value| std::str::from_utf8(value).ok());
-    (id, seen <= 1)
 }
