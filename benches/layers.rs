@@ -40,6 +40,8 @@ use tower::{service_fn, Layer, Service};
 struct Msg {
     headers: HeaderList,
     payload: Vec<u8>,
+    /// As on a broker's record, the creation time is a field, not a clock read.
+    created: std::time::SystemTime,
 }
 
 impl Msg {
@@ -47,6 +49,7 @@ impl Msg {
         Self {
             headers: HeaderList::new(),
             payload: vec![0u8; 256],
+            created: std::time::SystemTime::now(),
         }
     }
 }
@@ -97,7 +100,7 @@ impl IncomingMessage for Msg {
         Some("bench")
     }
     fn created_at(&self) -> Option<std::time::SystemTime> {
-        Some(std::time::SystemTime::now())
+        Some(self.created)
     }
     fn payload(&self) -> &[u8] {
         &self.payload

@@ -74,6 +74,7 @@
 
 pub mod classify;
 pub mod consume;
+mod hex;
 pub mod message;
 pub mod metrics;
 pub mod process;
@@ -81,6 +82,7 @@ pub mod propagation;
 pub mod publish;
 pub mod scope;
 mod span;
+mod text;
 
 /// A type-erased error, as handlers and services usually return it.
 pub use tower::BoxError;

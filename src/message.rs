@@ -56,7 +56,7 @@ pub trait Headers {
     fn header_str(&self, name: &str) -> Option<&str> {
         self.headers()
             .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-            .find_map(|(_, value)| std::str::from_utf8(value).ok())
+            .find_map(|(_, value)| crate::text::utf8(value))
     }
 }
 
@@ -293,7 +293,10 @@ impl HeaderList {
 
     /// Removes every header called `name` (ASCII case-insensitive).
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
+        // Usually there is none: look before rewriting the list.
+        if self.get(name).is_some() {
+            self.0.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
+        }
     }
 
     /// Number of headers, duplicates included.

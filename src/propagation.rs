@@ -31,6 +31,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::BaggagePropagator;
 
+use crate::hex;
 use crate::message::{Headers, HeadersMut};
 use crate::span::ActiveSpan;
 
@@ -48,6 +49,47 @@ pub mod header {
     pub const CAUSATION_ID: &str = "causation-id";
     /// A unique message id, for protocols without a native id field.
     pub const MESSAGE_ID: &str = "message-id";
+}
+
+/// A header eventscope reads, recognised with one comparison: names are told apart by length
+/// (and, for the two of ten bytes, by their first letter) before any case-insensitive compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    Traceparent,
+    Tracestate,
+    Baggage,
+    CorrelationId,
+    CausationId,
+    MessageId,
+}
+
+impl Known {
+    pub(crate) fn of(name: &str) -> Option<Self> {
+        let name = name.as_bytes();
+        match name.len() {
+            11 => is(name, b"traceparent").then_some(Self::Traceparent),
+            10 => {
+                if is(name, b"message-id") {
+                    Some(Self::MessageId)
+                } else {
+                    is(name, b"tracestate").then_some(Self::Tracestate)
+                }
+            }
+            7 => is(name, b"baggage").then_some(Self::Baggage),
+            14 => is(name, b"correlation-id").then_some(Self::CorrelationId),
+            12 => is(name, b"causation-id").then_some(Self::CausationId),
+            _ => None,
+        }
+    }
+}
+
+/// `name` is `expected` (lower case), ignoring ASCII case. Both are fixed-size here, so the
+/// compare is a few word loads; producers write these names in lower case, so the exact compare
+/// settles most.
+#[inline]
+fn is<const N: usize>(name: &[u8], expected: &[u8; N]) -> bool {
+    <&[u8; N]>::try_from(name)
+        .is_ok_and(|name| name == expected || name.eq_ignore_ascii_case(expected))
 }
 
 /// Most `tracestate` list members kept (W3C limit).
@@ -150,12 +192,19 @@ impl Propagation {
             propagator.inject_context(cx, &mut HeaderInjector(headers));
             return;
         }
-        self.inject_w3c(cx.span().span_context(), cx, headers);
+        self.inject_w3c(cx.span().span_context(), cx, headers, true);
     }
 
     /// Writes a started span's context, without building an OpenTelemetry `Context` for a span
     /// that does not record.
-    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(&self, span: &ActiveSpan, headers: &mut H) {
+    ///
+    /// `stale_tracestate`: the headers may hold a `tracestate` (to be replaced or removed).
+    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(
+        &self,
+        span: &ActiveSpan,
+        headers: &mut H,
+        stale_tracestate: bool,
+    ) {
         match (&self.custom, span.built_context()) {
             (Some(_), Some(cx)) => self.inject(cx, headers),
             (Some(_), None) => self.inject(
@@ -164,7 +213,12 @@ impl Propagation {
                     .with_remote_span_context(span.span_context().clone()),
                 headers,
             ),
-            (None, _) => self.inject_w3c(span.span_context(), span.parent(), headers),
+            (None, _) => self.inject_w3c(
+                span.span_context(),
+                span.parent(),
+                headers,
+                stale_tracestate,
+            ),
         }
     }
 
@@ -174,6 +228,7 @@ impl Propagation {
         sc: &SpanContext,
         baggage: &Context,
         headers: &mut H,
+        stale_tracestate: bool,
     ) {
         let cx = baggage;
         if sc.is_valid() {
@@ -181,7 +236,9 @@ impl Propagation {
             let state = sc.trace_state().header();
             if state.is_empty() {
                 // A stale `tracestate` must not outlive the `traceparent` it belonged to.
-                headers.remove_header(header::TRACESTATE);
+                if stale_tracestate {
+                    headers.remove_header(header::TRACESTATE);
+                }
             } else {
                 headers.set_static_header(header::TRACESTATE, state);
             }
@@ -195,8 +252,21 @@ impl Propagation {
     pub fn extract<H: Headers + ?Sized>(&self, headers: &H) -> Extracted {
         let mut scan = Scan::default();
         for (name, value) in headers.headers() {
-            scan.observe(name, value);
+            if let Some(known) = Known::of(name) {
+                scan.observe(known, value);
+            }
         }
+        self.extract_scanned(&scan, headers)
+    }
+
+    /// [`extract`](Self::extract) from a scan the caller made (with the id headers, in the
+    /// same pass).
+    #[inline]
+    pub(crate) fn extract_scanned<H: Headers + ?Sized>(
+        &self,
+        scan: &Scan<'_>,
+        headers: &H,
+    ) -> Extracted {
         if scan.invalid {
             return Extracted::rejected();
         }
@@ -256,64 +326,21 @@ impl Extracted {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// `00-{trace id}-{span id}-{flags}`, written without the formatting machinery.
 fn traceparent(sc: &SpanContext) -> String {
     let mut out = [b'-'; 55];
-    out[0] = b'0';
-    out[1] = b'0';
-    let mut trace = [0u8; 32];
-    hex_into(&sc.trace_id().to_bytes(), &mut trace);
-    out[3..35].copy_from_slice(&trace);
-    let mut span = [0u8; 16];
-    hex_into(&sc.span_id().to_bytes(), &mut span);
-    out[36..52].copy_from_slice(&span);
-    let mut flags = [0u8; 2];
-    hex_into(
-        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
-        &mut flags,
-    );
-    out[53..55].copy_from_slice(&flags);
-    // Only ASCII hex digits and dashes were written, so this cannot fail.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    out[..2].copy_from_slice(b"00");
+    let trace = u128::from_be_bytes(sc.trace_id().to_bytes());
+    out[3..19].copy_from_slice(&hex::encode_u64((trace >> 64) as u64));
+    out[19..35].copy_from_slice(&hex::encode_u64(trace as u64));
+    out[36..52].copy_from_slice(&hex::encode_u64(u64::from_be_bytes(
+        sc.span_id().to_bytes(),
+    )));
+    out[53..55].copy_from_slice(&hex::encode_u8(
+        (sc.trace_flags() & TraceFlags::SAMPLED).to_u8(),
+    ));
+    crate::text::ascii(&out).to_owned()
 }
-
-/// `bytes` as lower-case hex digits.
-fn hex_into<const N: usize, const M: usize>(bytes: &[u8; N], out: &mut [u8; M]) {
-    for i in 0..N.min(M / 2) {
-        out[2 * i] = HEX[usize::from(bytes[i] >> 4)];
-        out[2 * i + 1] = HEX[usize::from(bytes[i] & 0x0f)];
-    }
-}
-
-/// `N` bytes from `2 * N` lower-case hex digits; `None` on any other byte.
-fn unhex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    if digits.len() != 2 * N {
-        return None;
-    }
-    let mut bad = 0u8;
-    for i in 0..N {
-        let high = UNHEX[usize::from(digits[2 * i])];
-        let low = UNHEX[usize::from(digits[2 * i + 1])];
-        bad |= high | low;
-        out[i] = (high << 4) | (low & 0x0f);
-    }
-    // Valid digits are below 16; `0xff` marks any other byte.
-    (bad < 16).then_some(out)
-}
-
-/// The value of each lower-case hex digit; `0xff` for every other byte.
-const UNHEX: [u8; 256] = {
-    let mut table = [0xff; 256];
-    let mut i = 0;
-    while i < 16 {
-        table[HEX[i] as usize] = i as u8;
-        i += 1;
-    }
-    table
-};
 
 /// W3C Trace Context `traceparent`: exactly the version-00 layout, or a later version's with
 /// its extra fields ignored. Ids must be lower-case hex and not all zero.
@@ -322,16 +349,18 @@ fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
-    let [version] = unhex::<1>(&value[..2])?;
+    let version = hex::decode_u8([value[0], value[1]])?;
     if version == 0xff || (version == 0 && value.len() != 55) {
         return None;
     }
-    if value.len() > 55 && value[55] != b'-' {
+    if value.len() > 55 && (value[55] != b'-' || !value[55..].is_ascii()) {
         return None;
     }
-    let trace_id = TraceId::from_bytes(unhex::<16>(&value[3..35])?);
-    let span_id = SpanId::from_bytes(unhex::<8>(&value[36..52])?);
-    let [flags] = unhex::<1>(&value[53..55])?;
+    let high = hex::decode_u64(value[3..19].try_into().ok()?)?;
+    let low = hex::decode_u64(value[19..35].try_into().ok()?)?;
+    let trace_id = TraceId::from((u128::from(high) << 64) | u128::from(low));
+    let span_id = SpanId::from(hex::decode_u64(value[36..52].try_into().ok()?)?);
+    let flags = hex::decode_u8([value[53], value[54]])?;
     let sc = SpanContext::new(
         trace_id,
         span_id,
@@ -345,7 +374,7 @@ fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
 /// One pass over the headers that finds the trace headers and decides whether they are
 /// acceptable at all (SPEC §2 bounds), before anything parses them.
 #[derive(Default)]
-struct Scan<'a> {
+pub(crate) struct Scan<'a> {
     traceparent: Option<&'a [u8]>,
     tracestate: Option<&'a [u8]>,
     baggage_bytes: usize,
@@ -354,23 +383,30 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
-    fn observe(&mut self, name: &str, value: &'a [u8]) {
-        if name.eq_ignore_ascii_case(header::TRACEPARENT) {
-            let duplicate = self.traceparent.replace(value).is_some();
-            self.invalid |= duplicate || value.len() > TRACEPARENT_MAX_BYTES || !value.is_ascii();
-        } else if name.eq_ignore_ascii_case(header::TRACESTATE) {
-            let duplicate = self.tracestate.replace(value).is_some();
-            self.invalid |= duplicate || !tracestate_ok(value);
-        } else if name.eq_ignore_ascii_case(header::BAGGAGE) {
-            self.baggage_bytes = self.baggage_bytes.saturating_add(value.len());
-            // The byte bound first: an oversized header costs nothing beyond its length.
-            if self.baggage_bytes > BAGGAGE_MAX_BYTES {
-                self.invalid = true;
-                return;
+    /// Takes in one header; id headers are not its business and are ignored.
+    pub(crate) fn observe(&mut self, known: Known, value: &'a [u8]) {
+        match known {
+            Known::Traceparent => {
+                // Parsing rejects anything but hex digits and dashes, so no UTF-8 check here.
+                let duplicate = self.traceparent.replace(value).is_some();
+                self.invalid |= duplicate || value.len() > TRACEPARENT_MAX_BYTES;
             }
-            self.baggage_members += value.iter().filter(|b| **b == b',').count() + 1;
-            self.invalid |=
-                self.baggage_members > BAGGAGE_MAX_MEMBERS || std::str::from_utf8(value).is_err();
+            Known::Tracestate => {
+                let duplicate = self.tracestate.replace(value).is_some();
+                self.invalid |= duplicate || !tracestate_ok(value);
+            }
+            Known::Baggage => {
+                self.baggage_bytes = self.baggage_bytes.saturating_add(value.len());
+                // The byte bound first: an oversized header costs nothing beyond its length.
+                if self.baggage_bytes > BAGGAGE_MAX_BYTES {
+                    self.invalid = true;
+                    return;
+                }
+                self.baggage_members += value.iter().filter(|b| **b == b',').count() + 1;
+                self.invalid |= self.baggage_members > BAGGAGE_MAX_MEMBERS
+                    || std::str::from_utf8(value).is_err();
+            }
+            Known::CorrelationId | Known::CausationId | Known::MessageId => {}
         }
     }
 }
@@ -394,6 +430,40 @@ mod tests {
             headers.push_bytes(*name, value.to_vec());
         }
         Propagation::default().extract(&headers)
+    }
+
+    #[test]
+    fn known_names_in_any_case_and_nothing_else() {
+        for (name, known) in [
+            (header::TRACEPARENT, Known::Traceparent),
+            (header::TRACESTATE, Known::Tracestate),
+            (header::BAGGAGE, Known::Baggage),
+            (header::CORRELATION_ID, Known::CorrelationId),
+            (header::CAUSATION_ID, Known::CausationId),
+            (header::MESSAGE_ID, Known::MessageId),
+        ] {
+            assert_eq!(Known::of(name), Some(known));
+            assert_eq!(Known::of(&name.to_ascii_uppercase()), Some(known));
+            let mut other = name.to_owned().into_bytes();
+            other[name.len() / 2] = b'_';
+            assert_eq!(Known::of(std::str::from_utf8(&other).unwrap()), None);
+        }
+        for name in ["", "trace", "content-type", "message-ids", "x-message-id"] {
+            assert_eq!(Known::of(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn traceparent_round_trips_through_the_fast_path() {
+        let sc = parse_traceparent(PARENT.as_bytes()).expect("valid");
+        assert_eq!(traceparent(&sc), PARENT);
+        let unsampled = PARENT.replace("-01", "-00");
+        let sc = parse_traceparent(unsampled.as_bytes()).expect("valid");
+        assert!(!sc.is_sampled());
+        assert_eq!(traceparent(&sc), unsampled);
+        // A later version's extra fields are ignored, but must be ASCII.
+        assert!(parse_traceparent(format!("01{}-x", &PARENT[2..]).as_bytes()).is_some());
+        assert!(parse_traceparent(format!("01{}-\u{e9}", &PARENT[2..]).as_bytes()).is_none());
     }
 
     #[test]

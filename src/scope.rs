@@ -28,10 +28,12 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 
 use crate::message::IncomingMessage;
-use crate::propagation::header;
+use crate::propagation::Known;
 
 thread_local! {
-    static CURRENT: RefCell<Option<MessageScope>> = const { RefCell::new(None) };
+    /// The scopes entered on this thread, innermost last (a handler polled inside another's
+    /// poll nests). A stack, so entering and leaving move one scope, not two.
+    static CURRENT: RefCell<Vec<MessageScope>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The longest `correlation-id`, `causation-id` or `message-id` that is propagated (SPEC §2).
@@ -49,16 +51,46 @@ pub(crate) fn usable_id(value: &[u8]) -> Option<&str> {
     if value.is_empty() || value.len() > MAX_ID_BYTES {
         return None;
     }
-    std::str::from_utf8(value).ok()
+    crate::text::utf8(value)
 }
 
 /// Correlation id and message id of the message whose processing is under way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageScope {
-    /// The correlation id followed by the message id, in one allocation.
-    ids: Arc<str>,
+    /// The correlation id followed by the message id.
+    ids: Ids,
     correlation_len: u32,
     has_message_id: bool,
+}
+
+/// Room for two UUIDs: the ids of nearly every message are kept in place, so a scope costs no
+/// allocation; longer ids share one.
+const INLINE_IDS: usize = 72;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ids {
+    Inline(arrayvec::ArrayString<INLINE_IDS>),
+    Shared(Arc<str>),
+}
+
+impl Ids {
+    fn new(first: &str, second: &str) -> Self {
+        let mut inline = arrayvec::ArrayString::new();
+        match inline
+            .try_push_str(first)
+            .and_then(|()| inline.try_push_str(second))
+        {
+            Ok(()) => Self::Inline(inline),
+            Err(_) => Self::Shared(Arc::from([first, second].concat())),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(ids) => ids,
+            Self::Shared(ids) => ids,
+        }
+    }
 }
 
 impl MessageScope {
@@ -69,19 +101,8 @@ impl MessageScope {
     }
 
     fn from_parts(correlation_id: &str, message_id: Option<&str>) -> Self {
-        let message = message_id.unwrap_or("");
-        // Bounded ids fit on the stack, so the scope costs one allocation.
-        let mut buffer = [0u8; 2 * MAX_ID_BYTES];
-        let ids: Arc<str> = match buffer.get_mut(..correlation_id.len() + message.len()) {
-            Some(both) => {
-                both[..correlation_id.len()].copy_from_slice(correlation_id.as_bytes());
-                both[correlation_id.len()..].copy_from_slice(message.as_bytes());
-                Arc::from(std::str::from_utf8(both).unwrap_or_default())
-            }
-            None => Arc::from([correlation_id, message].concat()),
-        };
         Self {
-            ids,
+            ids: Ids::new(correlation_id, message_id.unwrap_or("")),
             correlation_len: correlation_id.len() as u32,
             has_message_id: message_id.is_some(),
         }
@@ -96,67 +117,41 @@ impl MessageScope {
 
     /// [`of`](Self::of), and whether an incoming id was unusable (for the invalid count).
     pub(crate) fn checked<M: IncomingMessage + ?Sized>(message: &M) -> (Self, bool) {
-        let mut correlation: Option<&str> = None;
-        let mut message_header: Option<&str> = None;
-        let mut invalid = false;
+        let mut ids = IdScan::default();
         for (name, value) in message.headers() {
-            let is_correlation = name.eq_ignore_ascii_case(header::CORRELATION_ID);
-            let is_message = !is_correlation && name.eq_ignore_ascii_case(header::MESSAGE_ID);
-            if !(is_correlation || is_message || name.eq_ignore_ascii_case(header::CAUSATION_ID)) {
-                continue;
-            }
-            if value.is_empty() {
-                // An empty id is a missing one, not a malformed one.
-                continue;
-            }
-            let text = usable_id(value);
-            invalid |= text.is_none();
-            if is_correlation && correlation.is_none() {
-                correlation = Some(text.unwrap_or(""));
-            } else if is_message && message_header.is_none() {
-                message_header = text;
+            if let Some(known) = Known::of(name) {
+                ids.observe(known, value);
             }
         }
-        let mut fresh = IdBuffer::new();
-        let correlation_id = match correlation {
-            Some(id) if !id.is_empty() => id,
-            _ => fresh.new_id(),
-        };
-        let native = message.message_id();
-        let mut fresh_message = IdBuffer::new();
-        let message_id = match native.as_deref() {
-            // The header already checked above.
-            Some(id) if message_header.is_some_and(|h| std::ptr::eq(h, id)) => Some(id),
-            Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Some(id),
-            Some(id) if !id.is_empty() => {
-                invalid = true;
-                Some(fresh_message.new_id())
-            }
-            // No id at all: a fresh one, so that follow-ups still name their cause.
-            _ => Some(fresh_message.new_id()),
-        };
-        (Self::from_parts(correlation_id, message_id), invalid)
+        ids.scope(message)
     }
 
     /// The scope set on this thread by the innermost handler being polled.
     pub fn current() -> Option<Self> {
-        CURRENT.with(|current| current.borrow().clone())
+        CURRENT.with(|current| current.borrow().last().cloned())
     }
 
     /// Runs `f` with the current scope, without cloning it.
     pub(crate) fn with_current<T>(f: impl FnOnce(Option<&MessageScope>) -> T) -> T {
-        CURRENT.with(|current| f(current.borrow().as_ref()))
+        CURRENT.with(|current| f(current.borrow().last()))
     }
 
     /// The business flow id.
     pub fn correlation_id(&self) -> &str {
-        &self.ids[..self.correlation_len as usize]
+        self.ids
+            .as_str()
+            .get(..self.correlation_len as usize)
+            .unwrap_or_default()
     }
 
     /// The id of the message being processed.
     pub fn message_id(&self) -> Option<&str> {
-        self.has_message_id
-            .then(|| &self.ids[self.correlation_len as usize..])
+        self.has_message_id.then(|| {
+            self.ids
+                .as_str()
+                .get(self.correlation_len as usize..)
+                .unwrap_or_default()
+        })
     }
 
     /// Runs `future` with this scope set on every poll.
@@ -169,8 +164,86 @@ impl MessageScope {
 
     /// Sets this scope until the guard drops.
     pub(crate) fn enter(&self) -> ScopeGuard {
-        let previous = CURRENT.with(|current| current.replace(Some(self.clone())));
-        ScopeGuard { previous }
+        CURRENT.with(|current| current.borrow_mut().push(self.clone()));
+        ScopeGuard {
+            _thread_bound: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The id headers of an incoming message, gathered in the pass over its headers that also
+/// finds its trace context (the process layers make one pass for both).
+#[derive(Default)]
+pub(crate) struct IdScan<'a> {
+    correlation: Option<&'a [u8]>,
+    message: Option<&'a [u8]>,
+    invalid: bool,
+}
+
+impl<'a> IdScan<'a> {
+    /// Takes in one header; trace headers are not its business and are ignored.
+    pub(crate) fn observe(&mut self, known: Known, value: &'a [u8]) {
+        // An empty id is a missing one, not a malformed one.
+        if value.is_empty() {
+            return;
+        }
+        let first = match known {
+            Known::CorrelationId => &mut self.correlation,
+            Known::MessageId => &mut self.message,
+            Known::CausationId => {
+                // Not propagated, but a bad one is counted like the others (SPEC §2).
+                self.invalid |= usable_id(value).is_none();
+                return;
+            }
+            Known::Traceparent | Known::Tracestate | Known::Baggage => return,
+        };
+        match first {
+            None => *first = Some(value),
+            // A repeated header is checked for the count; the first one is the one used.
+            Some(_) => self.invalid |= usable_id(value).is_none(),
+        }
+    }
+
+    /// The scope these ids give `message`, and whether one of them was unusable.
+    ///
+    /// A usable `message-id` header is the message id (SPEC §2: it comes before the broker's
+    /// native id), so the message is asked for its [`message_id`](IncomingMessage::message_id)
+    /// only when it has none.
+    pub(crate) fn scope<M: IncomingMessage + ?Sized>(self, message: &M) -> (MessageScope, bool) {
+        let mut invalid = self.invalid;
+        let mut check = |value: Option<&'a [u8]>| {
+            let id = value.and_then(usable_id);
+            invalid |= value.is_some() && id.is_none();
+            id
+        };
+        let correlation = check(self.correlation);
+        let header_message_id = check(self.message);
+        let mut fresh = IdBuffer::new();
+        let correlation_id = match correlation {
+            Some(id) => id,
+            None => fresh.new_id(),
+        };
+        let native;
+        let mut fresh_message = IdBuffer::new();
+        let message_id = match header_message_id {
+            Some(id) => id,
+            None => {
+                native = message.message_id();
+                match native.as_deref() {
+                    Some(id) if id_ok(id) => id,
+                    Some(id) => {
+                        invalid |= !id.is_empty();
+                        fresh_message.new_id()
+                    }
+                    // No id at all: a fresh one, so that follow-ups still name their cause.
+                    None => fresh_message.new_id(),
+                }
+            }
+        };
+        (
+            MessageScope::from_parts(correlation_id, Some(message_id)),
+            invalid,
+        )
     }
 }
 
@@ -184,7 +257,22 @@ impl IdBuffer {
 
     /// A new UUIDv7, written into this buffer.
     pub(crate) fn new_id(&mut self) -> &str {
-        new_uuid_v7().hyphenated().encode_lower(&mut self.0)
+        // `8-4-4-4-12` lower-case hex digits, as `uuid`'s hyphenated form, eight at a time.
+        let id = new_uuid_v7().as_u128();
+        let (high, low) = (
+            crate::hex::encode_u64((id >> 64) as u64),
+            crate::hex::encode_u64(id as u64),
+        );
+        let out = &mut self.0;
+        out[..8].copy_from_slice(&high[..8]);
+        out[9..13].copy_from_slice(&high[8..12]);
+        out[14..18].copy_from_slice(&high[12..]);
+        out[19..23].copy_from_slice(&low[..4]);
+        out[24..].copy_from_slice(&low[4..]);
+        for dash in [8, 13, 18, 23] {
+            out[dash] = b'-';
+        }
+        crate::text::ascii(out)
     }
 }
 
@@ -197,19 +285,21 @@ pub(crate) fn new_uuid_v7() -> uuid::Uuid {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut random = [0u8; 10];
-    fastrand::fill(&mut random);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+    // Two words from the generator, of which the builder takes 74 bits.
+    let random = fastrand::u128(..).to_le_bytes();
+    let random: &[u8; 10] = random[..10].try_into().unwrap_or(&[0; 10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, random).into_uuid()
 }
 
-/// Restores the previous scope on drop.
+/// Leaves the scope on drop, making the previous one current again. Not `Send`: it must be
+/// dropped on the thread whose stack it pushed to.
 pub(crate) struct ScopeGuard {
-    previous: Option<MessageScope>,
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        CURRENT.with(|current| *current.borrow_mut() = self.previous.take());
+        CURRENT.with(|current| drop(current.borrow_mut().pop()));
     }
 }
 
@@ -231,5 +321,61 @@ impl<F: Future> Future for Scoped<F> {
         let this = self.project();
         let _guard = this.scope.enter();
         this.inner.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_hyphenated_uuid_v7() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = IdBuffer::new().new_id().to_owned();
+            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(parsed.get_version_num(), 7);
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(parsed.hyphenated().to_string(), id, "lower-case hyphenated");
+            let (secs, nanos) = parsed.get_timestamp().expect("v7 has one").to_unix();
+            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(millis >= before && millis < before + 60_000);
+            assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn short_and_long_ids_read_back() {
+        let short = MessageScope::new("order-42", Some("evt-1".into()));
+        assert_eq!(short.correlation_id(), "order-42");
+        assert_eq!(short.message_id(), Some("evt-1"));
+        let long = "x".repeat(200);
+        let scope = MessageScope::new(long.clone(), Some("é".repeat(100)));
+        assert_eq!(scope.correlation_id(), long);
+        assert_eq!(scope.message_id(), Some(&*"é".repeat(100)));
+        let none = MessageScope::new("c", None);
+        assert_eq!(none.message_id(), None);
+        assert_eq!(none, MessageScope::new("c", None));
+        assert_ne!(none, MessageScope::new("c", Some(String::new())));
+    }
+
+    #[test]
+    fn entered_scopes_nest_and_unwind() {
+        let outer = MessageScope::new("outer", None);
+        let inner = MessageScope::new("inner", None);
+        assert!(MessageScope::current().is_none());
+        {
+            let _outer = outer.enter();
+            {
+                let _inner = inner.enter();
+                assert_eq!(MessageScope::current(), Some(inner.clone()));
+            }
+            assert_eq!(MessageScope::current(), Some(outer.clone()));
+        }
+        assert!(MessageScope::current().is_none());
     }
 }

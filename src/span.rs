@@ -116,7 +116,8 @@ impl Tracer {
             span_kind: Some(start.kind.clone()),
             start_time: at,
             attributes: Some(start.sampler_attributes()),
-            ..SpanBuilder::from_name(start.operation)
+            events: None,
+            links: None,
         };
         tracer.start(builder, parent)
     }
@@ -168,14 +169,23 @@ pub(crate) struct ActiveSpan {
     span_context: SpanContext,
     parent: Context,
     cx: Option<Context>,
-    recording: bool,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// No span of our own: the parent context is the one made current.
+    Passthrough,
+    /// A span the sampler dropped: only its span context is kept.
+    Unrecorded,
+    Recording,
 }
 
 impl fmt::Debug for ActiveSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ActiveSpan")
             .field("span_context", &self.span_context)
-            .field("recording", &self.recording)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -190,7 +200,7 @@ impl ActiveSpan {
                 span_context: span.span_context().clone(),
                 parent: parent.clone(),
                 cx: Some(parent.with_span(span)),
-                recording: true,
+                kind: Kind::Recording,
             };
         }
         let sc = span.span_context();
@@ -201,17 +211,22 @@ impl ActiveSpan {
             span_context: sc.clone(),
             parent: parent.clone(),
             cx: None,
-            recording: false,
+            kind: Kind::Unrecorded,
         }
     }
 
     /// No span of our own (no provider): the parent context is passed on.
     pub(crate) fn passthrough(parent: &Context) -> Self {
+        let span_context = if parent.has_active_span() {
+            parent.span().span_context().clone()
+        } else {
+            SpanContext::NONE
+        };
         Self {
-            span_context: parent.span().span_context().clone(),
+            span_context,
             parent: parent.clone(),
-            cx: Some(parent.clone()),
-            recording: false,
+            cx: None,
+            kind: Kind::Passthrough,
         }
     }
 
@@ -227,6 +242,9 @@ impl ActiveSpan {
 
     /// The context to make current while the operation runs, built once.
     pub(crate) fn context(&mut self) -> &Context {
+        if self.kind == Kind::Passthrough {
+            return &self.parent;
+        }
         let (parent, sc) = (&self.parent, &self.span_context);
         self.cx
             .get_or_insert_with(|| parent.with_remote_span_context(sc.clone()))
@@ -235,7 +253,10 @@ impl ActiveSpan {
     /// The context to attach while the operation runs; `None` when there is nothing to make
     /// current (no span of our own and an empty parent), which saves the attach on every poll.
     pub(crate) fn attachable(&mut self) -> Option<&Context> {
-        if !self.recording && !self.span_context.is_valid() && self.parent.baggage().is_empty() {
+        if self.kind != Kind::Recording
+            && !self.span_context.is_valid()
+            && self.parent.baggage().is_empty()
+        {
             return None;
         }
         Some(self.context())
@@ -243,16 +264,19 @@ impl ActiveSpan {
 
     /// The current context if it was built.
     pub(crate) fn built_context(&self) -> Option<&Context> {
-        self.cx.as_ref()
+        match self.kind {
+            Kind::Passthrough => Some(&self.parent),
+            Kind::Unrecorded | Kind::Recording => self.cx.as_ref(),
+        }
     }
 
     pub(crate) fn is_recording(&self) -> bool {
-        self.recording
+        self.kind == Kind::Recording
     }
 
     fn recording_span(&self) -> Option<opentelemetry::trace::SpanRef<'_>> {
-        match (&self.cx, self.recording) {
-            (Some(cx), true) => Some(cx.span()),
+        match (&self.cx, self.kind) {
+            (Some(cx), Kind::Recording) => Some(cx.span()),
             _ => None,
         }
     }
@@ -301,7 +325,10 @@ impl ActiveSpan {
 
     /// Ends the span (once; later calls do nothing).
     pub(crate) fn end(&self) {
-        self.end_at(SystemTime::now());
+        // The clock is read only for a span that records.
+        if let Some(span) = self.recording_span() {
+            span.end_with_timestamp(SystemTime::now());
+        }
     }
 
     /// Ends the span at `at`.
@@ -317,8 +344,10 @@ pub(crate) struct SpanStart<'a> {
     pub(crate) operation: &'static str,
     pub(crate) kind: SpanKind,
     pub(crate) system: &'static str,
-    /// The destination label value, shared with the metric handles so no copy is made.
-    pub(crate) destination: &'a Arc<str>,
+    pub(crate) destination: &'a str,
+    /// The metric handles' destination label: shared as the attribute value when it is the
+    /// destination (not the cardinality bound's `_other`), so no copy is made.
+    pub(crate) label: Option<&'a Arc<str>>,
     pub(crate) message_id: Option<&'a str>,
     pub(crate) conversation_id: Option<&'a str>,
     pub(crate) body_size: Option<usize>,
@@ -333,16 +362,27 @@ impl SpanStart<'_> {
         // The SDK keeps this vector as the span's attributes: room for the ones `describe` adds
         // spares a recording span its reallocations, and costs a non-recording one nothing more.
         let mut attributes = Vec::with_capacity(12);
-        attributes.extend([
-            KeyValue::new(semconv::MESSAGING_SYSTEM, self.system),
-            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, self.operation),
-            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, self.operation),
-            KeyValue::new(
-                semconv::MESSAGING_DESTINATION_NAME,
-                StringValue::from(Arc::clone(self.destination)),
-            ),
-        ]);
+        attributes.push(KeyValue::new(semconv::MESSAGING_SYSTEM, self.system));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_NAME,
+            self.operation,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_TYPE,
+            self.operation,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_NAME,
+            self.destination_value(),
+        ));
         attributes
+    }
+
+    fn destination_value(&self) -> StringValue {
+        match self.label {
+            Some(label) if **label == *self.destination => StringValue::from(Arc::clone(label)),
+            _ => StringValue::from(self.destination.to_owned()),
+        }
     }
 
     fn recording_attributes(&self, attributes: &mut SpanAttributes) {

@@ -397,12 +397,12 @@ pub(crate) fn settle_span_hook(
     if !spans.settle {
         return;
     }
-    let destination: std::sync::Arc<str> = std::sync::Arc::from(destination);
     let start = crate::span::SpanStart {
         operation: crate::span::OP_SETTLE,
         kind: opentelemetry::trace::SpanKind::Client,
         system,
-        destination: &destination,
+        destination,
+        label: None,
         message_id: None,
         conversation_id: None,
         body_size: None,

@@ -588,29 +588,6 @@ pub(crate) struct PublishInstruments {
     pub(crate) ok_sent: IntCounter,
 }
 
-impl PublishInstruments {
-    /// The destination as a span attribute value: the label's own string unless the label is
-    /// the cardinality bound's `_other`.
-    pub(crate) fn span_destination(&self, destination: &str) -> Arc<str> {
-        span_destination(&self.destination, destination)
-    }
-}
-
-impl ConsumerInstruments {
-    /// See [`PublishInstruments::span_destination`].
-    pub(crate) fn span_destination(&self, destination: &str) -> Arc<str> {
-        span_destination(&self.destination, destination)
-    }
-}
-
-fn span_destination(label: &Arc<str>, destination: &str) -> Arc<str> {
-    if **label == *destination {
-        Arc::clone(label)
-    } else {
-        Arc::from(destination)
-    }
-}
-
 /// Cached metric children of one consumer (system, destination, group).
 pub(crate) struct ConsumerInstruments {
     pub(crate) system: &'static str,

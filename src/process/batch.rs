@@ -145,12 +145,12 @@ where
         let system = first.system();
         let group = first.consumer_group().unwrap_or("");
         let instruments = metrics.consumer(system, first.destination(), group);
-        let destination = instruments.span_destination(first.destination());
         let start = SpanStart {
             operation: span::OP_PROCESS,
             kind: SpanKind::Consumer,
             system,
-            destination: &destination,
+            destination: first.destination(),
+            label: Some(&instruments.destination),
             message_id: None,
             conversation_id: None,
             body_size: None,
@@ -165,8 +165,9 @@ where
         let now = SystemTime::now();
         let mut processed = Vec::new();
         for message in &batch {
-            let extracted = config.propagation.extract(message);
-            let (scope, ids_invalid) = MessageScope::checked(message);
+            let (trace, ids) = super::scan_headers(message);
+            let extracted = config.propagation.extract_scanned(&trace, message);
+            let (scope, ids_invalid) = ids.scope(message);
             if extracted.invalid || ids_invalid {
                 metrics.record_trace_context_invalid(message.system());
             }

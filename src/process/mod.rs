@@ -46,6 +46,26 @@ pub use self::batch::{BatchProcess, BatchProcessLayer};
 pub use self::layer::ProcessLayer;
 pub use self::service::Process;
 
+/// The trace headers and the id headers of an incoming message, found in one pass.
+#[inline]
+pub(crate) fn scan_headers<H: crate::message::Headers + ?Sized>(
+    message: &H,
+) -> (crate::propagation::Scan<'_>, crate::scope::IdScan<'_>) {
+    use crate::propagation::Known;
+    let mut trace = crate::propagation::Scan::default();
+    let mut ids = crate::scope::IdScan::default();
+    for (name, value) in message.headers() {
+        match Known::of(name) {
+            Some(known @ (Known::Traceparent | Known::Tracestate | Known::Baggage)) => {
+                trace.observe(known, value)
+            }
+            Some(known) => ids.observe(known, value),
+            None => {}
+        }
+    }
+    (trace, ids)
+}
+
 /// How the process span relates to the context the message was created in (SPEC §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ParentPolicy {

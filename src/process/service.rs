@@ -12,7 +12,6 @@ use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::IncomingMessage;
 use crate::metrics::{ConsumerPartition, Memo};
 use crate::propagation::Extracted;
-use crate::scope::MessageScope;
 use crate::span::{self, ActiveSpan, SpanStart, Tracer};
 
 /// A handler that traces and measures every message; built by [`ProcessLayer`].
@@ -57,8 +56,9 @@ where
     fn call(&mut self, message: M) -> Self::Future {
         let config = &self.config;
         let system = message.system();
-        let extracted = config.propagation.extract(&message);
-        let (scope, ids_invalid) = MessageScope::checked(&message);
+        let (trace, ids) = super::scan_headers(&message);
+        let extracted = config.propagation.extract_scanned(&trace, &message);
+        let (scope, ids_invalid) = ids.scope(&message);
         if extracted.invalid || ids_invalid {
             config.metrics.record_trace_context_invalid(system);
         }
@@ -80,12 +80,12 @@ where
         );
         let instruments = Arc::clone(&entry.consumer);
 
-        let destination = instruments.span_destination(message.destination());
         let start = SpanStart {
             operation: span::OP_PROCESS,
             kind: SpanKind::Consumer,
             system,
-            destination: &destination,
+            destination: message.destination(),
+            label: Some(&instruments.destination),
             message_id: scope.message_id(),
             conversation_id: Some(scope.correlation_id()),
             body_size: message.body_size(),

@@ -10,7 +10,7 @@ use super::PublishLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::{new_id, Headers, OutgoingMessage, Receipt};
 use crate::metrics::{Memo, PublishInstruments};
-use crate::propagation::header;
+use crate::propagation::{header, Known};
 use crate::scope::{id_ok, usable_id, IdBuffer, MessageScope};
 use crate::span::{self, SpanStart};
 
@@ -71,6 +71,7 @@ where
         // message republished with its headers must leave with one of each).
         let ids = IdHeaders::of(&message);
         let duplicate_message_id = ids.message_ids > 1;
+        let stale_tracestate = ids.tracestate;
         let explicit = ids
             .correlation
             .and_then(usable_id)
@@ -114,12 +115,12 @@ where
             }
         });
 
-        let destination = instruments.span_destination(message.destination());
         let start = SpanStart {
             operation: span::OP_SEND,
             kind: SpanKind::Producer,
             system,
-            destination: &destination,
+            destination: message.destination(),
+            label: Some(&instruments.destination),
             message_id: None,
             conversation_id: None,
             body_size: message.body_size(),
@@ -141,7 +142,9 @@ where
             );
         }
         if config.inject {
-            config.propagation.inject_span(&span, &mut message);
+            config
+                .propagation
+                .inject_span(&span, &mut message, stale_tracestate);
         }
 
         let started = Instant::now();
@@ -157,11 +160,13 @@ where
     }
 }
 
-/// The first `correlation-id` header and how many of it and of `message-id` a message carries.
+/// The first `correlation-id` header, how many of it and of `message-id` a message carries,
+/// and whether it carries a `tracestate` (which injection must replace or remove).
 struct IdHeaders<'a> {
     correlation: Option<&'a [u8]>,
     correlations: usize,
     message_ids: usize,
+    tracestate: bool,
 }
 
 impl<'a> IdHeaders<'a> {
@@ -170,13 +175,17 @@ impl<'a> IdHeaders<'a> {
             correlation: None,
             correlations: 0,
             message_ids: 0,
+            tracestate: false,
         };
         for (key, value) in headers.headers() {
-            if key.eq_ignore_ascii_case(header::CORRELATION_ID) {
-                ids.correlation.get_or_insert(value);
-                ids.correlations += 1;
-            } else if key.eq_ignore_ascii_case(header::MESSAGE_ID) {
-                ids.message_ids += 1;
+            match Known::of(key) {
+                Some(Known::CorrelationId) => {
+                    ids.correlation.get_or_insert(value);
+                    ids.correlations += 1;
+                }
+                Some(Known::MessageId) => ids.message_ids += 1,
+                Some(Known::Tracestate) => ids.tracestate = true,
+                _ => {}
             }
         }
         ids
