@@ -14,7 +14,13 @@
 //! - `unsampled`: an SDK provider whose parent-based sampler drops the root (ratio 0), so the
 //!   process span is unsampled because its parent is;
 //! - `sampled`: an SDK provider sampling everything into a batch processor whose exporter
-//!   discards.
+//!   discards;
+//! - `sdk-floor`: no eventscope at all, only what the OpenTelemetry SDK itself costs for the
+//!   spans SPEC §3 asks of an unsampled round trip, started as the layers start them: two span
+//!   starts with the four sampler attributes under the `unsampled` provider, the creation
+//!   context as the process span's parent, and the process span's context attached twice
+//!   (for `call` and for the one poll). No ids, no headers, no metrics. The layers' own cost
+//!   with an SDK is `unsampled` minus this.
 //!
 //! With `EVENTSCOPE_CALLGRIND=<case>` the binary runs that case's round trip a fixed number of
 //! times instead (after a warm-up), for `valgrind --tool=callgrind
@@ -31,6 +37,11 @@ use eventscope::metrics::Metrics;
 use eventscope::process::ProcessLayer;
 use eventscope::publish::PublishLayer;
 use futures_util::FutureExt;
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanContext, SpanKind, TraceContextExt, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Layer, Service};
@@ -139,11 +150,11 @@ impl SpanExporter for Discard {
     }
 }
 
-const CASES: [&str; 4] = ["bare", "no-sdk", "unsampled", "sampled"];
+const CASES: [&str; 5] = ["bare", "no-sdk", "unsampled", "sampled", "sdk-floor"];
 
 fn provider(name: &str) -> Option<SdkTracerProvider> {
     match name {
-        "unsampled" => Some(
+        "unsampled" | "sdk-floor" => Some(
             SdkTracerProvider::builder()
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                     0.0,
@@ -161,6 +172,29 @@ fn provider(name: &str) -> Option<SdkTracerProvider> {
     }
 }
 
+thread_local! {
+    /// The publish span's context on its way to the handler (`sdk-floor` has no headers), kept
+    /// out of `Msg` so that every case moves the same message.
+    static CARRIED: std::cell::Cell<SpanContext> = const { std::cell::Cell::new(SpanContext::NONE) };
+}
+
+/// A span builder with the attributes samplers see (SPEC §3), as the layers make it.
+fn span_builder(operation: &'static str) -> SpanBuilder {
+    let mut attributes = Vec::with_capacity(12);
+    attributes.push(KeyValue::new("messaging.system", "kafka"));
+    attributes.push(KeyValue::new("messaging.operation.name", operation));
+    attributes.push(KeyValue::new("messaging.operation.type", operation));
+    attributes.push(KeyValue::new("messaging.destination.name", "orders"));
+    SpanBuilder {
+        name: operation.into(),
+        span_kind: Some(SpanKind::Producer),
+        start_time: None,
+        attributes: Some(attributes),
+        events: None,
+        links: None,
+    }
+}
+
 /// Where a case runs: timed by criterion, or counted by callgrind.
 enum Mode<'a, 'b> {
     Criterion(&'a mut BenchmarkGroup<'b, WallTime>),
@@ -172,6 +206,29 @@ fn run(name: &str, metrics: &Metrics, mode: Mode<'_, '_>) {
     let provider = provider(name);
     if name == "bare" {
         return drive(name, broker(), handler(), mode);
+    }
+    if let (Some(provider), "sdk-floor") = (&provider, name) {
+        let tracer = provider.tracer("sdk-floor");
+        let publisher = {
+            let tracer = tracer.clone();
+            service_fn(move |m: Msg| {
+                let span = tracer.build_with_context(span_builder("send"), &Context::current());
+                CARRIED.set(span.span_context().clone());
+                drop(span);
+                ready(Ok::<_, std::io::Error>(Sent(m)))
+            })
+        };
+        let handler = service_fn(move |m: Msg| {
+            let parent =
+                Context::new().with_remote_span_context(CARRIED.replace(SpanContext::NONE));
+            let span = tracer.build_with_context(span_builder("process"), &parent);
+            let cx = parent.with_remote_span_context(span.span_context().clone());
+            drop(span);
+            drop(cx.clone().attach());
+            drop(cx.attach());
+            ready(Ok::<_, std::io::Error>(m.payload.len()))
+        });
+        return drive(name, publisher, handler, mode);
     }
     let mut publish = PublishLayer::new(metrics.clone());
     let mut process = ProcessLayer::new(metrics.clone());

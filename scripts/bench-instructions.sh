@@ -25,7 +25,7 @@ for line in sys.stdin:
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 declare -A per
-for case in bare no-sdk unsampled sampled; do
+for case in bare no-sdk unsampled sampled sdk-floor; do
     EVENTSCOPE_CALLGRIND="$case" EVENTSCOPE_CALLGRIND_ITERATIONS="$iterations" \
         valgrind --tool=callgrind --callgrind-out-file="$out/$case.out" \
         --toggle-collect='*measured_round_trip*' "$bin" >/dev/null 2>"$out/$case.log"
@@ -40,3 +40,7 @@ echo
 for case in no-sdk unsampled sampled; do
     echo "added $case $(( per[$case] - per[bare] ))"
 done
+# What the OpenTelemetry SDK costs by itself for the spans of an unsampled round trip; the
+# rest of `unsampled` is the layers' own work.
+echo "added sdk-floor $(( per[sdk-floor] - per[bare] ))"
+echo "layers' own share of unsampled $(( per[unsampled] - per[sdk-floor] ))"

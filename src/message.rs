@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, StringValue};
 
 /// Well-known `messaging.system` values.
 pub mod system {
@@ -96,7 +96,10 @@ pub trait HeadersMut {
 /// ```
 #[derive(Default)]
 pub struct SpanAttributes {
-    values: Vec<KeyValue>,
+    /// The first few on the stack: a recording span's attributes move into the span, and a
+    /// temporary vector for them would be one more allocation per span.
+    values: arrayvec::ArrayVec<KeyValue, 8>,
+    more: Vec<KeyValue>,
 }
 
 impl fmt::Debug for SpanAttributes {
@@ -105,6 +108,7 @@ impl fmt::Debug for SpanAttributes {
             .entries(
                 self.values
                     .iter()
+                    .chain(&self.more)
                     .map(|kv| (kv.key.as_str(), kv.value.as_str())),
             )
             .finish()
@@ -114,41 +118,49 @@ impl fmt::Debug for SpanAttributes {
 impl SpanAttributes {
     /// No attributes yet.
     pub fn new() -> Self {
-        Self {
-            values: Vec::with_capacity(8),
-        }
+        Self::default()
     }
 
     /// A text attribute.
     pub fn string(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
-        self.values.push(KeyValue::new(key, value.into()));
-        self
+        self.push(KeyValue::new(key, value.into()))
     }
 
     /// An integer attribute.
     pub fn int(&mut self, key: &'static str, value: i64) -> &mut Self {
-        self.values.push(KeyValue::new(key, value));
-        self
+        self.push(KeyValue::new(key, value))
     }
 
     /// A boolean attribute.
     pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
-        self.values.push(KeyValue::new(key, value));
+        self.push(KeyValue::new(key, value))
+    }
+
+    /// A text attribute whose value is already an OpenTelemetry string (shared, or static).
+    pub(crate) fn value(&mut self, key: &'static str, value: StringValue) -> &mut Self {
+        self.push(KeyValue::new(key, value))
+    }
+
+    fn push(&mut self, attribute: KeyValue) -> &mut Self {
+        if let Err(full) = self.values.try_push(attribute) {
+            self.more.push(full.element());
+        }
         self
     }
 
     /// Number of attributes.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.values.len() + self.more.len()
     }
 
     /// `true` when there are none.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len() == 0
     }
 
-    pub(crate) fn into_key_values(self) -> Vec<KeyValue> {
-        self.values
+    /// Takes the attributes out in place (moving the whole list would copy its stack room).
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = KeyValue> + '_ {
+        self.values.drain(..).chain(self.more.drain(..))
     }
 }
 

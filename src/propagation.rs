@@ -233,7 +233,11 @@ impl Propagation {
         let cx = baggage;
         if sc.is_valid() {
             headers.set_static_header(header::TRACEPARENT, traceparent(sc));
-            let state = sc.trace_state().header();
+            let state = match sc.trace_state() {
+                // The usual case, without building an empty string.
+                state if *state == TraceState::NONE => String::new(),
+                state => state.header(),
+            };
             if state.is_empty() {
                 // A stale `tracestate` must not outlive the `traceparent` it belonged to.
                 if stale_tracestate {

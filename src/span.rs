@@ -294,7 +294,7 @@ impl ActiveSpan {
         let mut attributes = SpanAttributes::new();
         start.recording_attributes(&mut attributes);
         extra(&mut attributes);
-        span.set_attributes(attributes.into_key_values());
+        span.set_attributes(attributes.drain());
     }
 
     /// Adds a link (a recording span only).
@@ -311,7 +311,7 @@ impl ActiveSpan {
         };
         let mut attributes = SpanAttributes::new();
         extra(&mut attributes);
-        span.set_attributes(attributes.into_key_values());
+        span.set_attributes(attributes.drain());
     }
 
     /// Marks the span failed with `error.type`.
@@ -339,6 +339,17 @@ impl ActiveSpan {
     }
 }
 
+/// `partition` as the text `messaging.destination.partition.id` wants; the first partitions'
+/// texts are made once, so a recording span does not allocate one per message.
+pub(crate) fn partition_id(partition: i32) -> StringValue {
+    static SMALL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (0..256).map(|p: i32| p.to_string()).collect());
+    match usize::try_from(partition).ok().and_then(|p| SMALL.get(p)) {
+        Some(text) => StringValue::from(text.as_str()),
+        None => StringValue::from(itoa::Buffer::new().format(partition).to_owned()),
+    }
+}
+
 /// What a messaging span starts with.
 pub(crate) struct SpanStart<'a> {
     pub(crate) operation: &'static str,
@@ -353,6 +364,8 @@ pub(crate) struct SpanStart<'a> {
     pub(crate) body_size: Option<usize>,
     pub(crate) partition: Option<i32>,
     pub(crate) group: Option<&'a str>,
+    /// The metric handles' group label, shared as the attribute value when it is the group.
+    pub(crate) group_label: Option<&'a Arc<str>>,
     pub(crate) batch_size: Option<usize>,
 }
 
@@ -387,13 +400,17 @@ impl SpanStart<'_> {
 
     fn recording_attributes(&self, attributes: &mut SpanAttributes) {
         if let Some(partition) = self.partition {
-            attributes.string(
+            attributes.value(
                 semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                itoa::Buffer::new().format(partition).to_owned(),
+                partition_id(partition),
             );
         }
         if let Some(group) = self.group.filter(|g| !g.is_empty()) {
-            attributes.string(semconv::MESSAGING_CONSUMER_GROUP_NAME, group);
+            let value = match self.group_label {
+                Some(label) if **label == *group => StringValue::from(Arc::clone(label)),
+                _ => StringValue::from(group.to_owned()),
+            };
+            attributes.value(semconv::MESSAGING_CONSUMER_GROUP_NAME, value);
         }
         if let Some(id) = self.message_id {
             attributes.string(semconv::MESSAGING_MESSAGE_ID, id);

@@ -408,6 +408,7 @@ pub(crate) fn settle_span_hook(
         body_size: None,
         partition: None,
         group: Some(group),
+        group_label: None,
         batch_size: None,
     };
     let span = opentelemetry::Context::map_current(|parent| {

@@ -366,7 +366,7 @@ mod tests {
     fn attributes(message: &impl OutgoingMessage) -> Vec<KeyValue> {
         let mut attrs = SpanAttributes::new();
         message.extra_attributes(&mut attrs);
-        attrs.into_key_values()
+        attrs.drain().collect()
     }
 
     #[test]
@@ -488,7 +488,7 @@ mod tests {
         let mut attrs = SpanAttributes::new();
         message.extra_attributes(&mut attrs);
         assert_eq!(
-            attrs.into_key_values(),
+            attrs.drain().collect::<Vec<_>>(),
             vec![KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7)]
         );
     }

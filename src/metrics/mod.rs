@@ -592,7 +592,8 @@ pub(crate) struct PublishInstruments {
 pub(crate) struct ConsumerInstruments {
     pub(crate) system: &'static str,
     pub(crate) destination: Arc<str>,
-    pub(crate) group: Box<str>,
+    /// Shared with the spans' `messaging.consumer.group.name`, so a recording span copies nothing.
+    pub(crate) group: Arc<str>,
     pub(crate) consumed: IntCounter,
     pub(crate) queue_time: Histogram,
     pub(crate) in_flight: IntGauge,

@@ -156,6 +156,7 @@ where
             body_size: None,
             partition: None,
             group: first.consumer_group(),
+            group_label: Some(&instruments.group),
             batch_size: Some(batch.len()),
         };
         let mut span =
@@ -225,11 +226,11 @@ fn link_attributes<M: IncomingMessage>(message: &M, scope: &MessageScope) -> Vec
         attributes.string(semconv::MESSAGING_MESSAGE_ID, id);
     }
     if let Some(partition) = message.partition() {
-        attributes.string(
+        attributes.value(
             semconv::MESSAGING_DESTINATION_PARTITION_ID,
-            itoa::Buffer::new().format(partition).to_owned(),
+            crate::span::partition_id(partition),
         );
     }
     message.extra_attributes(&mut attributes);
-    attributes.into_key_values()
+    attributes.drain().collect()
 }

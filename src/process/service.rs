@@ -91,6 +91,7 @@ where
             body_size: message.body_size(),
             partition: message.partition(),
             group: message.consumer_group(),
+            group_label: Some(&instruments.group),
             batch_size: None,
         };
         let mut span = start_process(

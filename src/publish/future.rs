@@ -100,9 +100,9 @@ where
             Ok(receipt) => {
                 this.outcome.span.annotate(|attributes| {
                     if let Some(partition) = receipt.partition() {
-                        attributes.string(
+                        attributes.value(
                             opentelemetry_semantic_conventions::attribute::MESSAGING_DESTINATION_PARTITION_ID,
-                            itoa::Buffer::new().format(partition).to_owned(),
+                            crate::span::partition_id(partition),
                         );
                     }
                     receipt.extra_attributes(attributes);

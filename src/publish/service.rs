@@ -126,6 +126,7 @@ where
             body_size: message.body_size(),
             partition: message.partition(),
             group: None,
+            group_label: None,
             batch_size: None,
         };
         let span =
