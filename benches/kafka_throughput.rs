@@ -47,7 +47,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -157,17 +157,25 @@ impl Bench {
             .await
     }
 
-    /// The adapter alone, with as many header bytes as the layer writes without a tracer.
+    /// The adapter alone, with the headers the layer writes in this setup (two ids, plus
+    /// `traceparent` under a tracer provider) and nothing else of eventscope.
     async fn produce_adapter_headers(&self, topic: &str) -> f64 {
         let mut publisher = KafkaPublisher::new(self.producer.clone());
+        let traced = self.tracer.borrow().is_some();
         let start = Instant::now();
         let mut deliveries = Vec::with_capacity(self.n);
         let id = eventscope::message::new_id();
         for key in &self.keys {
-            let record = KafkaRecord::new(topic, self.payload.clone())
+            let mut record = KafkaRecord::new(topic, self.payload.clone())
                 .key(key.clone())
                 .header("message-id", id.clone())
                 .header("correlation-id", id.clone());
+            if traced {
+                record = record.header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                );
+            }
             deliveries.push(publisher.ready().await.expect("ready").call(record));
         }
         for delivery in deliveries {
@@ -207,6 +215,16 @@ impl Bench {
     }
 
     async fn consume_raw(&self, topic: &str) -> f64 {
+        self.consume_raw_with(topic, false).await
+    }
+
+    /// Raw, but reading every header as a traced consumer must (librdkafka parses the header
+    /// list on first access); for `BENCH_ONLY=consume-raw-headers`.
+    async fn consume_raw_headers(&self, topic: &str) -> f64 {
+        self.consume_raw_with(topic, true).await
+    }
+
+    async fn consume_raw_with(&self, topic: &str, read_headers: bool) -> f64 {
         let consumer: StreamConsumer = self.consumer_config().create().expect("consumer");
         Self::assign_all(&consumer, topic);
         let start = Instant::now();
@@ -214,6 +232,13 @@ impl Bench {
         while seen < self.n {
             let message = consumer.recv().await.expect("message");
             black_box(message.payload().map(<[u8]>::len));
+            if read_headers {
+                if let Some(headers) = message.headers() {
+                    for header in headers.iter() {
+                        black_box((header.key.len(), header.value.map(<[u8]>::len)));
+                    }
+                }
+            }
             consumer
                 .store_offset_from_message(&message)
                 .expect("store offset");
@@ -301,6 +326,7 @@ async fn run_setup(bench: &Bench, reps: usize) {
                 "produce-adapter-headers" => bench.produce_adapter_headers(&topic).await,
                 "produce-wrapped" => bench.produce_wrapped(&topic).await,
                 "consume-raw" => bench.consume_raw(&topic).await,
+                "consume-raw-headers" => bench.consume_raw_headers(&topic).await,
                 "consume-adapter" => bench.consume_adapter(&topic).await,
                 "consume-wrapped" => bench.consume_wrapped(&topic).await,
                 other => panic!("unknown BENCH_ONLY {other}"),

@@ -544,11 +544,15 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
             if *self.stop.borrow() {
                 return Step::Interrupted;
             }
-            // Shutdown or a revoke may come while the lane waits for its turn.
-            let permit = tokio::select! {
-                biased;
-                _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
-                permit = self.permits.acquire() => permit,
+            let permit = match self.permits.try_acquire() {
+                // The usual case: a permit is free, and the stop signal was just checked.
+                Ok(permit) => Some(permit),
+                // Shutdown or a revoke may come while the lane waits for its turn.
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
+                    permit = self.permits.acquire() => permit.ok(),
+                },
             };
             let result = handler.handle(work).await;
             drop(permit);
