@@ -174,7 +174,9 @@ pub trait IncomingMessage: Headers {
     /// Topic, queue or subject the message was received from.
     fn destination(&self) -> &str;
     /// The message id. The default reads the `message-id` header (when it is a usable id,
-    /// SPEC §2); protocols with a native id field (AMQP, JetStream) override it.
+    /// SPEC §2); protocols with a native id field (AMQP, JetStream) override it, keeping the
+    /// header first. The process layers read a usable `message-id` header themselves and ask
+    /// this only for a message without one.
     fn message_id(&self) -> Option<Cow<'_, str>> {
         header_id(self).map(Cow::Borrowed)
     }
