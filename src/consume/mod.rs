@@ -88,6 +88,7 @@ pub(crate) use self::handle::{Batch, One};
 /// `run` and `run_batch` of an ordered adapter's consumer, written once: the adapter's
 /// `open(self) -> Result<(source, settler, Core, classifier), ConsumeError>` is all that
 /// differs between brokers.
+#[cfg(any(feature = "memory", feature = "kafka"))]
 macro_rules! ordered_runs {
     ($message:ty) => {
         /// Consumes until `shutdown` resolves, then stops fetching, lets running handler calls
@@ -153,6 +154,7 @@ macro_rules! ordered_runs {
 }
 pub(crate) use self::ordered::{run_ordered, Core};
 pub(crate) use self::source::{Delivery, Event, Lane, OrderedSettler, OrderedSource};
+#[cfg(any(feature = "memory", feature = "kafka"))]
 pub(crate) use ordered_runs;
 
 /// A consumer: an adapter's source of messages, driven by the core with one [`Metrics`] and
