@@ -204,6 +204,21 @@ impl<'a> IdScan<'a> {
         }
     }
 
+    /// Whether an id is unusable, as [`scope`](Self::scope) would say, without building the
+    /// scope or generating ids.
+    pub(crate) fn is_invalid<M: IncomingMessage + ?Sized>(&self, message: &M) -> bool {
+        let unusable = |value: Option<&[u8]>| value.is_some_and(|v| usable_id(v).is_none());
+        if self.invalid || unusable(self.correlation) {
+            return true;
+        }
+        match self.message {
+            Some(value) => usable_id(value).is_none(),
+            None => message
+                .message_id()
+                .is_some_and(|id| !id.is_empty() && !id_ok(&id)),
+        }
+    }
+
     /// The scope these ids give `message`, and whether one of them was unusable.
     ///
     /// A usable `message-id` header is the message id (SPEC §2: it comes before the broker's
@@ -361,6 +376,67 @@ mod tests {
         assert_eq!(none.message_id(), None);
         assert_eq!(none, MessageScope::new("c", None));
         assert_ne!(none, MessageScope::new("c", Some(String::new())));
+    }
+
+    /// Headers, and a native id the adapter would fall back to.
+    struct Incoming(crate::message::HeaderList, Option<String>);
+
+    impl crate::message::Headers for Incoming {
+        fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+            self.0.iter()
+        }
+    }
+
+    impl IncomingMessage for Incoming {
+        fn system(&self) -> &'static str {
+            "test"
+        }
+        fn destination(&self) -> &str {
+            "t"
+        }
+        fn message_id(&self) -> Option<std::borrow::Cow<'_, str>> {
+            crate::message::header_id(self)
+                .map(std::borrow::Cow::Borrowed)
+                .or_else(|| self.1.as_deref().map(std::borrow::Cow::Borrowed))
+        }
+    }
+
+    #[test]
+    fn checking_ids_agrees_with_building_the_scope() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let values: [&[u8]; 5] = [b"ok-1", b"", b"\xff\xfe", long.as_bytes(), b"ok-2"];
+        let natives = [None, Some("t/0/1".to_owned()), Some(long.clone())];
+        for correlation in [None, Some(0), Some(2), Some(3)] {
+            for message in [None, Some(0), Some(1), Some(2), Some(3)] {
+                for causation in [None, Some(2)] {
+                    for native in &natives {
+                        let mut headers = crate::message::HeaderList::new();
+                        for (name, value) in [
+                            ("correlation-id", correlation),
+                            ("Message-Id", message),
+                            ("causation-id", causation),
+                        ] {
+                            if let Some(value) = value {
+                                headers.push_bytes(name, values[value].to_vec());
+                            }
+                        }
+                        let incoming = Incoming(headers, native.clone());
+                        let (_, built) = MessageScope::checked(&incoming);
+                        let mut ids = IdScan::default();
+                        for (name, value) in incoming.0.iter() {
+                            if let Some(known) = Known::of(name) {
+                                ids.observe(known, value);
+                            }
+                        }
+                        assert_eq!(
+                            ids.is_invalid(&incoming),
+                            built,
+                            "{correlation:?} {message:?} {causation:?} {native:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -168,7 +168,15 @@ where
         for message in &batch {
             let (trace, ids) = super::scan_headers(message);
             let extracted = config.propagation.extract_scanned(&trace, message);
-            let (scope, ids_invalid) = ids.scope(message);
+            // The scope only names the message on its link; without a recording span the ids
+            // are only checked (for the invalid count).
+            let recording = span.is_recording();
+            let (scope, ids_invalid) = if recording {
+                let (scope, invalid) = ids.scope(message);
+                (Some(scope), invalid)
+            } else {
+                (None, ids.is_invalid(message))
+            };
             if extracted.invalid || ids_invalid {
                 metrics.record_trace_context_invalid(message.system());
             }
@@ -185,10 +193,10 @@ where
                 entry.consumer.queue_time.observe(waited.as_secs_f64());
                 processed.push((Arc::clone(&entry.partition), created));
             }
-            if span.is_recording() {
+            if let Some(scope) = &scope {
                 span.link(
                     extracted.context.span().span_context(),
-                    link_attributes(message, &scope),
+                    link_attributes(message, scope),
                 );
             }
         }
