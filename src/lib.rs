@@ -67,8 +67,9 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-// `deny`, not `forbid`: the Kafka adapter reads raw header names through librdkafka in one
-// audited function (`kafka::carrier`), which `rdkafka` offers no safe way to do.
+// `deny`, not `forbid`: two audited places allow it. The Kafka adapter reads raw header names
+// through librdkafka (`kafka::carrier`), which `rdkafka` offers no safe way to do, and `text`
+// takes checked ASCII as `str` without validating it twice.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -86,6 +87,23 @@ mod text;
 
 /// A type-erased error, as handlers and services usually return it.
 pub use tower::BoxError;
+
+/// A tracer provider the layers and consumers can take (`tracer_provider(&provider)`): any
+/// [`opentelemetry::trace::TracerProvider`] whose tracers and spans may move between threads,
+/// as the SDK's `SdkTracerProvider` does. Implemented for every such provider.
+pub trait SharedTracerProvider:
+    opentelemetry::trace::TracerProvider<
+    Tracer: opentelemetry::trace::Tracer<Span: Send + Sync + 'static> + Send + Sync + 'static,
+>
+{
+}
+
+impl<P> SharedTracerProvider for P where
+    P: opentelemetry::trace::TracerProvider<
+        Tracer: opentelemetry::trace::Tracer<Span: Send + Sync + 'static> + Send + Sync + 'static,
+    >
+{
+}
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

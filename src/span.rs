@@ -70,12 +70,7 @@ impl Default for Tracer {
 
 impl Tracer {
     /// A tracer of `provider`, with eventscope's instrumentation scope.
-    pub(crate) fn from_provider<P>(provider: &P) -> Self
-    where
-        P: TracerProvider,
-        P::Tracer: Send + Sync + 'static,
-        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
-    {
+    pub(crate) fn from_provider<P: crate::SharedTracerProvider>(provider: &P) -> Self {
         Self {
             source: Arc::new(Source::Provider(Box::new(
                 provider.tracer_with_scope(instrumentation_scope()),

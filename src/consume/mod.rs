@@ -269,12 +269,7 @@ impl<A, C> Consumer<A, C> {
 
     /// Starts this consumer's spans (its [`process_layer`](Self::process_layer)'s and, when
     /// enabled, the settle spans) with a tracer of `provider` (default: the global provider).
-    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
-    where
-        P: opentelemetry::trace::TracerProvider,
-        P::Tracer: Send + Sync + 'static,
-        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
-    {
+    pub fn tracer_provider<P: crate::SharedTracerProvider>(mut self, provider: &P) -> Self {
         self.spans.tracer = Tracer::from_provider(provider);
         self
     }

@@ -61,12 +61,7 @@ impl<C> BatchProcessLayer<C> {
     }
 
     /// Starts the batch spans with a tracer of `provider` (default: the global provider).
-    pub fn tracer_provider<P>(self, provider: &P) -> Self
-    where
-        P: opentelemetry::trace::TracerProvider,
-        P::Tracer: Send + Sync + 'static,
-        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
-    {
+    pub fn tracer_provider<P: crate::SharedTracerProvider>(self, provider: &P) -> Self {
         Self {
             config: self.config.tracer_provider(provider),
         }

@@ -44,12 +44,7 @@ impl<C> ProcessLayer<C> {
 
     /// Starts the `process` spans with a tracer of `provider` (default: the global provider,
     /// as installed by `telemetry::init`, looked up when the first message arrives).
-    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
-    where
-        P: opentelemetry::trace::TracerProvider,
-        P::Tracer: Send + Sync + 'static,
-        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
-    {
+    pub fn tracer_provider<P: crate::SharedTracerProvider>(mut self, provider: &P) -> Self {
         self.tracer = Tracer::from_provider(provider);
         self
     }

@@ -45,12 +45,7 @@ impl<C> PublishLayer<C> {
 
     /// Starts the `send` spans with a tracer of `provider` (default: the global provider, as
     /// installed by `telemetry::init`, looked up when the first message is sent).
-    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
-    where
-        P: opentelemetry::trace::TracerProvider,
-        P::Tracer: Send + Sync + 'static,
-        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
-    {
+    pub fn tracer_provider<P: crate::SharedTracerProvider>(mut self, provider: &P) -> Self {
         self.tracer = Tracer::from_provider(provider);
         self
     }
