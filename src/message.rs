@@ -359,7 +359,9 @@ impl HeaderList {
             }
             None => {
                 // Publishing adds a handful of headers: grow once, not header by header.
-                if self.0.capacity() == self.0.len() {
+                if self.0.capacity() == 0 {
+                    self.0 = Vec::with_capacity(4);
+                } else if self.0.capacity() == self.0.len() {
                     self.0.reserve(4);
                 }
                 self.0.push((name, value));

@@ -165,6 +165,8 @@ pub(crate) struct ActiveSpan {
     parent: Context,
     cx: Option<Context>,
     kind: Kind,
+    /// Whether there is anything to make current, once asked (see `attachable`).
+    attach: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +198,7 @@ impl ActiveSpan {
                 parent: parent.clone(),
                 cx: Some(parent.with_span(span)),
                 kind: Kind::Recording,
+                attach: Some(true),
             };
         }
         let sc = span.span_context();
@@ -207,6 +210,7 @@ impl ActiveSpan {
             parent: parent.clone(),
             cx: None,
             kind: Kind::Unrecorded,
+            attach: None,
         }
     }
 
@@ -222,6 +226,7 @@ impl ActiveSpan {
             parent: parent.clone(),
             cx: None,
             kind: Kind::Passthrough,
+            attach: None,
         }
     }
 
@@ -247,14 +252,14 @@ impl ActiveSpan {
 
     /// The context to attach while the operation runs; `None` when there is nothing to make
     /// current (no span of our own and an empty parent), which saves the attach on every poll.
+    /// The answer is kept, so later polls do not look again.
     pub(crate) fn attachable(&mut self) -> Option<&Context> {
-        if self.kind != Kind::Recording
-            && !self.span_context.is_valid()
-            && self.parent.baggage().is_empty()
-        {
-            return None;
-        }
-        Some(self.context())
+        let attach = *self.attach.get_or_insert_with(|| {
+            self.kind == Kind::Recording
+                || self.span_context.is_valid()
+                || !self.parent.baggage().is_empty()
+        });
+        attach.then(|| self.context())
     }
 
     /// The current context if it was built.

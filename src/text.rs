@@ -28,14 +28,23 @@ pub(crate) fn ascii(bytes: &[u8]) -> &str {
 /// No byte has its high bit set, eight bytes at a time.
 #[inline]
 fn is_ascii(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(u64::MAX, u64::from_ne_bytes)
+    };
+    if bytes.len() < 8 {
+        return bytes.iter().all(u8::is_ascii);
+    }
     let mut any = 0u64;
-    for word in &mut words {
-        any |= <[u8; 8]>::try_from(word).map_or(u64::MAX, u64::from_ne_bytes);
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        any |= word(at);
+        at += 8;
     }
-    for byte in words.remainder() {
-        any |= u64::from(*byte);
-    }
+    // The tail as one word that overlaps the last full one.
+    any |= word(bytes.len() - 8);
     any & 0x8080_8080_8080_8080 == 0
 }
 
