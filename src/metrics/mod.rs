@@ -379,6 +379,8 @@ impl Metrics {
                 .families
                 .sent
                 .with_label_values(&[system, destination, ""]),
+            durations: inner.families.operation_duration.clone(),
+            sent: inner.families.sent.clone(),
         };
         if let Some(hit) = inner.publishers.get(&[system, destination], 0) {
             return hit;
@@ -413,6 +415,7 @@ impl Metrics {
                 ok_duration: f
                     .process_duration
                     .with_label_values(&[system, &label, group, ""]),
+                durations: f.process_duration.clone(),
             }
         })
     }
@@ -466,35 +469,6 @@ impl Metrics {
             consumer,
             partition: state,
         })
-    }
-
-    pub(crate) fn process_error_duration(
-        &self,
-        consumer: &ConsumerInstruments,
-        error_type: &str,
-    ) -> Histogram {
-        self.inner.families.process_duration.with_label_values(&[
-            consumer.system,
-            &consumer.destination,
-            &consumer.group,
-            error_type,
-        ])
-    }
-
-    pub(crate) fn record_publish_error(
-        &self,
-        publisher: &PublishInstruments,
-        error_type: &str,
-        seconds: f64,
-    ) {
-        let f = &self.inner.families;
-        let (system, destination) = (publisher.system, &*publisher.destination);
-        f.operation_duration
-            .with_label_values(&[system, OPERATION_SEND, destination, error_type])
-            .observe(seconds);
-        f.sent
-            .with_label_values(&[system, destination, error_type])
-            .inc();
     }
 }
 
@@ -586,6 +560,23 @@ pub(crate) struct PublishInstruments {
     pub(crate) destination: Arc<str>,
     pub(crate) ok_duration: Histogram,
     pub(crate) ok_sent: IntCounter,
+    /// The families, for a failure's `error_type` children (so a publish in flight holds no
+    /// handle of the whole `Metrics`).
+    durations: HistogramVec,
+    sent: IntCounterVec,
+}
+
+impl PublishInstruments {
+    /// A failed publish: its duration and its count under `error_type`.
+    pub(crate) fn record_error(&self, error_type: &str, seconds: f64) {
+        let (system, destination) = (self.system, &*self.destination);
+        self.durations
+            .with_label_values(&[system, OPERATION_SEND, destination, error_type])
+            .observe(seconds);
+        self.sent
+            .with_label_values(&[system, destination, error_type])
+            .inc();
+    }
 }
 
 /// Cached metric children of one consumer (system, destination, group).
@@ -598,6 +589,16 @@ pub(crate) struct ConsumerInstruments {
     pub(crate) queue_time: Histogram,
     pub(crate) in_flight: IntGauge,
     pub(crate) ok_duration: Histogram,
+    /// The family, for a failure's `error_type` child.
+    durations: HistogramVec,
+}
+
+impl ConsumerInstruments {
+    /// `messaging_process_duration_seconds` under a failure's `error_type`.
+    pub(crate) fn error_duration(&self, error_type: &str) -> Histogram {
+        self.durations
+            .with_label_values(&[self.system, &self.destination, &self.group, error_type])
+    }
 }
 
 /// What the process layer records per message.

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::KeyValue;
@@ -8,7 +8,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::{InFlight, Pending, ResponseFuture};
+use super::future::{Pending, Recorded, ResponseFuture};
 use super::{ParentPolicy, ProcessLayer};
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::{IncomingMessage, SpanAttributes};
@@ -196,26 +196,13 @@ where
             }
         }
 
-        let in_flight = InFlight::many(instruments.in_flight.clone(), batch.len() as i64);
-        let started = Instant::now();
+        let count = batch.len() as i64;
+        let pending = Pending::new(Recorded::Batch(instruments, processed), count);
         let inner = {
             let _cx = span.attachable().map(|cx| cx.clone().attach());
             self.inner.call(batch)
         };
-        ResponseFuture::with_pending(
-            inner,
-            span,
-            None,
-            config.classifier.clone(),
-            Pending {
-                start: started,
-                instruments,
-                metrics: metrics.clone(),
-                processed_one: None,
-                processed,
-                _in_flight: in_flight,
-            },
-        )
+        ResponseFuture::with_pending(inner, span, None, config.classifier.clone(), pending)
     }
 }
 

@@ -8,38 +8,14 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use pin_project_lite::pin_project;
-use prometheus::IntGauge;
 
 use crate::classify::ClassifyError;
-use crate::metrics::{ConsumerInstruments, Metrics, PartitionState};
+use crate::metrics::{ConsumerInstruments, ConsumerPartition, PartitionState};
 use crate::scope::MessageScope;
 use crate::span::ActiveSpan;
 
 /// `error.type` of a handler whose future was dropped before it finished.
 pub const CANCELLED: &str = "cancelled";
-
-/// Holds `messaging_consumer_in_flight_messages` up while alive.
-pub(crate) struct InFlight {
-    gauge: IntGauge,
-    count: i64,
-}
-
-impl InFlight {
-    pub(crate) fn new(gauge: IntGauge) -> Self {
-        Self::many(gauge, 1)
-    }
-
-    pub(crate) fn many(gauge: IntGauge, count: i64) -> Self {
-        gauge.add(count);
-        Self { gauge, count }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.gauge.sub(self.count);
-    }
-}
 
 /// Records the handler's outcome exactly once: on completion, or as cancelled on drop.
 pub(crate) struct Outcome {
@@ -47,15 +23,51 @@ pub(crate) struct Outcome {
     pub(crate) span: Option<ActiveSpan>,
 }
 
+/// Where a handler call's outcome goes.
+pub(crate) enum Recorded {
+    /// One message: the layer's memoised instruments and partition state (held as the one
+    /// `Arc` the memo handed out), and the message's creation time.
+    One(Arc<ConsumerPartition>, Option<SystemTime>),
+    /// A batch: the instruments of its first message, and every message's partition state and
+    /// creation time.
+    Batch(
+        Arc<ConsumerInstruments>,
+        Vec<(Arc<PartitionState>, SystemTime)>,
+    ),
+}
+
+impl Recorded {
+    fn instruments(&self) -> &ConsumerInstruments {
+        match self {
+            Self::One(entry, _) => &entry.consumer,
+            Self::Batch(instruments, _) => instruments,
+        }
+    }
+}
+
+/// A handler call under way: counted in `messaging_consumer_in_flight_messages` from
+/// [`new`](Self::new) until it drops, whether the call finished, failed or was dropped.
 pub(crate) struct Pending {
-    pub(crate) start: Instant,
-    pub(crate) instruments: Arc<ConsumerInstruments>,
-    pub(crate) metrics: Metrics,
-    /// The partition whose last-processed creation time advances on success (one message).
-    pub(crate) processed_one: Option<(Arc<PartitionState>, SystemTime)>,
-    /// The same for every message of a batch.
-    pub(crate) processed: Vec<(Arc<PartitionState>, SystemTime)>,
-    pub(crate) _in_flight: InFlight,
+    start: Instant,
+    recorded: Recorded,
+    in_flight: i64,
+}
+
+impl Pending {
+    pub(crate) fn new(recorded: Recorded, in_flight: i64) -> Self {
+        recorded.instruments().in_flight.add(in_flight);
+        Self {
+            start: Instant::now(),
+            recorded,
+            in_flight,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.recorded.instruments().in_flight.sub(self.in_flight);
+    }
 }
 
 impl Outcome {
@@ -64,21 +76,25 @@ impl Outcome {
             return;
         };
         let seconds = pending.start.elapsed().as_secs_f64();
+        let instruments = pending.recorded.instruments();
         match error_type {
             None => {
-                pending.instruments.ok_duration.observe(seconds);
-                for (state, created) in pending.processed_one.iter().chain(&pending.processed) {
-                    state.processed(*created);
+                instruments.ok_duration.observe(seconds);
+                match &pending.recorded {
+                    Recorded::One(entry, Some(created)) => entry.partition.processed(*created),
+                    Recorded::One(_, None) => {}
+                    Recorded::Batch(_, processed) => {
+                        for (state, created) in processed {
+                            state.processed(*created);
+                        }
+                    }
                 }
             }
             Some(error_type) => {
                 if let Some(span) = &self.span {
                     span.fail(error_type);
                 }
-                pending
-                    .metrics
-                    .process_error_duration(&pending.instruments, error_type)
-                    .observe(seconds);
+                instruments.error_duration(error_type).observe(seconds);
             }
         }
         if let Some(span) = &self.span {
@@ -113,34 +129,6 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        inner: F,
-        span: ActiveSpan,
-        scope: MessageScope,
-        start: Instant,
-        in_flight: InFlight,
-        instruments: Arc<ConsumerInstruments>,
-        partition: Option<(Arc<PartitionState>, SystemTime)>,
-        metrics: Metrics,
-        classifier: C,
-    ) -> Self {
-        Self::with_pending(
-            inner,
-            span,
-            Some(scope),
-            classifier,
-            Pending {
-                start,
-                instruments,
-                metrics,
-                processed_one: partition,
-                processed: Vec::new(),
-                _in_flight: in_flight,
-            },
-        )
-    }
-
     pub(crate) fn with_pending(
         inner: F,
         span: ActiveSpan,

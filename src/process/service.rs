@@ -1,12 +1,11 @@
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use tower_service::Service;
 
-use super::future::{InFlight, ResponseFuture};
+use super::future::{Pending, Recorded, ResponseFuture};
 use super::ProcessLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::message::IncomingMessage;
@@ -78,7 +77,7 @@ where
                 )
             },
         );
-        let instruments = Arc::clone(&entry.consumer);
+        let instruments = &entry.consumer;
 
         let start = SpanStart {
             operation: span::OP_PROCESS,
@@ -113,26 +112,13 @@ where
                 .unwrap_or_default();
             instruments.queue_time.observe(waited.as_secs_f64());
         }
-        let partition = created.map(|created| (Arc::clone(&entry.partition), created));
-        let in_flight = InFlight::new(instruments.in_flight.clone());
-
-        let started = Instant::now();
+        let pending = Pending::new(Recorded::One(entry, created), 1);
         let inner = {
             let _cx = span.attachable().map(|cx| cx.clone().attach());
             let _scope = scope.enter();
             self.inner.call(message)
         };
-        ResponseFuture::new(
-            inner,
-            span,
-            scope,
-            started,
-            in_flight,
-            instruments,
-            partition,
-            config.metrics.clone(),
-            config.classifier.clone(),
-        )
+        ResponseFuture::with_pending(inner, span, Some(scope), config.classifier.clone(), pending)
     }
 }
 

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 
 use crate::classify::ClassifyError;
 use crate::message::Receipt;
-use crate::metrics::{Metrics, PublishInstruments};
+use crate::metrics::PublishInstruments;
 use crate::span::ActiveSpan;
 
 /// `error.type` of a publish whose future was dropped before the broker answered.
@@ -35,13 +35,13 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 
 /// Records the outcome exactly once: on completion, or as cancelled on drop.
 struct Outcome {
-    pending: Option<(Instant, Arc<PublishInstruments>, Metrics)>,
+    pending: Option<(Instant, Arc<PublishInstruments>)>,
     span: ActiveSpan,
 }
 
 impl Outcome {
     fn finish(&mut self, error_type: Option<&str>) {
-        let Some((start, instruments, metrics)) = self.pending.take() else {
+        let Some((start, instruments)) = self.pending.take() else {
             return;
         };
         let seconds = start.elapsed().as_secs_f64();
@@ -52,7 +52,7 @@ impl Outcome {
             }
             Some(error_type) => {
                 self.span.fail(error_type);
-                metrics.record_publish_error(&instruments, error_type, seconds);
+                instruments.record_error(error_type, seconds);
             }
         }
         self.span.end();
@@ -71,13 +71,12 @@ impl<F, C> ResponseFuture<F, C> {
         span: ActiveSpan,
         start: Instant,
         instruments: Arc<PublishInstruments>,
-        metrics: Metrics,
         classifier: C,
     ) -> Self {
         Self {
             inner,
             outcome: Outcome {
-                pending: Some((start, instruments, metrics)),
+                pending: Some((start, instruments)),
                 span,
             },
             classifier,

@@ -150,14 +150,7 @@ where
 
         let started = Instant::now();
         let inner = self.inner.call(message);
-        ResponseFuture::new(
-            inner,
-            span,
-            started,
-            instruments,
-            config.metrics.clone(),
-            config.classifier.clone(),
-        )
+        ResponseFuture::new(inner, span, started, instruments, config.classifier.clone())
     }
 }
 
