@@ -192,19 +192,12 @@ impl Propagation {
             propagator.inject_context(cx, &mut HeaderInjector(headers));
             return;
         }
-        self.inject_w3c(cx.span().span_context(), cx, headers, true);
+        self.inject_w3c(cx.span().span_context(), cx, headers);
     }
 
     /// Writes a started span's context, without building an OpenTelemetry `Context` for a span
     /// that does not record.
-    ///
-    /// `stale_tracestate`: the headers may hold a `tracestate` (to be replaced or removed).
-    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(
-        &self,
-        span: &ActiveSpan,
-        headers: &mut H,
-        stale_tracestate: bool,
-    ) {
+    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(&self, span: &ActiveSpan, headers: &mut H) {
         match (&self.custom, span.built_context()) {
             (Some(_), Some(cx)) => self.inject(cx, headers),
             (Some(_), None) => self.inject(
@@ -213,12 +206,7 @@ impl Propagation {
                     .with_remote_span_context(span.span_context().clone()),
                 headers,
             ),
-            (None, _) => self.inject_w3c(
-                span.span_context(),
-                span.parent(),
-                headers,
-                stale_tracestate,
-            ),
+            (None, _) => self.inject_w3c(span.span_context(), span.parent(), headers),
         }
     }
 
@@ -228,7 +216,6 @@ impl Propagation {
         sc: &SpanContext,
         baggage: &Context,
         headers: &mut H,
-        stale_tracestate: bool,
     ) {
         let cx = baggage;
         if sc.is_valid() {
@@ -240,9 +227,7 @@ impl Propagation {
             };
             if state.is_empty() {
                 // A stale `tracestate` must not outlive the `traceparent` it belonged to.
-                if stale_tracestate {
-                    headers.remove_header(header::TRACESTATE);
-                }
+                headers.remove_header(header::TRACESTATE);
             } else {
                 headers.set_static_header(header::TRACESTATE, state);
             }

@@ -19,6 +19,7 @@
 //! assert!(MessageScope::current().is_none());
 //! ```
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -204,27 +205,17 @@ impl<'a> IdScan<'a> {
         }
     }
 
-    /// Whether an id is unusable, as [`scope`](Self::scope) would say, without building the
-    /// scope or generating ids.
-    pub(crate) fn is_invalid<M: IncomingMessage + ?Sized>(&self, message: &M) -> bool {
-        let unusable = |value: Option<&[u8]>| value.is_some_and(|v| usable_id(v).is_none());
-        if self.invalid || unusable(self.correlation) {
-            return true;
-        }
-        match self.message {
-            Some(value) => usable_id(value).is_none(),
-            None => message
-                .message_id()
-                .is_some_and(|id| !id.is_empty() && !id_ok(&id)),
-        }
-    }
-
-    /// The scope these ids give `message`, and whether one of them was unusable.
-    ///
-    /// A usable `message-id` header is the message id (SPEC §2: it comes before the broker's
-    /// native id), so the message is asked for its [`message_id`](IncomingMessage::message_id)
-    /// only when it has none.
-    pub(crate) fn scope<M: IncomingMessage + ?Sized>(self, message: &M) -> (MessageScope, bool) {
+    /// The usable correlation id and message id (the header's, else the adapter's native id),
+    /// and whether any id was unusable. A usable `message-id` header is the message id (SPEC
+    /// §2: it comes before the broker's native id), so the message is asked for its
+    /// [`message_id`](IncomingMessage::message_id) only when it has none.
+    fn resolve<'m, M: IncomingMessage + ?Sized>(
+        &self,
+        message: &'m M,
+    ) -> (Option<&'a str>, Option<Cow<'a, str>>, bool)
+    where
+        'm: 'a,
+    {
         let mut invalid = self.invalid;
         let mut check = |value: Option<&'a [u8]>| {
             let id = value.and_then(usable_id);
@@ -232,29 +223,36 @@ impl<'a> IdScan<'a> {
             id
         };
         let correlation = check(self.correlation);
-        let header_message_id = check(self.message);
-        let mut fresh = IdBuffer::new();
-        let correlation_id = match correlation {
-            Some(id) => id,
-            None => fresh.new_id(),
-        };
-        let native;
-        let mut fresh_message = IdBuffer::new();
-        let message_id = match header_message_id {
-            Some(id) => id,
-            None => {
-                native = message.message_id();
-                match native.as_deref() {
-                    Some(id) if id_ok(id) => id,
-                    Some(id) => {
-                        invalid |= !id.is_empty();
-                        fresh_message.new_id()
-                    }
-                    // No id at all: a fresh one, so that follow-ups still name their cause.
-                    None => fresh_message.new_id(),
+        let message_id = match check(self.message) {
+            Some(id) => Some(Cow::Borrowed(id)),
+            None => match message.message_id() {
+                Some(id) if id_ok(&id) => Some(id),
+                Some(id) => {
+                    invalid |= !id.is_empty();
+                    None
                 }
-            }
+                None => None,
+            },
         };
+        (correlation, message_id, invalid)
+    }
+
+    /// Whether an id is unusable, as [`scope`](Self::scope) would say, without building the
+    /// scope or generating ids.
+    pub(crate) fn is_invalid<M: IncomingMessage + ?Sized>(&self, message: &'a M) -> bool {
+        self.resolve(message).2
+    }
+
+    /// The scope these ids give `message` (fresh ids for missing or unusable ones, so that the
+    /// flow is still correlated and follow-ups still name their cause), and whether one of the
+    /// message's ids was unusable.
+    pub(crate) fn scope<M: IncomingMessage + ?Sized>(self, message: &'a M) -> (MessageScope, bool) {
+        let (correlation, message_id, invalid) = self.resolve(message);
+        let (mut fresh, mut fresh_message) = (IdBuffer::new(), IdBuffer::new());
+        let correlation_id = correlation.unwrap_or_else(|| fresh.new_id());
+        let message_id = message_id
+            .as_deref()
+            .unwrap_or_else(|| fresh_message.new_id());
         (
             MessageScope::from_parts(correlation_id, Some(message_id)),
             invalid,
@@ -272,22 +270,7 @@ impl IdBuffer {
 
     /// A new UUIDv7, written into this buffer.
     pub(crate) fn new_id(&mut self) -> &str {
-        // `8-4-4-4-12` lower-case hex digits, as `uuid`'s hyphenated form, eight at a time.
-        let id = new_uuid_v7().as_u128();
-        let (high, low) = (
-            crate::hex::encode_u64((id >> 64) as u64),
-            crate::hex::encode_u64(id as u64),
-        );
-        let out = &mut self.0;
-        out[..8].copy_from_slice(&high[..8]);
-        out[9..13].copy_from_slice(&high[8..12]);
-        out[14..18].copy_from_slice(&high[12..]);
-        out[19..23].copy_from_slice(&low[..4]);
-        out[24..].copy_from_slice(&low[4..]);
-        for dash in [8, 13, 18, 23] {
-            out[dash] = b'-';
-        }
-        crate::text::ascii(out)
+        new_uuid_v7().hyphenated().encode_lower(&mut self.0)
     }
 }
 

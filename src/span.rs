@@ -392,10 +392,7 @@ impl SpanStart<'_> {
     }
 
     fn destination_value(&self) -> StringValue {
-        match self.label {
-            Some(label) if **label == *self.destination => StringValue::from(Arc::clone(label)),
-            _ => StringValue::from(self.destination.to_owned()),
-        }
+        label_or_copy(self.label, self.destination)
     }
 
     fn recording_attributes(&self, attributes: &mut SpanAttributes) {
@@ -406,11 +403,10 @@ impl SpanStart<'_> {
             );
         }
         if let Some(group) = self.group.filter(|g| !g.is_empty()) {
-            let value = match self.group_label {
-                Some(label) if **label == *group => StringValue::from(Arc::clone(label)),
-                _ => StringValue::from(group.to_owned()),
-            };
-            attributes.value(semconv::MESSAGING_CONSUMER_GROUP_NAME, value);
+            attributes.value(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                label_or_copy(self.group_label, group),
+            );
         }
         if let Some(id) = self.message_id {
             attributes.string(semconv::MESSAGING_MESSAGE_ID, id);
@@ -424,5 +420,14 @@ impl SpanStart<'_> {
         if let Some(count) = self.batch_size {
             attributes.int(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64);
         }
+    }
+}
+
+/// `text` as an attribute value: the metric label's shared string when the label is `text`
+/// (not the cardinality bound's `_other`), else a copy.
+fn label_or_copy(label: Option<&Arc<str>>, text: &str) -> StringValue {
+    match label {
+        Some(label) if **label == *text => StringValue::from(Arc::clone(label)),
+        _ => StringValue::from(text.to_owned()),
     }
 }

@@ -160,12 +160,12 @@ where
 
         let now = SystemTime::now();
         let mut processed = Vec::new();
+        // The scope only names a message on its link; without a recording span the ids are
+        // only checked (for the invalid count).
+        let recording = span.is_recording();
         for message in &batch {
             let (trace, ids) = super::scan_headers(message);
             let extracted = config.propagation.extract_scanned(&trace, message);
-            // The scope only names the message on its link; without a recording span the ids
-            // are only checked (for the invalid count).
-            let recording = span.is_recording();
             let (scope, ids_invalid) = if recording {
                 let (scope, invalid) = ids.scope(message);
                 (Some(scope), invalid)

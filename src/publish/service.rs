@@ -71,7 +71,6 @@ where
         // message republished with its headers must leave with one of each).
         let ids = IdHeaders::of(&message);
         let duplicate_message_id = ids.message_ids > 1;
-        let stale_tracestate = ids.tracestate;
         let explicit = ids
             .correlation
             .and_then(usable_id)
@@ -143,9 +142,7 @@ where
             );
         }
         if config.inject {
-            config
-                .propagation
-                .inject_span(&span, &mut message, stale_tracestate);
+            config.propagation.inject_span(&span, &mut message);
         }
 
         let started = Instant::now();
@@ -154,13 +151,11 @@ where
     }
 }
 
-/// The first `correlation-id` header, how many of it and of `message-id` a message carries,
-/// and whether it carries a `tracestate` (which injection must replace or remove).
+/// The first `correlation-id` header and how many of it and of `message-id` a message carries.
 struct IdHeaders<'a> {
     correlation: Option<&'a [u8]>,
     correlations: usize,
     message_ids: usize,
-    tracestate: bool,
 }
 
 impl<'a> IdHeaders<'a> {
@@ -169,7 +164,6 @@ impl<'a> IdHeaders<'a> {
             correlation: None,
             correlations: 0,
             message_ids: 0,
-            tracestate: false,
         };
         for (key, value) in headers.headers() {
             match Known::of(key) {
@@ -178,7 +172,6 @@ impl<'a> IdHeaders<'a> {
                     ids.correlations += 1;
                 }
                 Some(Known::MessageId) => ids.message_ids += 1,
-                Some(Known::Tracestate) => ids.tracestate = true,
                 _ => {}
             }
         }
