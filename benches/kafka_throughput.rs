@@ -258,7 +258,7 @@ impl Bench {
     async fn consume_with(&self, topic: &str, layered: bool) -> f64 {
         let config = self.consumer_config();
         let consumer: StreamConsumer<EventscopeContext> = config
-            .create_with_context(EventscopeContext::new(&config, self.metrics.clone()))
+            .create_with_context(EventscopeContext::new(&config))
             .expect("consumer");
         Self::assign_all(&consumer, topic);
         let seen = Arc::new(AtomicUsize::new(0));
@@ -267,25 +267,25 @@ impl Bench {
         let handler = service_fn({
             let (seen, done) = (seen.clone(), done.clone());
             move |message: KafkaMessage| {
-                black_box(message.payload().map(<[u8]>::len));
+                black_box(message.payload().len());
                 if seen.fetch_add(1, Ordering::Relaxed) + 1 == n {
                     done.notify_one();
                 }
                 ready(Ok::<_, std::io::Error>(()))
             }
         });
-        let mut driver = KafkaConsumer::new(consumer);
+        let mut driver = KafkaConsumer::new(consumer).metrics(self.metrics.clone());
         if let Some(provider) = &*self.tracer.borrow() {
             driver = driver.tracer_provider(provider);
         }
-        let start = Instant::now();
-        if layered {
-            let handler = driver.process_layer().layer(handler);
-            driver.run(handler, done.notified()).await
-        } else {
-            driver.run(handler, done.notified()).await
+        if !layered {
+            driver = driver.without_process_layer_for_benchmarks();
         }
-        .expect("consumer");
+        let start = Instant::now();
+        driver
+            .run(handler, done.notified())
+            .await
+            .expect("consumer");
         n as f64 / start.elapsed().as_secs_f64()
     }
 }

@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use eventscope::kafka::{consumer_config, KafkaConsumer, KafkaMessage};
 use eventscope::metrics::{name, Metrics};
-use eventscope::process::ProcessLayer;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
-use tower::{service_fn, Layer};
+use tower::service_fn;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -37,8 +36,8 @@ async fn main() -> ExitCode {
 
     let metrics = Metrics::new();
     let config = consumer_config("127.0.0.1:9092", group);
-    let consumer = match KafkaConsumer::from_config(&config, &metrics) {
-        Ok(consumer) => consumer,
+    let consumer = match KafkaConsumer::from_config(&config) {
+        Ok(consumer) => consumer.metrics(metrics.clone()),
         Err(error) => {
             eprintln!("kafka_abort_probe: {error}");
             return ExitCode::from(1);
@@ -55,14 +54,14 @@ async fn main() -> ExitCode {
 
     let consumed = Arc::new(AtomicUsize::new(0));
     let (seen_tx, mut seen) = watch::channel(0usize);
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
+    let handler = service_fn({
         let consumed = Arc::clone(&consumed);
         move |_m: KafkaMessage| {
             let n = consumed.fetch_add(1, Ordering::Relaxed) + 1;
             let _ = seen_tx.send(n);
             std::future::ready(Ok::<_, std::io::Error>(()))
         }
-    }));
+    });
     let shutdown = async move {
         let _ =
             tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|n| *n >= messages)).await;

@@ -1,23 +1,23 @@
 //! One classification for handler and publisher errors: the low-cardinality `error.type`
 //! value, and the settle decision a consumer carries out (SPEC §7).
 //!
-//! [`ClassifyError`] is the one mechanism: the process and publish layers call
-//! [`classify`](ClassifyError::classify) for the `error.type` of spans and metrics, and the
-//! consumer core calls it too, then [`decide`](ClassifyError::decide) with that `error.type` for
-//! the [`Decision`]. A handler panic is classified as [`PANIC`] and decided like any other
-//! failure.
+//! Two small traits, one family: [`ClassifyError`] names an error (`error.type` of spans and
+//! metrics, used by the process and publish layers and by the consumer core alike), and
+//! [`Decide`] turns a failure, known by that name and its attempt number, into a [`Decision`].
+//! A handler panic is named [`PANIC`], a handler dropped before it finished [`CANCELLED`], and
+//! both are decided like any other failure.
 //!
-//! [`Classifier`] is the default: errors are named by downcast (through a
-//! [`BoxError`] and its `source()` chain too), each name can be given a
-//! decision ([`decision`](Classifier::decision)), and everything else gets the fallback decision ([`Decision::Stop`] unless told
-//! otherwise). A closure `Fn(&E) -> Cow<'static, str>` and [`TypeNameClassifier`] are
-//! classifiers too; they decide [`Decision::Stop`] for every failure.
+//! [`Classifier`] is the default and does both: errors are named by downcast (through a
+//! [`BoxError`] and its `source()` chain too), each name can be given a decision
+//! ([`decision`](Classifier::decision)), and everything else gets the fallback decision
+//! ([`Decision::Stop`] unless told otherwise). A closure `Fn(&E) -> Cow<'static, str>` and
+//! [`TypeNameClassifier`] name errors too (the latter also decides: [`Decision::Stop`]).
 //!
 //! # Example
 //!
 //! ```
 //! use std::time::Duration;
-//! use eventscope::classify::{Classifier, ClassifyError, Decision, TypeNameClassifier};
+//! use eventscope::classify::{Classifier, ClassifyError, Decide, Decision, Failed, TypeNameClassifier};
 //! use eventscope::BoxError;
 //!
 //! #[derive(Debug)]
@@ -38,9 +38,8 @@
 //! let error: BoxError = Box::new(PaymentDeclined);
 //! let error_type = classifier.classify(&error);
 //! assert_eq!(error_type, "PaymentDeclined");
-//! let decide = |error_type: &str| ClassifyError::<BoxError>::decide(&classifier, error_type);
-//! assert_eq!(decide(&error_type), Decision::Reject);
-//! assert_eq!(decide("_OTHER"), Decision::Stop);
+//! assert_eq!(classifier.decide(&Failed::new(&error_type, 1)), Decision::Reject);
+//! assert_eq!(classifier.decide(&Failed::new("_OTHER", 1)), Decision::Stop);
 //!
 //! #[derive(Debug)]
 //! struct GatewayTimeout;
@@ -60,6 +59,9 @@ pub const OTHER: &str = "_OTHER";
 
 /// The `error.type` of a handler that panicked.
 pub const PANIC: &str = "panic";
+
+/// The `error.type` of a handler call or publish whose future was dropped before it finished.
+pub const CANCELLED: &str = "cancelled";
 
 /// What the consumer core does with a handled message (SPEC §7).
 ///
@@ -82,6 +84,9 @@ pub enum Decision {
     Reject,
     /// Never settle past it: the partition (or, on unordered brokers, the consumer) stops here.
     Stop,
+    /// Publish it to the consumer's dead-letter destination, then settle it as done (SPEC §7,
+    /// §8). A consumer without a dead-letter destination stops instead: nothing is lost.
+    DeadLetter,
 }
 
 impl Decision {
@@ -91,17 +96,45 @@ impl Decision {
     }
 }
 
-/// Maps an error to its `error.type` (a short, low-cardinality name such as a type or a code)
-/// and a failure's `error.type` to a [`Decision`].
+/// Maps an error to its `error.type`: a short, low-cardinality name such as a type or a code.
 pub trait ClassifyError<E: ?Sized> {
     /// The `error.type` for `error`.
     fn classify(&self, error: &E) -> Cow<'static, str>;
+}
 
-    /// What a consumer does with a message whose handling failed with `error_type` (the value
-    /// [`classify`](Self::classify) gave, or [`PANIC`]). The default is [`Decision::Stop`].
-    fn decide(&self, error_type: &str) -> Decision {
-        let _ = error_type;
+/// Decides what a consumer does with a message whose handling failed (SPEC §7).
+pub trait Decide {
+    /// The decision for `failure`. The default is [`Decision::Stop`].
+    fn decide(&self, failure: &Failed<'_>) -> Decision {
+        let _ = failure;
         Decision::Stop
+    }
+}
+
+/// A failed attempt at handling a message, as [`Decide`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failed<'a> {
+    error_type: &'a str,
+    attempt: u32,
+}
+
+impl<'a> Failed<'a> {
+    /// Attempt `attempt` (1 = the first delivery) failed with `error_type`.
+    pub fn new(error_type: &'a str, attempt: u32) -> Self {
+        Self {
+            error_type,
+            attempt: attempt.max(1),
+        }
+    }
+
+    /// The failure's `error.type` ([`ClassifyError::classify`], [`PANIC`] or [`CANCELLED`]).
+    pub fn error_type(&self) -> &'a str {
+        self.error_type
+    }
+
+    /// Which attempt failed: 1 for the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 }
 
@@ -115,7 +148,8 @@ where
 }
 
 /// Names errors by their type name without the module path, or [`OTHER`] for type-erased
-/// errors (`Box<dyn Error>`), whose name says nothing; decides [`Decision::Stop`].
+/// errors (`Box<dyn Error>`), whose name says nothing; decides [`Decision::Stop`] for every
+/// failure.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TypeNameClassifier;
 
@@ -124,6 +158,8 @@ impl<E: ?Sized> ClassifyError<E> for TypeNameClassifier {
         Cow::Borrowed(short_type_name(std::any::type_name::<E>()))
     }
 }
+
+impl Decide for TypeNameClassifier {}
 
 fn short_type_name(full: &'static str) -> &'static str {
     if full.contains("dyn ") {
@@ -249,12 +285,14 @@ impl<E: 'static> ClassifyError<E> for Classifier {
         }
         TypeNameClassifier.classify(error)
     }
+}
 
-    fn decide(&self, error_type: &str) -> Decision {
+impl Decide for Classifier {
+    fn decide(&self, failure: &Failed<'_>) -> Decision {
         self.inner
             .decisions
             .iter()
-            .find(|(name, _)| name == error_type)
+            .find(|(name, _)| name == failure.error_type())
             .map_or_else(|| self.fallback(), |(_, decision)| *decision)
     }
 }
@@ -315,20 +353,12 @@ mod tests {
         let c = Classifier::new()
             .decision("Declined", Decision::Reject)
             .decision(PANIC, Decision::retry(Duration::from_secs(1)));
-        assert_eq!(
-            ClassifyError::<BoxError>::decide(&c, "Declined"),
-            Decision::Reject
-        );
-        assert_eq!(
-            ClassifyError::<BoxError>::decide(&c, PANIC),
-            Decision::retry(Duration::from_secs(1))
-        );
-        assert_eq!(ClassifyError::<BoxError>::decide(&c, OTHER), Decision::Stop);
+        let decide = |c: &dyn Decide, error_type| c.decide(&Failed::new(error_type, 1));
+        assert_eq!(decide(&c, "Declined"), Decision::Reject);
+        assert_eq!(decide(&c, PANIC), Decision::retry(Duration::from_secs(1)));
+        assert_eq!(decide(&c, OTHER), Decision::Stop);
         let c = c.otherwise(Decision::Ack);
-        assert_eq!(ClassifyError::<BoxError>::decide(&c, OTHER), Decision::Ack);
-        assert_eq!(
-            ClassifyError::<u8>::decide(&TypeNameClassifier, OTHER),
-            Decision::Stop
-        );
+        assert_eq!(decide(&c, OTHER), Decision::Ack);
+        assert_eq!(decide(&TypeNameClassifier, OTHER), Decision::Stop);
     }
 }

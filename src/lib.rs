@@ -33,12 +33,12 @@
 //! let publisher = PublishLayer::new(metrics.clone()).layer(broker.publisher());
 //! publisher.oneshot(MemoryRecord::new("orders", b"{}".to_vec())).await?;
 //!
-//! // Process through the consumer's own process layer (same metrics, same classifier).
+//! // Process: the consumer wraps the handler in its own process layer (span, metrics, ids).
 //! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
-//! let handler = consumer.process_layer().layer(service_fn(|m: MemoryMessage| async move {
+//! let handler = service_fn(|m: MemoryMessage| async move {
 //!     assert!(m.headers().get("correlation-id").is_some());
 //!     Ok::<_, std::io::Error>(())
-//! }));
+//! });
 //! let done = async { tokio::time::sleep(std::time::Duration::from_millis(200)).await };
 //! consumer.run(handler, done).await?;
 //!
@@ -75,6 +75,7 @@
 
 pub mod classify;
 pub mod consume;
+pub mod header;
 mod hex;
 pub mod message;
 pub mod metrics;
@@ -83,10 +84,20 @@ pub mod propagation;
 pub mod publish;
 pub mod scope;
 mod span;
+mod sync;
 mod text;
 
 /// A type-erased error, as handlers and services usually return it.
 pub use tower::BoxError;
+
+// The everyday types, at the root.
+pub use crate::classify::{Classifier, ClassifyError, Decide, Decision};
+pub use crate::consume::{ConsumeError, Consumer};
+pub use crate::message::{IncomingMessage, OutgoingMessage};
+pub use crate::metrics::Metrics;
+pub use crate::process::{ParentPolicy, ProcessLayer};
+pub use crate::publish::PublishLayer;
+pub use crate::scope::MessageScope;
 
 /// A tracer provider the layers and consumers can take (`tracer_provider(&provider)`): any
 /// [`opentelemetry::trace::TracerProvider`] whose tracers and spans may move between threads,

@@ -28,10 +28,9 @@
 //! ```
 
 use std::borrow::Cow;
-use std::fmt;
 use std::time::SystemTime;
 
-use opentelemetry::{KeyValue, StringValue};
+pub use crate::span::SpanAttributes;
 
 /// Well-known `messaging.system` values.
 pub mod system {
@@ -77,90 +76,6 @@ pub trait HeadersMut {
     /// carriers that cannot remove.
     fn remove_header(&mut self, name: &str) {
         let _ = name;
-    }
-}
-
-/// Broker-specific span attributes, written by adapters without naming OpenTelemetry types.
-///
-/// Keys are attribute names of the semantic conventions (`messaging.kafka.offset`, …). The
-/// layers call the adapters' `extra_attributes` only for spans that are recorded.
-///
-/// # Example
-///
-/// ```
-/// use eventscope::message::SpanAttributes;
-///
-/// let mut attributes = SpanAttributes::new();
-/// attributes.int("messaging.kafka.offset", 42).string("messaging.kafka.message.key", "k-1");
-/// assert_eq!(attributes.len(), 2);
-/// ```
-#[derive(Default)]
-pub struct SpanAttributes {
-    /// The first few on the stack: a recording span's attributes move into the span, and a
-    /// temporary vector for them would be one more allocation per span.
-    values: arrayvec::ArrayVec<KeyValue, 8>,
-    more: Vec<KeyValue>,
-}
-
-impl fmt::Debug for SpanAttributes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(
-                self.values
-                    .iter()
-                    .chain(&self.more)
-                    .map(|kv| (kv.key.as_str(), kv.value.as_str())),
-            )
-            .finish()
-    }
-}
-
-impl SpanAttributes {
-    /// No attributes yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A text attribute.
-    pub fn string(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
-        self.push(KeyValue::new(key, value.into()))
-    }
-
-    /// An integer attribute.
-    pub fn int(&mut self, key: &'static str, value: i64) -> &mut Self {
-        self.push(KeyValue::new(key, value))
-    }
-
-    /// A boolean attribute.
-    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
-        self.push(KeyValue::new(key, value))
-    }
-
-    /// A text attribute whose value is already an OpenTelemetry string (shared, or static).
-    pub(crate) fn value(&mut self, key: &'static str, value: StringValue) -> &mut Self {
-        self.push(KeyValue::new(key, value))
-    }
-
-    fn push(&mut self, attribute: KeyValue) -> &mut Self {
-        if let Err(full) = self.values.try_push(attribute) {
-            self.more.push(full.element());
-        }
-        self
-    }
-
-    /// Number of attributes.
-    pub fn len(&self) -> usize {
-        self.values.len() + self.more.len()
-    }
-
-    /// `true` when there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Takes the attributes out in place (moving the whole list would copy its stack room).
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = KeyValue> + '_ {
-        self.values.drain(..).chain(self.more.drain(..))
     }
 }
 
@@ -217,16 +132,37 @@ pub trait IncomingMessage: Headers {
 }
 
 /// An incoming message that can be sent on again as a new outgoing record: to a dead-letter
-/// destination, or replayed.
+/// destination, or replayed from one (SPEC §8).
 ///
-/// The copy keeps the key, the payload and every header (the publish layer then replaces the
-/// trace context and ids as for any publish, and `causation-id` names this message).
+/// The copy is a new message caused by this one: it keeps the key, the payload, the
+/// `correlation-id` and every other header, but not this message's ids. Its `message-id` (the
+/// header, and the broker's native id where there is one: AMQP `message_id`, `Nats-Msg-Id`) and
+/// its `causation-id` are left out, so the publish layer gives it a fresh id and, published
+/// while this message is being processed, a `causation-id` naming this message. The trace
+/// context is replaced by the publish span's as for any publish.
 pub trait Republish: IncomingMessage {
     /// The adapter's outgoing record type.
     type Record: OutgoingMessage;
 
-    /// A record for `destination` with this message's key, payload and headers.
+    /// A record for `destination` (a topic, an `{exchange}:{routing key}`, a subject: the
+    /// adapter's destination syntax) with this message's key, payload and headers, without its
+    /// ids.
     fn republish(&self, destination: &str) -> Self::Record;
+
+    /// Where this message goes when it is dead-lettered and the consumer names no destination
+    /// of its own: `{destination}.dlq` (SPEC §8). RabbitMQ's is `{queue}.dlq` through the
+    /// default exchange.
+    fn dead_letter_destination(&self) -> String {
+        format!("{}.dlq", self.destination())
+    }
+}
+
+/// The headers a republished copy leaves out: the ids of the message it copies.
+pub(crate) fn republished_header(name: &str) -> bool {
+    matches!(
+        crate::header::Known::of(name),
+        Some(crate::header::Known::MessageId | crate::header::Known::CausationId)
+    )
 }
 
 /// What a publisher service takes, as seen by the publish layer.
@@ -239,12 +175,12 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     /// header; protocols with a native id field override it and
     /// [`set_message_id`](Self::set_message_id) together.
     fn message_id(&self) -> Option<Cow<'_, str>> {
-        self.header_str(crate::propagation::header::MESSAGE_ID)
+        self.header_str(crate::header::MESSAGE_ID)
             .map(Cow::Borrowed)
     }
     /// Stores a generated message id; the default writes the `message-id` header.
     fn set_message_id(&mut self, id: String) {
-        self.set_static_header(crate::propagation::header::MESSAGE_ID, id);
+        self.set_static_header(crate::header::MESSAGE_ID, id);
     }
     /// Partition chosen by the caller, if any.
     fn partition(&self) -> Option<i32> {
@@ -396,7 +332,7 @@ impl HeadersMut for HeaderList {
     }
 }
 
-/// The builder methods and header access every adapter's outgoing record shares, written once:
+/// The builder methods every adapter's outgoing record shares, written once:
 /// the record type needs the fields `key: Option<Vec<u8>>`, `headers: HeaderList`,
 /// `partition: Option<i32>` and `timestamp: Option<SystemTime>`.
 #[cfg(any(feature = "memory", feature = "kafka"))]
@@ -438,7 +374,16 @@ macro_rules! record_builders {
                 &self.headers
             }
         }
+    };
+}
+#[cfg(any(feature = "memory", feature = "kafka"))]
+pub(crate) use record_builders;
 
+/// A record type whose headers are a [`HeaderList`] in its field `headers` is its own carrier:
+/// [`Headers`] and [`HeadersMut`] for it, written once.
+#[cfg(any(feature = "memory", feature = "kafka"))]
+macro_rules! header_list_carrier {
+    ($record:ty) => {
         impl $crate::message::Headers for $record {
             fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
                 self.headers.iter()
@@ -461,18 +406,17 @@ macro_rules! record_builders {
     };
 }
 #[cfg(any(feature = "memory", feature = "kafka"))]
-pub(crate) use record_builders;
+pub(crate) use header_list_carrier;
 
-/// The first `message-id` header, if it is a usable id: UTF-8, not empty, at most
-/// [`MAX_ID_BYTES`](crate::scope::MAX_ID_BYTES).
+/// The first `message-id` header, if it is a usable id (SPEC §2).
 pub(crate) fn header_id<H: Headers + ?Sized>(headers: &H) -> Option<&str> {
     headers
         .headers()
-        .find(|(key, _)| key.eq_ignore_ascii_case(crate::propagation::header::MESSAGE_ID))
-        .and_then(|(_, value)| crate::scope::usable_id(value))
+        .find(|(key, _)| key.eq_ignore_ascii_case(crate::header::MESSAGE_ID))
+        .and_then(|(_, value)| crate::header::usable_id(value))
 }
 
 /// Generates a new unique id (a UUIDv7: unique, and sortable by creation time).
 pub fn new_id() -> String {
-    crate::scope::IdBuffer::new().new_id().to_owned()
+    crate::header::IdBuffer::new().new_id().to_owned()
 }

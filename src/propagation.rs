@@ -31,66 +31,10 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::BaggagePropagator;
 
+use crate::header::{self, Known};
 use crate::hex;
 use crate::message::{Headers, HeadersMut};
 use crate::span::ActiveSpan;
-
-/// Header names written and read by eventscope (SPEC §2).
-pub mod header {
-    /// W3C Trace Context `traceparent`.
-    pub const TRACEPARENT: &str = "traceparent";
-    /// W3C Trace Context `tracestate`.
-    pub const TRACESTATE: &str = "tracestate";
-    /// W3C Baggage.
-    pub const BAGGAGE: &str = "baggage";
-    /// The business flow id.
-    pub const CORRELATION_ID: &str = "correlation-id";
-    /// The id of the message whose processing caused this one.
-    pub const CAUSATION_ID: &str = "causation-id";
-    /// A unique message id, for protocols without a native id field.
-    pub const MESSAGE_ID: &str = "message-id";
-}
-
-/// A header eventscope reads, recognised with one comparison: names are told apart by length
-/// (and, for the two of ten bytes, by their first letter) before any case-insensitive compare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Known {
-    Traceparent,
-    Tracestate,
-    Baggage,
-    CorrelationId,
-    CausationId,
-    MessageId,
-}
-
-impl Known {
-    pub(crate) fn of(name: &str) -> Option<Self> {
-        let name = name.as_bytes();
-        match name.len() {
-            11 => is(name, b"traceparent").then_some(Self::Traceparent),
-            10 => {
-                if is(name, b"message-id") {
-                    Some(Self::MessageId)
-                } else {
-                    is(name, b"tracestate").then_some(Self::Tracestate)
-                }
-            }
-            7 => is(name, b"baggage").then_some(Self::Baggage),
-            14 => is(name, b"correlation-id").then_some(Self::CorrelationId),
-            12 => is(name, b"causation-id").then_some(Self::CausationId),
-            _ => None,
-        }
-    }
-}
-
-/// `name` is `expected` (lower case), ignoring ASCII case. Both are fixed-size here, so the
-/// compare is a few word loads; producers write these names in lower case, so the exact compare
-/// settles most.
-#[inline]
-fn is<const N: usize>(name: &[u8], expected: &[u8; N]) -> bool {
-    <&[u8; N]>::try_from(name)
-        .is_ok_and(|name| name == expected || name.eq_ignore_ascii_case(expected))
-}
 
 /// Most `tracestate` list members kept (W3C limit).
 pub const TRACESTATE_MAX_MEMBERS: usize = 32;
@@ -419,27 +363,6 @@ mod tests {
             headers.push_bytes(*name, value.to_vec());
         }
         Propagation::default().extract(&headers)
-    }
-
-    #[test]
-    fn known_names_in_any_case_and_nothing_else() {
-        for (name, known) in [
-            (header::TRACEPARENT, Known::Traceparent),
-            (header::TRACESTATE, Known::Tracestate),
-            (header::BAGGAGE, Known::Baggage),
-            (header::CORRELATION_ID, Known::CorrelationId),
-            (header::CAUSATION_ID, Known::CausationId),
-            (header::MESSAGE_ID, Known::MessageId),
-        ] {
-            assert_eq!(Known::of(name), Some(known));
-            assert_eq!(Known::of(&name.to_ascii_uppercase()), Some(known));
-            let mut other = name.to_owned().into_bytes();
-            other[name.len() / 2] = b'_';
-            assert_eq!(Known::of(std::str::from_utf8(&other).unwrap()), None);
-        }
-        for name in ["", "trace", "content-type", "message-ids", "x-message-id"] {
-            assert_eq!(Known::of(name), None, "{name}");
-        }
     }
 
     #[test]

@@ -28,31 +28,13 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
+use crate::header::{id_ok, usable_id, IdBuffer, Known};
 use crate::message::IncomingMessage;
-use crate::propagation::Known;
 
 thread_local! {
     /// The scopes entered on this thread, innermost last (a handler polled inside another's
     /// poll nests). A stack, so entering and leaving move one scope, not two.
     static CURRENT: RefCell<Vec<MessageScope>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The longest `correlation-id`, `causation-id` or `message-id` that is propagated (SPEC §2).
-/// A longer or non-UTF-8 incoming id is replaced by a fresh one and counted as invalid.
-pub const MAX_ID_BYTES: usize = 256;
-
-/// `true` when `id` may be propagated: non-empty and at most [`MAX_ID_BYTES`].
-pub(crate) fn id_ok(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_BYTES
-}
-
-/// `value` as an id that may be propagated (SPEC §2): not empty, at most [`MAX_ID_BYTES`],
-/// UTF-8. The length is checked first, so an oversized value is never scanned.
-pub(crate) fn usable_id(value: &[u8]) -> Option<&str> {
-    if value.is_empty() || value.len() > MAX_ID_BYTES {
-        return None;
-    }
-    crate::text::utf8(value)
 }
 
 /// Correlation id and message id of the message whose processing is under way.
@@ -111,7 +93,8 @@ impl MessageScope {
 
     /// The scope of an incoming message: its `correlation-id` (a new id when it has none, so
     /// that the flow it starts is still correlated) and its message id. Ids over
-    /// [`MAX_ID_BYTES`] or not UTF-8 are replaced by fresh ones.
+    /// [`MAX_ID_BYTES`](crate::header::MAX_ID_BYTES), not UTF-8 or holding a control character
+    /// are replaced by fresh ones.
     pub fn of<M: IncomingMessage + ?Sized>(message: &M) -> Self {
         Self::checked(message).0
     }
@@ -260,35 +243,6 @@ impl<'a> IdScan<'a> {
     }
 }
 
-/// Room for one generated id (a hyphenated UUID), so generating one allocates nothing.
-pub(crate) struct IdBuffer([u8; uuid::fmt::Hyphenated::LENGTH]);
-
-impl IdBuffer {
-    pub(crate) fn new() -> Self {
-        Self([0; uuid::fmt::Hyphenated::LENGTH])
-    }
-
-    /// A new UUIDv7, written into this buffer.
-    pub(crate) fn new_id(&mut self) -> &str {
-        new_uuid_v7().hyphenated().encode_lower(&mut self.0)
-    }
-}
-
-/// A UUIDv7: the Unix time in milliseconds and 74 random bits.
-///
-/// The random bits come from `fastrand`'s per-thread generator: ids need to be unique, not
-/// unpredictable, and this is several times cheaper than `uuid`'s own v7 path (a shared clock
-/// sequence and a cryptographic generator).
-pub(crate) fn new_uuid_v7() -> uuid::Uuid {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    // Two words from the generator, of which the builder takes 74 bits.
-    let random = fastrand::u128(..).to_le_bytes();
-    let random: &[u8; 10] = random[..10].try_into().unwrap_or(&[0; 10]);
-    uuid::Builder::from_unix_timestamp_millis(millis, random).into_uuid()
-}
-
 /// Leaves the scope on drop, making the previous one current again. Not `Send`: it must be
 /// dropped on the thread whose stack it pushed to.
 pub(crate) struct ScopeGuard {
@@ -325,26 +279,6 @@ impl<F: Future> Future for Scoped<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generated_ids_are_hyphenated_uuid_v7() {
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let id = IdBuffer::new().new_id().to_owned();
-            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
-            assert_eq!(parsed.get_version_num(), 7);
-            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
-            assert_eq!(parsed.hyphenated().to_string(), id, "lower-case hyphenated");
-            let (secs, nanos) = parsed.get_timestamp().expect("v7 has one").to_unix();
-            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
-            assert!(millis >= before && millis < before + 60_000);
-            assert!(seen.insert(id));
-        }
-    }
 
     #[test]
     fn short_and_long_ids_read_back() {
@@ -386,7 +320,7 @@ mod tests {
 
     #[test]
     fn checking_ids_agrees_with_building_the_scope() {
-        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let long = "x".repeat(crate::header::MAX_ID_BYTES + 1);
         let values: [&[u8]; 5] = [b"ok-1", b"", b"\xff\xfe", long.as_bytes(), b"ok-2"];
         let natives = [None, Some("t/0/1".to_owned()), Some(long.clone())];
         for correlation in [None, Some(0), Some(2), Some(3)] {

@@ -21,8 +21,6 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
-use crate::message::SpanAttributes;
-
 // `messaging.operation.name` values, defined once with the metrics' label values. Each is also
 // the operation's `messaging.operation.type`.
 pub(crate) use crate::metrics::{
@@ -336,6 +334,90 @@ impl ActiveSpan {
         if let Some(span) = self.recording_span() {
             span.end_with_timestamp(at);
         }
+    }
+}
+
+/// Broker-specific span attributes, written by adapters without naming OpenTelemetry types.
+///
+/// Keys are attribute names of the semantic conventions (`messaging.kafka.offset`, …). The
+/// layers call the adapters' `extra_attributes` only for spans that are recorded.
+///
+/// # Example
+///
+/// ```
+/// use eventscope::message::SpanAttributes;
+///
+/// let mut attributes = SpanAttributes::new();
+/// attributes.int("messaging.kafka.offset", 42).string("messaging.kafka.message.key", "k-1");
+/// assert_eq!(attributes.len(), 2);
+/// ```
+#[derive(Default)]
+pub struct SpanAttributes {
+    /// The first few on the stack: a recording span's attributes move into the span, and a
+    /// temporary vector for them would be one more allocation per span.
+    values: arrayvec::ArrayVec<KeyValue, 8>,
+    more: Vec<KeyValue>,
+}
+
+impl fmt::Debug for SpanAttributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.values
+                    .iter()
+                    .chain(&self.more)
+                    .map(|kv| (kv.key.as_str(), kv.value.as_str())),
+            )
+            .finish()
+    }
+}
+
+impl SpanAttributes {
+    /// No attributes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A text attribute.
+    pub fn string(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
+        self.push(KeyValue::new(key, value.into()))
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &'static str, value: i64) -> &mut Self {
+        self.push(KeyValue::new(key, value))
+    }
+
+    /// A boolean attribute.
+    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
+        self.push(KeyValue::new(key, value))
+    }
+
+    /// A text attribute whose value is already an OpenTelemetry string (shared, or static).
+    pub(crate) fn value(&mut self, key: &'static str, value: StringValue) -> &mut Self {
+        self.push(KeyValue::new(key, value))
+    }
+
+    fn push(&mut self, attribute: KeyValue) -> &mut Self {
+        if let Err(full) = self.values.try_push(attribute) {
+            self.more.push(full.element());
+        }
+        self
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.values.len() + self.more.len()
+    }
+
+    /// `true` when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the attributes out in place (moving the whole list would copy its stack room).
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = KeyValue> + '_ {
+        self.values.drain(..).chain(self.more.drain(..))
     }
 }
 

@@ -18,6 +18,49 @@ pub(crate) fn utf8(bytes: &[u8]) -> Option<&str> {
     }
 }
 
+/// `bytes` as an id's text: UTF-8 without control characters (U+0000 to U+001F and U+007F; a
+/// CR/LF would forge headers on text-header brokers and lines in logs, SPEC §2).
+#[inline]
+pub(crate) fn id_text(bytes: &[u8]) -> Option<&str> {
+    if has_control(bytes) {
+        return None;
+    }
+    utf8(bytes)
+}
+
+/// Some byte is below 0x20 or is 0x7f, eight bytes at a time. Bytes of multi-byte UTF-8
+/// sequences are all 0x80 or more, so they never match.
+#[inline]
+fn has_control(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if bytes.len() < 8 {
+        return bytes.iter().any(|b| *b < 0x20 || *b == 0x7f);
+    }
+    // A byte below 0x20 (high bit clear) borrows in `x - 0x20`; a 0x7f byte is zero in
+    // `x ^ 0x7f`. Both tests may flag a byte of 0x80 or more falsely, so high bytes are masked
+    // out with `!x`.
+    let flagged = |x: u64| {
+        let below = x.wrapping_sub(ONES * 0x20);
+        let del = (x ^ (ONES * 0x7f)).wrapping_sub(ONES);
+        (below | del) & !x & HIGH
+    };
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let mut any = 0u64;
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        any |= flagged(word(at));
+        at += 8;
+    }
+    any |= flagged(word(bytes.len() - 8));
+    any != 0
+}
+
 /// `bytes`, which the caller wrote and knows to be ASCII (hex digits and dashes), as text.
 #[inline]
 pub(crate) fn ascii(bytes: &[u8]) -> &str {
@@ -66,12 +109,32 @@ mod tests {
             assert_eq!(utf8(bytes), std::str::from_utf8(bytes).ok(), "{bytes:?}");
         }
         assert_eq!(ascii(b"00-ab"), "00-ab");
+        assert_eq!(id_text(b"abc\r\nX-Injected: 1"), None);
+        assert_eq!(id_text(b"abc\0def"), None);
+        assert_eq!(
+            id_text("caf\u{e9}-\u{1F600}".as_bytes()),
+            Some("caf\u{e9}-\u{1F600}")
+        );
         for len in 0..40 {
             for high in 0..len {
                 let mut bytes = vec![b'a'; len];
                 assert!(is_ascii(&bytes));
                 bytes[high] = 0x80;
                 assert!(!is_ascii(&bytes), "{len} {high}");
+            }
+        }
+    }
+
+    #[test]
+    fn control_bytes_agree_with_a_byte_loop() {
+        let slow = |bytes: &[u8]| bytes.iter().any(|b| *b < 0x20 || *b == 0x7f);
+        for len in 0..40 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(has_control(&bytes), slow(&bytes), "{len} {at} {byte}");
+                }
             }
         }
     }

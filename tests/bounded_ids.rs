@@ -8,11 +8,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use eventscope::header;
+use eventscope::header::MAX_ID_BYTES;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::propagation::header;
 use eventscope::publish::PublishLayer;
-use eventscope::scope::MAX_ID_BYTES;
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -52,7 +52,6 @@ async fn follow_up_of(
         .subscribe(["orders"])
         .metrics(metrics.clone())
         .tracer_provider(&capture.provider);
-    let handler = consumer.process_layer().layer(handler);
     let done = handled.clone();
     consumer
         .run(handler, async move {

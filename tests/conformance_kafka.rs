@@ -27,7 +27,7 @@ fn harness() -> Kafka {
 impl Kafka {
     fn consumer(spec: &Spec) -> KafkaConsumer {
         let config = config(&spec.group);
-        let raw = consumer(&config, &spec.metrics);
+        let raw = consumer(&config);
         if spec.join_group {
             raw.subscribe(&[&spec.topic]).expect("subscribe");
         } else {
@@ -36,6 +36,7 @@ impl Kafka {
         }
         spec.spans(
             KafkaConsumer::new(Arc::new(raw))
+                .metrics(spec.metrics.clone())
                 .classify_errors(spec.classifier.clone())
                 .max_concurrency(spec.max_concurrency)
                 .drain_deadline(spec.drain_deadline)
@@ -84,17 +85,15 @@ impl Harness for Kafka {
     }
 
     fn payload(message: &KafkaMessage) -> String {
-        String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(message.payload()).into_owned()
     }
 
     fn position(message: &KafkaMessage) -> (i32, i64) {
-        (message.partition(), message.offset())
+        (message.partition().unwrap_or_default(), message.offset())
     }
 
     fn consume(&self, spec: Spec, handler: Handler<KafkaMessage>, shutdown: Shutdown) -> Running {
-        let consumer = Self::consumer(&spec);
-        let handler = consumer.process_layer().layer(handler);
-        Box::pin(consumer.run(handler, shutdown))
+        Box::pin(Self::consumer(&spec).run(handler, shutdown))
     }
 
     fn consume_batch(
@@ -103,9 +102,7 @@ impl Harness for Kafka {
         handler: BatchHandler<KafkaMessage>,
         shutdown: Shutdown,
     ) -> Running {
-        let consumer = Self::consumer(&spec);
-        let handler = consumer.batch_process_layer().layer(handler);
-        Box::pin(consumer.run_batch(handler, shutdown))
+        Box::pin(Self::consumer(&spec).run_batch(handler, shutdown))
     }
 
     async fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {

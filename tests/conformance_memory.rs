@@ -81,13 +81,11 @@ impl Harness for Memory {
     }
 
     fn position(message: &MemoryMessage) -> (i32, i64) {
-        (message.partition(), message.offset())
+        (message.partition().unwrap_or_default(), message.offset())
     }
 
     fn consume(&self, spec: Spec, handler: Handler<MemoryMessage>, shutdown: Shutdown) -> Running {
-        let consumer = self.consumer(&spec);
-        let handler = consumer.process_layer().layer(handler);
-        Box::pin(consumer.run(handler, shutdown))
+        Box::pin(self.consumer(&spec).run(handler, shutdown))
     }
 
     fn consume_batch(
@@ -96,9 +94,7 @@ impl Harness for Memory {
         handler: BatchHandler<MemoryMessage>,
         shutdown: Shutdown,
     ) -> Running {
-        let consumer = self.consumer(&spec);
-        let handler = consumer.batch_process_layer().layer(handler);
-        Box::pin(consumer.run_batch(handler, shutdown))
+        Box::pin(self.consumer(&spec).run_batch(handler, shutdown))
     }
 
     async fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {

@@ -14,11 +14,12 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use eventscope::header;
 use eventscope::memory::{MemoryBroker, MemoryRecord};
 use eventscope::message::{HeaderList, Headers, IncomingMessage};
 use eventscope::metrics::Metrics;
 use eventscope::process::ProcessLayer;
-use eventscope::propagation::{header, Propagation};
+use eventscope::propagation::Propagation;
 use eventscope::publish::PublishLayer;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;

@@ -7,11 +7,11 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use std::time::Duration;
 
 use common::*;
-use eventscope::classify::{Classifier, Decision};
+use eventscope::classify::{Classifier, Decision, TypeNameClassifier};
 use eventscope::consume::ConsumeError;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::process::{BatchProcessLayer, ProcessLayer};
+use eventscope::process::BatchProcessLayer;
 use eventscope::publish::PublishLayer;
 use opentelemetry::trace::Status;
 use tower::{service_fn, Layer, ServiceExt};
@@ -55,19 +55,19 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
     publish(&capture.provider, &broker, &metrics, "charges", 3).await;
 
     // Offset 1 always fails.
-    let handler = ProcessLayer::new(metrics.clone())
-        .tracer_provider(&capture.provider)
-        .layer(service_fn(|m: MemoryMessage| async move {
-            if m.offset() == 1 {
-                Err(CardDeclined)
-            } else {
-                Ok(())
-            }
-        }));
+    let handler = service_fn(|m: MemoryMessage| async move {
+        if m.offset() == 1 {
+            Err(CardDeclined)
+        } else {
+            Ok(())
+        }
+    });
     let result = broker
         .consumer("billing")
         .subscribe(["charges"])
         .metrics(metrics.clone())
+        .tracer_provider(&capture.provider)
+        .classify_errors(TypeNameClassifier)
         .run(handler, tokio::time::sleep(Duration::from_millis(300)))
         .await;
 
@@ -130,7 +130,7 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
     let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handler = {
         let attempts = attempts.clone();
-        ProcessLayer::new(metrics.clone()).layer(service_fn(move |_m: MemoryMessage| {
+        service_fn(move |_m: MemoryMessage| {
             let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 if n < 2 {
@@ -139,7 +139,7 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
                     Ok(())
                 }
             }
-        }))
+        })
     };
     let committed = {
         let broker = broker.clone();
@@ -154,7 +154,9 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
         .subscribe(["flaky"])
         .metrics(metrics.clone())
         .classify_errors(
-            Classifier::new().decision("CardDeclined", Decision::retry(Duration::from_millis(10))),
+            Classifier::new()
+                .on::<CardDeclined>("CardDeclined")
+                .decision("CardDeclined", Decision::retry(Duration::from_millis(10))),
         )
         .run(handler, committed)
         .await
@@ -174,12 +176,10 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
     let metrics = Metrics::new();
     publish(&capture.provider, &broker, &metrics, "slow", 1).await;
 
-    let handler = ProcessLayer::new(metrics.clone())
-        .tracer_provider(&capture.provider)
-        .layer(service_fn(|_m: MemoryMessage| async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok::<_, std::io::Error>(())
-        }));
+    let handler = service_fn(|_m: MemoryMessage| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, std::io::Error>(())
+    });
     let started = {
         let metrics = metrics.clone();
         async move {
@@ -192,6 +192,8 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
     let run = broker
         .consumer("g")
         .subscribe(["slow"])
+        .metrics(metrics.clone())
+        .tracer_provider(&capture.provider)
         .run(handler, std::future::pending());
     tokio::select! {
         _ = run => panic!("consumer ended on its own"),

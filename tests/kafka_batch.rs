@@ -10,11 +10,10 @@ use std::time::Duration;
 use eventscope::consume::ConsumeError;
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::Metrics;
-use eventscope::process::BatchProcessLayer;
 use futures_util::future::try_join_all;
 use kafka_support::*;
 use tokio::sync::watch;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 
 const PER_PARTITION: i64 = 300;
 const MAX_BATCH: usize = 50;
@@ -43,15 +42,15 @@ async fn batches_are_per_partition_in_order_and_stop_whole() {
     try_join_all(pending).await.expect("published");
 
     let metrics = Metrics::new();
-    let consumer = consumer(&config(&group), &metrics);
+    let consumer = consumer(&config(&group));
     assign(&consumer, &topic, 2);
     let batches: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let handler = BatchProcessLayer::new(metrics.clone()).layer(service_fn({
+    let handler = service_fn({
         let batches = batches.clone();
         move |batch: Vec<KafkaMessage>| {
-            let partition = batch[0].partition();
+            let partition = batch[0].partition().unwrap_or_default();
             assert!(
-                batch.iter().all(|m| m.partition() == partition),
+                batch.iter().all(|m| m.partition() == Some(partition)),
                 "one partition per batch"
             );
             let offsets: Vec<i64> = batch.iter().map(KafkaMessage::offset).collect();
@@ -67,10 +66,11 @@ async fn batches_are_per_partition_in_order_and_stop_whole() {
                 Ok(())
             })
         }
-    }));
+    });
     let (stop, mut stopped) = watch::channel(false);
     let driver = tokio::spawn(
         KafkaConsumer::new(consumer)
+            .metrics(metrics.clone())
             .max_batch_size(MAX_BATCH)
             .commit_interval(Duration::from_millis(100))
             .run_batch(handler, async move {

@@ -15,7 +15,7 @@ use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord
 use eventscope::metrics::{label, name, Metrics};
 use kafka_support::*;
 use tokio::sync::watch;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 
 #[derive(Debug)]
 struct PaymentDeclined;
@@ -58,15 +58,20 @@ async fn stop_partition_never_commits_past_the_failed_offset() {
     publish(&topic, &[(0, 10), (1, 10)]).await;
 
     let metrics = Metrics::new();
-    let consumer = consumer(&config(&group), &metrics);
+    let consumer = consumer(&config(&group));
     assign(&consumer, &topic, 2);
     let calls: Calls = Arc::default();
-    let driver = KafkaConsumer::new(consumer).commit_interval(Duration::from_millis(100));
-    let handler = driver.process_layer().layer(service_fn({
+    let driver = KafkaConsumer::new(consumer)
+        .metrics(metrics.clone())
+        .commit_interval(Duration::from_millis(100));
+    let handler = service_fn({
         let calls = calls.clone();
         move |m: KafkaMessage| {
-            calls.lock().unwrap().push((m.partition(), m.offset()));
-            let failed = m.partition() == 0 && m.offset() == 3;
+            calls
+                .lock()
+                .unwrap()
+                .push((m.partition().unwrap_or_default(), m.offset()));
+            let failed = m.partition() == Some(0) && m.offset() == 3;
             async move {
                 if failed {
                     Err(PaymentDeclined)
@@ -75,7 +80,7 @@ async fn stop_partition_never_commits_past_the_failed_offset() {
                 }
             }
         }
-    }));
+    });
     let (stop, shutdown) = stopper();
     let driver = tokio::spawn(driver.run(handler, shutdown));
 
@@ -152,20 +157,21 @@ async fn redeliver_retries_until_success_and_counts_retries() {
     publish(&topic, &[(0, 5)]).await;
 
     let metrics = Metrics::new();
-    let consumer = consumer(&config(&group), &metrics);
+    let consumer = consumer(&config(&group));
     assign(&consumer, &topic, 1);
     let calls: Calls = Arc::default();
     let driver = KafkaConsumer::new(consumer)
+        .metrics(metrics.clone())
         .classify_errors(Classifier::new().decision(
             "PaymentDeclined",
             Decision::retry(Duration::from_millis(20)),
         ))
         .commit_interval(Duration::from_millis(100));
-    let handler = driver.process_layer().layer(service_fn({
+    let handler = service_fn({
         let calls = calls.clone();
         move |m: KafkaMessage| {
             let mut calls = calls.lock().unwrap();
-            calls.push((m.partition(), m.offset()));
+            calls.push((m.partition().unwrap_or_default(), m.offset()));
             // Offset 2 fails on its first two deliveries.
             let attempts = calls.iter().filter(|(_, o)| *o == 2).count();
             let result = if m.offset() == 2 && attempts <= 2 {
@@ -175,7 +181,7 @@ async fn redeliver_retries_until_success_and_counts_retries() {
             };
             std::future::ready(result)
         }
-    }));
+    });
     let (stop, shutdown) = stopper();
     let driver = tokio::spawn(driver.run(handler, shutdown));
     eventually("everything committed", Duration::from_secs(30), || {
@@ -208,9 +214,10 @@ async fn auto_offset_store_is_refused() {
     require_broker();
     let mut config = config(&group);
     config.set("enable.auto.offset.store", "true");
-    let consumer = consumer(&config, &Metrics::new());
+    let consumer = consumer(&config);
     let handler = service_fn(|_m: KafkaMessage| std::future::ready(Ok::<_, std::io::Error>(())));
     let outcome = KafkaConsumer::new(consumer)
+        .metrics(Metrics::new())
         .run(handler, std::future::pending())
         .await;
     assert!(

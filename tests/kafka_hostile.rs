@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use eventscope::kafka::{KafkaConsumer, KafkaMessage};
 use eventscope::metrics::{name, Metrics};
-use eventscope::process::ProcessLayer;
 use kafka_support::*;
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry::Value;
@@ -28,7 +27,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use tokio::sync::watch;
-use tower::{service_fn, Layer};
+use tower::service_fn;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Sends one record with a Produce v3 request built by hand, so the header name can be any
@@ -337,21 +336,19 @@ async fn foreign_and_malformed_messages_are_processed_as_roots() {
     assert_eq!(code, 0, "the broker accepted the hand-built record");
 
     let metrics = Metrics::new();
-    let consumer = consumer(&config(&group), &metrics);
+    let consumer = consumer(&config(&group));
     assign(&consumer, &topic, 1);
     let received: Arc<Mutex<Vec<KafkaMessage>>> = Arc::default();
     let (done_tx, done) = watch::channel(0usize);
-    let handler = ProcessLayer::new(metrics.clone())
-        .tracer_provider(&provider)
-        .layer(service_fn({
-            let received = received.clone();
-            move |m: KafkaMessage| {
-                let mut received = received.lock().unwrap();
-                received.push(m);
-                let _ = done_tx.send(received.len());
-                std::future::ready(Ok::<_, std::io::Error>(()))
-            }
-        }));
+    let handler = service_fn({
+        let received = received.clone();
+        move |m: KafkaMessage| {
+            let mut received = received.lock().unwrap();
+            received.push(m);
+            let _ = done_tx.send(received.len());
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        }
+    });
     let shutdown = async move {
         let mut done = done;
         tokio::time::timeout(Duration::from_secs(30), done.wait_for(|n| *n >= 4))
@@ -360,6 +357,8 @@ async fn foreign_and_malformed_messages_are_processed_as_roots() {
             .expect("handler alive");
     };
     KafkaConsumer::new(consumer)
+        .metrics(metrics.clone())
+        .tracer_provider(&provider)
         .run(handler, shutdown)
         .await
         .expect("no error, no stopped partition");
@@ -372,11 +371,11 @@ async fn foreign_and_malformed_messages_are_processed_as_roots() {
     assert_eq!(received[0].key(), Some(&[0xff, 0xfe, 0x00][..]));
     assert_eq!(received[1].header("correlation-id"), Some(&[0xff][..]));
     assert_eq!(received[1].header("empty"), Some(&b""[..]));
-    assert_eq!(received[2].payload(), None);
+    assert!(received[2].is_tombstone());
     // The unreadable header name is left out, the rest of the message is intact.
     let names: Vec<&str> = received[3].headers().map(|(n, _)| n).collect();
     assert_eq!(names, vec!["message-id"]);
-    assert_eq!(received[3].payload(), Some(&b"bad header name"[..]));
+    assert_eq!(received[3].payload(), &b"bad header name"[..]);
 
     // Every process span is a new root without links; binary keys are not attributes.
     provider.force_flush().unwrap();

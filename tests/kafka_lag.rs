@@ -13,11 +13,10 @@ use std::time::Duration;
 use eventscope::consume::ConsumeError;
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::process::ProcessLayer;
 use futures_util::future::try_join_all;
 use kafka_support::*;
 use tokio::sync::watch;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 
 const BACKLOG: usize = 1000;
 const PARTITIONS: i32 = 3;
@@ -66,11 +65,11 @@ async fn lag_follows_backlog_stall_and_catch_up() {
     // A consumer whose handler is stalled until released.
     let metrics = Metrics::new();
     let config = config(&group);
-    let consumer = consumer(&config, &metrics);
+    let consumer = consumer(&config);
     assign(&consumer, &topic, PARTITIONS);
     let (release, released) = watch::channel(false);
     let processed = Arc::new(AtomicUsize::new(0));
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
+    let handler = service_fn({
         let processed = processed.clone();
         move |_m: KafkaMessage| {
             let mut released = released.clone();
@@ -81,10 +80,11 @@ async fn lag_follows_backlog_stall_and_catch_up() {
                 Ok::<_, std::io::Error>(())
             }
         }
-    }));
+    });
     let (stop, stopped) = watch::channel(false);
     let driver = tokio::spawn(
         KafkaConsumer::new(consumer)
+            .metrics(metrics.clone())
             .commit_interval(Duration::from_millis(100))
             .run(handler, async move {
                 let mut stopped = stopped;
@@ -195,19 +195,20 @@ async fn lag_of_a_stopped_partition_follows_the_growing_backlog() {
     // The handler fails at one offset: the partition stops (paused) there, everything before
     // it is committed.
     let metrics = Metrics::new();
-    let consumer = consumer(&config(&group), &metrics);
+    let consumer = consumer(&config(&group));
     assign(&consumer, &topic, 1);
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn(|m: KafkaMessage| {
+    let handler = service_fn(|m: KafkaMessage| {
         std::future::ready(if m.offset() == FAILING_OFFSET {
             Err(std::io::Error::other("poison message"))
         } else {
             Ok(())
         })
-    }));
+    });
     let (stop, stopped) = watch::channel(false);
     let driver = tokio::spawn(
         // Unclassified failures stop their partition (the default decision).
         KafkaConsumer::new(consumer)
+            .metrics(metrics.clone())
             .commit_interval(Duration::from_millis(100))
             .run(handler, async move {
                 let mut stopped = stopped;

@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::Metrics;
-use eventscope::process::ProcessLayer;
 use futures_util::future::try_join_all;
 use kafka_support::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 
 const MESSAGES: usize = 10_000;
 const PARTITIONS: i32 = 4;
@@ -34,25 +33,24 @@ const KILL_AFTER: usize = 3_000;
 type Seen = Arc<Mutex<BTreeMap<i32, Vec<i64>>>>;
 
 fn recording_handler(
-    metrics: &Metrics,
     seen: Seen,
 ) -> impl tower::Service<KafkaMessage, Response = (), Error = std::io::Error, Future: Send>
        + Clone
        + Send
        + 'static {
-    ProcessLayer::new(metrics.clone()).layer(service_fn(move |m: KafkaMessage| {
+    service_fn(move |m: KafkaMessage| {
         let seen = seen.clone();
         async move {
             // Give the dispatcher room to run ahead and fill the partition buffers.
             tokio::task::yield_now().await;
             seen.lock()
                 .unwrap()
-                .entry(m.partition())
+                .entry(m.partition().unwrap_or_default())
                 .or_default()
                 .push(m.offset());
             Ok::<_, std::io::Error>(())
         }
-    }))
+    })
 }
 
 fn total(seen: &Seen) -> usize {
@@ -102,16 +100,17 @@ async fn killed_consumer_loses_nothing() {
 
     // First consumer: killed once it has processed KILL_AFTER messages.
     let first_seen: Seen = Arc::default();
-    let first = consumer(&config, &metrics);
+    let first = consumer(&config);
     first.subscribe(&[&topic]).unwrap();
     let first = Arc::new(first);
     let first_alive = Arc::downgrade(&first);
     let driver = tokio::spawn(
         KafkaConsumer::new(first)
+            .metrics(metrics.clone())
             .max_buffered(32)
             .commit_interval(Duration::from_millis(200))
             .run(
-                recording_handler(&metrics, first_seen.clone()),
+                recording_handler(first_seen.clone()),
                 std::future::pending(),
             ),
     );
@@ -151,20 +150,18 @@ async fn killed_consumer_loses_nothing() {
 
     // Second consumer, same group: finishes the job and shuts down gracefully.
     let second_seen: Seen = Arc::default();
-    let second = consumer(&config, &metrics);
+    let second = consumer(&config);
     second.subscribe(&[&topic]).unwrap();
     let (stop, stopped) = watch::channel(false);
     let driver = tokio::spawn(
         KafkaConsumer::new(second)
+            .metrics(metrics.clone())
             .max_buffered(32)
             .commit_interval(Duration::from_millis(200))
-            .run(
-                recording_handler(&metrics, second_seen.clone()),
-                async move {
-                    let mut stopped = stopped;
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
+            .run(recording_handler(second_seen.clone()), async move {
+                let mut stopped = stopped;
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
     );
     eventually(
         "the second consumer to get going",

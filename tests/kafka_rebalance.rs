@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::process::ProcessLayer;
 use futures_util::future::try_join_all;
 use kafka_support::*;
 use rdkafka::consumer::Consumer;
 use tokio::sync::watch;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 
 const PARTITIONS: i32 = 4;
 const PER_PARTITION: i64 = 50;
@@ -24,14 +23,15 @@ const PER_PARTITION: i64 = 50;
 type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
 
 fn handler(
-    metrics: &Metrics,
     seen: Seen,
 ) -> impl Service<KafkaMessage, Response = (), Error = std::io::Error, Future: Send> + Clone + Send
 {
-    ProcessLayer::new(metrics.clone()).layer(service_fn(move |m: KafkaMessage| {
-        seen.lock().unwrap().push((m.partition(), m.offset()));
+    service_fn(move |m: KafkaMessage| {
+        seen.lock()
+            .unwrap()
+            .push((m.partition().unwrap_or_default(), m.offset()));
         std::future::ready(Ok::<_, std::io::Error>(()))
-    }))
+    })
 }
 
 fn lag_partitions(metrics: &Metrics, topic: &str) -> BTreeSet<i32> {
@@ -76,14 +76,15 @@ async fn revocation_commits_done_work_and_removes_lag_series() {
 
     // The first consumer takes every partition and processes everything.
     let first_metrics = Metrics::new();
-    let first = Arc::new(consumer(&config, &first_metrics));
+    let first = Arc::new(consumer(&config));
     first.subscribe(&[&topic]).unwrap();
     let first_seen: Seen = Arc::default();
     let (stop_first, mut first_stopped) = watch::channel(false);
     let first_driver = tokio::spawn(
         KafkaConsumer::new(Arc::clone(&first))
+            .metrics(first_metrics.clone())
             .commit_interval(Duration::from_secs(3600))
-            .run(handler(&first_metrics, first_seen.clone()), async move {
+            .run(handler(first_seen.clone()), async move {
                 let _ = first_stopped.wait_for(|s| *s).await;
             }),
     );
@@ -108,14 +109,15 @@ async fn revocation_commits_done_work_and_removes_lag_series() {
 
     // A second member joins: partitions are revoked and dealt again.
     let second_metrics = Metrics::new();
-    let second = Arc::new(consumer(&config, &second_metrics));
+    let second = Arc::new(consumer(&config));
     second.subscribe(&[&topic]).unwrap();
     let second_seen: Seen = Arc::default();
     let (stop_second, mut second_stopped) = watch::channel(false);
     let second_driver = tokio::spawn(
         KafkaConsumer::new(Arc::clone(&second))
+            .metrics(second_metrics.clone())
             .commit_interval(Duration::from_secs(3600))
-            .run(handler(&second_metrics, second_seen.clone()), async move {
+            .run(handler(second_seen.clone()), async move {
                 let _ = second_stopped.wait_for(|s| *s).await;
             }),
     );

@@ -8,10 +8,9 @@ mod kafka_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventscope::header;
 use eventscope::kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 use eventscope::metrics::{label, name, Metrics};
-use eventscope::process::ProcessLayer;
-use eventscope::propagation::header;
 use eventscope::publish::PublishLayer;
 use kafka_support::*;
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
@@ -66,26 +65,26 @@ async fn publish_and_process_share_one_trace() {
     assert_eq!(delivery.partition, 0);
 
     let config = config(&group);
-    let consumer = consumer(&config, &metrics);
+    let consumer = consumer(&config);
     assign(&consumer, &topic, 1);
     let received: Arc<Mutex<Vec<KafkaMessage>>> = Arc::default();
     let got_one = Arc::new(Notify::new());
-    let handler = ProcessLayer::new(metrics.clone())
-        .tracer_provider(&provider)
-        .layer(service_fn({
-            let (received, got_one) = (received.clone(), got_one.clone());
-            move |m: KafkaMessage| {
-                received.lock().unwrap().push(m);
-                got_one.notify_one();
-                std::future::ready(Ok::<_, std::io::Error>(()))
-            }
-        }));
+    let handler = service_fn({
+        let (received, got_one) = (received.clone(), got_one.clone());
+        move |m: KafkaMessage| {
+            received.lock().unwrap().push(m);
+            got_one.notify_one();
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        }
+    });
     let shutdown = async {
         tokio::time::timeout(Duration::from_secs(30), got_one.notified())
             .await
             .expect("the message was not consumed within 30 s");
     };
     KafkaConsumer::new(consumer)
+        .metrics(metrics.clone())
+        .tracer_provider(&provider)
         .run(handler, shutdown)
         .await
         .expect("consumer ran");
@@ -210,7 +209,7 @@ async fn a_message_without_headers_is_the_cause_of_its_follow_ups() {
     let metrics = Metrics::new();
     let publisher = PublishLayer::new(metrics.clone()).layer(KafkaPublisher::new(producer()));
     let published = Arc::new(Notify::new());
-    let handler = ProcessLayer::new(metrics.clone()).layer(service_fn({
+    let handler = service_fn({
         let (publisher, published, follow_up) =
             (publisher.clone(), published.clone(), follow_up.clone());
         move |_m: KafkaMessage| {
@@ -222,8 +221,8 @@ async fn a_message_without_headers_is_the_cause_of_its_follow_ups() {
                 Ok::<_, eventscope::kafka::PublishError>(())
             }
         }
-    }));
-    let consumer = consumer(&config(&group), &metrics);
+    });
+    let consumer = consumer(&config(&group));
     assign(&consumer, &source, 1);
     let shutdown = async {
         tokio::time::timeout(Duration::from_secs(30), published.notified())
@@ -231,6 +230,7 @@ async fn a_message_without_headers_is_the_cause_of_its_follow_ups() {
             .expect("the follow-up was not published within 30 s");
     };
     KafkaConsumer::new(consumer)
+        .metrics(metrics.clone())
         .run(handler, shutdown)
         .await
         .expect("consumer ran");

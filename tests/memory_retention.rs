@@ -56,7 +56,7 @@ fn start_group(
             let index: usize = std::str::from_utf8(m.payload()).unwrap().parse().unwrap();
             seen.lock()
                 .unwrap()
-                .push((m.partition(), m.offset(), index));
+                .push((m.partition().unwrap_or_default(), m.offset(), index));
             let _ = gate.wait_for(|open| *open).await;
             tokio::task::yield_now().await;
             Ok::<_, std::io::Error>(())

@@ -34,28 +34,22 @@ fn collector(
     })
 }
 
-/// Reads the first message of `topic` with a plain (unlayered) consumer.
+/// Reads the first message of `topic` with a consumer whose spans go nowhere.
 async fn read_one(broker: &MemoryBroker, topic: &str, metrics: &Metrics) -> MemoryMessage {
     let seen: Seen = Arc::default();
-    consume_until(
-        broker,
-        "reader",
-        topic,
-        1,
-        collector(seen.clone()),
-        seen.clone(),
-        metrics,
-    )
-    .await;
+    let consumer = broker
+        .consumer("reader")
+        .subscribe([topic])
+        .metrics(metrics.clone())
+        .tracer_provider(&opentelemetry_sdk::trace::SdkTracerProvider::builder().build());
+    consume_until(consumer, 1, collector(seen.clone()), seen.clone()).await;
     let message = seen.lock().unwrap()[0].clone();
     message
 }
 
 /// Runs a consumer until `count` messages were seen.
 async fn consume_until(
-    broker: &MemoryBroker,
-    group: &str,
-    topic: &str,
+    consumer: eventscope::memory::MemoryConsumer,
     count: usize,
     handler: impl tower::Service<
             MemoryMessage,
@@ -66,7 +60,6 @@ async fn consume_until(
         + Send
         + 'static,
     seen: Seen,
-    metrics: &Metrics,
 ) {
     let done = {
         let seen = seen.clone();
@@ -81,13 +74,7 @@ async fn consume_until(
             }
         }
     };
-    broker
-        .consumer(group)
-        .subscribe([topic])
-        .metrics(metrics.clone())
-        .run(handler, done)
-        .await
-        .expect("consumer run");
+    consumer.run(handler, done).await.expect("consumer run");
 }
 
 #[tokio::test]
@@ -110,55 +97,43 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     let seen: Seen = Arc::default();
     let handler = {
         let (seen, publisher) = (seen.clone(), publisher.clone());
-        ProcessLayer::new(metrics.clone())
-            .tracer_provider(&capture.provider)
-            .layer(service_fn(move |m: MemoryMessage| {
-                let (seen, publisher) = (seen.clone(), publisher.clone());
-                async move {
-                    seen.lock().unwrap().push(m);
-                    publisher
-                        .oneshot(MemoryRecord::new("payments", b"{}".to_vec()))
-                        .await?;
-                    Ok::<_, eventscope::BoxError>(())
-                }
-            }))
+        service_fn(move |m: MemoryMessage| {
+            let (seen, publisher) = (seen.clone(), publisher.clone());
+            async move {
+                seen.lock().unwrap().push(m);
+                publisher
+                    .oneshot(MemoryRecord::new("payments", b"{}".to_vec()))
+                    .await?;
+                Ok::<_, eventscope::BoxError>(())
+            }
+        })
     };
-    consume_until(
-        &broker,
-        "payment-service",
-        "orders",
-        1,
-        handler,
-        seen.clone(),
-        &metrics,
-    )
-    .await;
+    let consumer = broker
+        .consumer("payment-service")
+        .subscribe(["orders"])
+        .metrics(metrics.clone())
+        .tracer_provider(&capture.provider);
+    consume_until(consumer, 1, handler, seen.clone()).await;
     let order = seen.lock().unwrap()[0].clone();
 
     // The notification service: processes the follow-up.
     let seen_payments: Seen = Arc::default();
     let handler = {
         let seen = seen_payments.clone();
-        ProcessLayer::new(metrics.clone())
-            .tracer_provider(&capture.provider)
-            .layer(service_fn(move |m: MemoryMessage| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock().unwrap().push(m);
-                    Ok::<_, eventscope::BoxError>(())
-                }
-            }))
+        service_fn(move |m: MemoryMessage| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(m);
+                Ok::<_, eventscope::BoxError>(())
+            }
+        })
     };
-    consume_until(
-        &broker,
-        "notification-service",
-        "payments",
-        1,
-        handler,
-        seen_payments.clone(),
-        &metrics,
-    )
-    .await;
+    let consumer = broker
+        .consumer("notification-service")
+        .subscribe(["payments"])
+        .metrics(metrics.clone())
+        .tracer_provider(&capture.provider);
+    consume_until(consumer, 1, handler, seen_payments.clone()).await;
     let payment = seen_payments.lock().unwrap()[0].clone();
 
     let spans = capture.spans();
@@ -217,7 +192,7 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     }
     assert_eq!(
         attr_str(process_orders, semconv::MESSAGING_DESTINATION_PARTITION_ID),
-        Some(order.partition().to_string())
+        order.partition().map(|p| p.to_string())
     );
     assert_eq!(
         attr_str(send_orders, semconv::MESSAGING_OPERATION_TYPE).as_deref(),
@@ -225,7 +200,7 @@ async fn one_trace_runs_from_publish_through_consumers_and_follow_ups() {
     );
     assert_eq!(
         attr_str(send_orders, semconv::MESSAGING_DESTINATION_PARTITION_ID),
-        Some(order.partition().to_string()),
+        order.partition().map(|p| p.to_string()),
         "the send span learns the partition from the broker's acknowledgement"
     );
     assert!(attr(send_orders, semconv::MESSAGING_MESSAGE_BODY_SIZE).is_some());

@@ -118,7 +118,6 @@ impl Bus for Memory {
         if let Some(provider) = provider {
             consumer = consumer.tracer_provider(provider);
         }
-        let handler = consumer.process_layer().layer(handler);
         Box::pin(consumer.run(handler, stop))
     }
 }
@@ -219,7 +218,7 @@ mod kafka_bus {
         }
 
         fn payload(message: &KafkaMessage) -> &[u8] {
-            message.payload().unwrap_or_default()
+            message.payload()
         }
 
         fn consume(
@@ -234,16 +233,17 @@ mod kafka_bus {
         ) -> BoxFuture<Result<(), ConsumeError>> {
             let config = consumer_config(&self.bootstrap, group);
             let consumer: Result<StreamConsumer<EventscopeContext>, _> =
-                config.create_with_context(EventscopeContext::new(&config, metrics.clone()));
+                config.create_with_context(EventscopeContext::new(&config));
             let consumer = match consumer.and_then(|c| c.subscribe(&[topic]).map(|()| c)) {
                 Ok(consumer) => consumer,
                 Err(e) => return Box::pin(async move { Err(ConsumeError::Broker(e.into())) }),
             };
-            let mut driver = KafkaConsumer::new(consumer).classify_errors(classifier);
+            let mut driver = KafkaConsumer::new(consumer)
+                .metrics(metrics.clone())
+                .classify_errors(classifier);
             if let Some(provider) = provider {
                 driver = driver.tracer_provider(provider);
             }
-            let handler = driver.process_layer().layer(handler);
             Box::pin(driver.run(handler, stop))
         }
     }

@@ -1,5 +1,8 @@
 //! Calling the user's handler stack: one message or a batch, a result classified into an
-//! `error.type` and a [`Decision`], a panic caught as a failure.
+//! `error.type`, a panic caught as a failure, and the [`Decision`] for a failed attempt.
+//!
+//! The items here are `pub` inside a private module: the sealed [`Run`](super::run::Run) trait
+//! names them, and nothing outside the crate can.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -10,14 +13,13 @@ use futures_util::FutureExt;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::classify::{ClassifyError, Decision, PANIC};
+use crate::classify::{ClassifyError, Decide, Decision, Failed, PANIC};
 use crate::BoxError;
 
 /// A failed handler call, classified.
 #[derive(Debug)]
-pub(crate) struct Failure {
+pub struct Failure {
     pub(crate) error_type: Cow<'static, str>,
-    pub(crate) decision: Decision,
     pub(crate) error: BoxError,
 }
 
@@ -27,15 +29,13 @@ impl Failure {
         E: Into<BoxError>,
         C: ClassifyError<E>,
     {
-        let error_type = classifier.classify(&error);
         Self {
-            decision: classifier.decide(&error_type),
-            error_type,
+            error_type: classifier.classify(&error),
             error: error.into(),
         }
     }
 
-    fn panic<E, C: ClassifyError<E>>(classifier: &C, panic: &(dyn Any + Send)) -> Self {
+    fn panic(panic: &(dyn Any + Send)) -> Self {
         let text = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -43,18 +43,21 @@ impl Failure {
             .unwrap_or_default();
         Self {
             error_type: Cow::Borrowed(PANIC),
-            decision: classifier.decide(PANIC),
             error: format!("handler panicked: {text}").into(),
         }
     }
 }
 
 /// How the core hands work to the user's service: each message, or the batch as a `Vec`.
-pub(crate) trait Handle<M>: Send + 'static {
+pub trait Handle<M>: Send + 'static {
+    /// Calls the service with `work`.
     fn handle<'a>(
         &'a mut self,
         work: &'a [M],
     ) -> impl Future<Output = Result<(), Failure>> + Send + 'a;
+
+    /// What to do with a failed attempt.
+    fn decide(&self, failure: &Failure, attempt: u32) -> Decision;
 }
 
 /// A `Service<M>` called once per message.
@@ -81,16 +84,16 @@ where
     let ready = match AssertUnwindSafe(service.ready()).catch_unwind().await {
         Ok(Ok(ready)) => ready,
         Ok(Err(error)) => return Err(Failure::error(classifier, error)),
-        Err(panic) => return Err(Failure::panic(classifier, &*panic)),
+        Err(panic) => return Err(Failure::panic(&*panic)),
     };
     let future = match std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request))) {
         Ok(future) => future,
-        Err(panic) => return Err(Failure::panic(classifier, &*panic)),
+        Err(panic) => return Err(Failure::panic(&*panic)),
     };
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(Failure::error(classifier, error)),
-        Err(panic) => Err(Failure::panic(classifier, &*panic)),
+        Err(panic) => Err(Failure::panic(&*panic)),
     }
 }
 
@@ -100,15 +103,18 @@ where
     S: Service<M> + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
-    C: ClassifyError<S::Error> + Send + Sync + 'static,
+    C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
 {
     async fn handle(&mut self, work: &[M]) -> Result<(), Failure> {
-        {
-            for message in work {
-                call(&mut self.service, &self.classifier, message.clone()).await?;
-            }
-            Ok(())
+        for message in work {
+            call(&mut self.service, &self.classifier, message.clone()).await?;
         }
+        Ok(())
+    }
+
+    fn decide(&self, failure: &Failure, attempt: u32) -> Decision {
+        self.classifier
+            .decide(&Failed::new(&failure.error_type, attempt))
     }
 }
 
@@ -118,15 +124,18 @@ where
     S: Service<Vec<M>> + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
-    C: ClassifyError<S::Error> + Send + Sync + 'static,
+    C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
 {
     async fn handle(&mut self, work: &[M]) -> Result<(), Failure> {
-        {
-            // The core never hands out an empty batch: no span, no series for nothing.
-            if work.is_empty() {
-                return Ok(());
-            }
-            call(&mut self.service, &self.classifier, work.to_vec()).await
+        // The core never hands out an empty batch: no span, no series for nothing.
+        if work.is_empty() {
+            return Ok(());
         }
+        call(&mut self.service, &self.classifier, work.to_vec()).await
+    }
+
+    fn decide(&self, failure: &Failure, attempt: u32) -> Decision {
+        self.classifier
+            .decide(&Failed::new(&failure.error_type, attempt))
     }
 }

@@ -1,24 +1,29 @@
 //! The consumer core every broker adapter runs on: it feeds messages to a handler stack and
 //! carries out the settle decision of each result (SPEC §7).
 //!
-//! An adapter hands the core a *source* of messages and a *settler* of decisions; the core
-//! gives every message a lane, runs the handler with at most
-//! [`max_concurrency`](Consumer::max_concurrency) calls at once, catches a handler panic as a
-//! failure with `error.type="panic"`, maps each failure to a [`Decision`] through the
-//! consumer's [`ClassifyError`] (the same one its [`process_layer`](Consumer::process_layer)
-//! uses), and settles:
+//! A [`Consumer`] is an adapter (a broker's source of messages and settler of decisions, see
+//! [How a broker plugs in](#how-a-broker-plugs-in)) with the settings of the core.
+//! [`run`](Consumer::run) wraps your handler in the consumer's own
+//! [`ProcessLayer`], so every message is traced and measured with
+//! the consumer's metrics, tracer and classifier (your own layers go inside it), and then:
 //!
-//! - on ordered brokers (Kafka, the embedded broker) each partition is a lane handled in order;
-//!   `Ack` and `Reject` commit past a message once every earlier message of its partition is
-//!   done, `Retry { after }` hands it to the handler again after `after` while the partition
-//!   waits, and `Stop` pauses the partition at the message for as long as it is assigned: it is
-//!   logged at once at error level, `messaging_consumer_partition_stopped` reads 1, and
-//!   [`ConsumeError::PartitionStopped`] is returned when the consumer shuts down;
-//! - unordered brokers (RabbitMQ and JetStream, next) settle each message on its own.
+//! - runs at most [`max_concurrency`](Consumer::max_concurrency) handler calls at once;
+//! - catches a handler panic as a failure with `error.type="panic"`;
+//! - maps each failure to a [`Decision`] through the consumer's
+//!   [classifier](Consumer::classify_errors), and settles:
+//!   - on ordered brokers (Kafka, the embedded broker) each partition is a lane handled in
+//!     order; `Ack` and `Reject` commit past a message once every earlier message of its
+//!     partition is done, `Retry { after }` hands it to the handler again after `after` while
+//!     the partition waits, and `Stop` pauses the partition at the message for as long as it is
+//!     assigned: it is logged at once at error level, `messaging_consumer_partition_stopped`
+//!     reads 1, and [`ConsumeError::PartitionStopped`] is returned when the consumer shuts down;
+//!   - unordered brokers (RabbitMQ, NATS) settle each message on its own: ack, nack with
+//!     requeue, reject or term.
 //!
 //! Nothing is settled before the handler stack returned: delivery is at-least-once. Every
 //! settle is timed in `messaging_client_operation_duration_seconds` with
-//! `messaging_operation_name="settle"`.
+//! `messaging_operation_name="settle"`, and with [`settle_spans`](Consumer::settle_spans) is a
+//! `settle {destination}` span.
 //!
 //! **Shutdown** always ends: when the `shutdown` future resolves the core stops fetching, lets
 //! in-flight handler calls finish for up to the [`drain_deadline`](Consumer::drain_deadline)
@@ -32,7 +37,7 @@
 //! use eventscope::classify::{Classifier, Decision};
 //! use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 //! use eventscope::metrics::Metrics;
-//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower::{service_fn, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), eventscope::BoxError> {
@@ -45,10 +50,7 @@
 //!     .metrics(Metrics::new())
 //!     .classify_errors(Classifier::new().otherwise(Decision::retry(Duration::from_millis(50))))
 //!     .drain_deadline(Duration::from_secs(5));
-//! // The process layer shares the consumer's metrics and classifier.
-//! let handler = consumer.process_layer().layer(service_fn(|_m: MemoryMessage| async {
-//!     Ok::<_, eventscope::BoxError>(())
-//! }));
+//! let handler = service_fn(|_m: MemoryMessage| async { Ok::<_, eventscope::BoxError>(()) });
 //! consumer.run(handler, tokio::time::sleep(Duration::from_millis(100))).await?;
 //! assert_eq!(broker.committed("billing", "orders", 0).unwrap_or(0)
 //!     + broker.committed("billing", "orders", 1).unwrap_or(0)
@@ -56,118 +58,61 @@
 //! # Ok(())
 //! # }
 //! ```
-
-// Without an adapter feature nothing runs the core.
-#![cfg_attr(
-    not(any(feature = "memory", feature = "kafka")),
-    allow(dead_code, unused_imports)
-)]
+//!
+//! # How a broker plugs in
+//!
+#![doc = include_str!("plug-in.md")]
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::classify::Classifier;
+use tower::util::Either;
+use tower_layer::Layer;
+use tower_service::Service;
+
 #[cfg(doc)]
 use crate::classify::Decision;
+use crate::classify::{Classifier, ClassifyError, Decide};
 use crate::metrics::Metrics;
-use crate::process::{BatchProcessLayer, ProcessLayer};
+use crate::process::{BatchProcessLayer, ParentPolicy, ProcessLayer};
+use crate::propagation::Propagation;
 use crate::span::Tracer;
 use crate::BoxError;
 
-#[cfg(doc)]
-use crate::classify::ClassifyError;
-
 mod handle;
 mod ordered;
+mod report;
+mod run;
 mod source;
-#[allow(dead_code)] // the mode RabbitMQ and JetStream run on; tested here until they land
 mod unordered;
 
-pub(crate) use self::handle::{Batch, One};
+use self::handle::{Batch, One};
+use self::report::Core;
+pub use self::report::Reporter;
+use self::run::Run;
+pub use self::source::{
+    Adapter, Event, Lane, Mode, Opening, Ordered, OrderedSettler, OrderedSource, Positioned,
+    Progress, Unordered, UnorderedSettler, UnorderedSource,
+};
 
-/// `run` and `run_batch` of an ordered adapter's consumer, written once: the adapter's
-/// `open(self) -> Result<(source, settler, Core, classifier), ConsumeError>` is all that
-/// differs between brokers.
-#[cfg(any(feature = "memory", feature = "kafka"))]
-macro_rules! ordered_runs {
-    ($message:ty) => {
-        /// Consumes until `shutdown` resolves, then stops fetching, lets running handler calls
-        /// finish (up to the [drain deadline](crate::consume::Consumer::drain_deadline)),
-        /// makes the final commit and returns (SPEC §7).
-        ///
-        /// Dropping the returned future instead aborts at once: what was processed since the
-        /// last commit is delivered again.
-        ///
-        /// # Errors
-        ///
-        /// [`ConsumeError::PartitionStopped`](crate::consume::ConsumeError::PartitionStopped)
-        /// for the first partition a failure stopped (the other partitions went on);
-        /// [`ConsumeError::Broker`](crate::consume::ConsumeError::Broker) when the broker
-        /// client is misconfigured or fails for good.
-        pub async fn run<S>(
-            self,
-            handler: S,
-            shutdown: impl std::future::Future<Output = ()>,
-        ) -> Result<(), crate::consume::ConsumeError>
-        where
-            S: tower_service::Service<$message> + Clone + Send + 'static,
-            S::Future: Send,
-            S::Error: Into<crate::BoxError> + Send,
-            C: crate::classify::ClassifyError<S::Error> + Clone + Send + Sync + 'static,
-        {
-            let (source, settler, core, classifier) = self.open()?;
-            let handler = crate::consume::One {
-                service: handler,
-                classifier,
-            };
-            crate::consume::run_ordered(source, settler, handler, 1, core, shutdown).await
-        }
-
-        /// Like [`run`](Self::run), handing the handler up to
-        /// [`max_batch_size`](crate::consume::Consumer::max_batch_size) messages of one
-        /// partition at a time (whatever is buffered, never waiting to fill a batch, never an
-        /// empty one). A batch is settled as a whole.
-        ///
-        /// # Errors
-        ///
-        /// As for [`run`](Self::run); `offset` is the first offset of the stopped batch.
-        pub async fn run_batch<S>(
-            self,
-            handler: S,
-            shutdown: impl std::future::Future<Output = ()>,
-        ) -> Result<(), crate::consume::ConsumeError>
-        where
-            S: tower_service::Service<Vec<$message>> + Clone + Send + 'static,
-            S::Future: Send,
-            S::Error: Into<crate::BoxError> + Send,
-            C: crate::classify::ClassifyError<S::Error> + Clone + Send + Sync + 'static,
-        {
-            let max_batch = self.options.max_batch;
-            let (source, settler, core, classifier) = self.open()?;
-            let handler = crate::consume::Batch {
-                service: handler,
-                classifier,
-            };
-            crate::consume::run_ordered(source, settler, handler, max_batch, core, shutdown).await
-        }
-    };
-}
-pub(crate) use self::ordered::{run_ordered, Core};
-pub(crate) use self::source::{Delivery, Event, Lane, OrderedSettler, OrderedSource};
-#[cfg(any(feature = "memory", feature = "kafka"))]
-pub(crate) use ordered_runs;
-
-/// A consumer: an adapter's source of messages, driven by the core with one [`Metrics`] and
-/// one error classifier; see the [module docs](self).
+/// A consumer: an adapter's source of messages, driven by the core with one [`Metrics`], one
+/// tracer and one error classifier; see the [module docs](self).
 ///
 /// Built by the adapters ([`MemoryBroker::consumer`](crate::memory::MemoryBroker::consumer),
-/// `KafkaConsumer::new`); the settings here are the same for every broker.
+/// `KafkaConsumer::from_config`, ...) or, for an adapter of your own, by
+/// [`from_adapter`](Self::from_adapter); the settings here are the same for every broker.
 pub struct Consumer<A, C = Classifier> {
     pub(crate) adapter: A,
-    pub(crate) classifier: C,
-    pub(crate) metrics: Metrics,
-    pub(crate) options: Options,
-    pub(crate) spans: Spans,
+    classifier: C,
+    metrics: Metrics,
+    options: Options,
+    spans: Spans,
+    propagation: Propagation,
+    policy: ParentPolicy,
+    /// Benchmarks only: the handler runs without the process layer.
+    bare: bool,
 }
 
 /// Where the consumer's spans come from, and whether settles are spans too.
@@ -207,14 +152,25 @@ impl<A: fmt::Debug, C: fmt::Debug> fmt::Debug for Consumer<A, C> {
     }
 }
 
+impl<A: Adapter> Consumer<A> {
+    /// A consumer of `adapter` with the default settings: metrics in a registry of their own,
+    /// the global tracer provider, [`Classifier::new`].
+    pub fn from_adapter(adapter: A) -> Self {
+        Self::with(adapter, Options::DEFAULT)
+    }
+}
+
 impl<A> Consumer<A> {
-    pub(crate) fn with(adapter: A, metrics: Metrics, options: Options) -> Self {
+    pub(crate) fn with(adapter: A, options: Options) -> Self {
         Self {
             adapter,
             classifier: Classifier::new(),
-            metrics,
+            metrics: Metrics::new(),
             options,
             spans: Spans::default(),
+            propagation: Propagation::default(),
+            policy: ParentPolicy::default(),
+            bare: false,
         }
     }
 }
@@ -233,9 +189,9 @@ impl<A, C> Consumer<A, C> {
         self
     }
 
-    /// How often finished work is committed (default: 1 s for Kafka, 10 ms for the embedded
-    /// broker). A consumer that dies without shutting down redelivers what it processed since
-    /// its last commit; shutdown commits everything that finished.
+    /// How often finished work is committed on ordered brokers (default: 1 s for Kafka, 10 ms
+    /// for the embedded broker). A consumer that dies without shutting down redelivers what it
+    /// processed since its last commit; shutdown commits everything that finished.
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.options.commit_interval = interval.max(Duration::from_millis(1));
         self
@@ -248,15 +204,21 @@ impl<A, C> Consumer<A, C> {
         self
     }
 
-    /// Most messages per handler call of `run_batch` (default 100).
+    /// Most messages per handler call of [`run_batch`](Self::run_batch) (default 100).
     pub fn max_batch_size(mut self, max: usize) -> Self {
         self.options.max_batch = max.max(1);
         self
     }
 
+    /// Reports into `metrics` (default: metrics in a registry of their own): the process
+    /// layer's series, the settles, retries, lag and rebalances of this consumer.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Uses `classifier` for the `error.type` and the settle [`Decision`] of handler failures
-    /// (default [`Classifier::new`]: every failure stops its partition). Call it before
-    /// [`process_layer`](Self::process_layer), which hands out the same classifier.
+    /// (default [`Classifier::new`]: every failure stops its partition).
     pub fn classify_errors<C2>(self, classifier: C2) -> Consumer<A, C2> {
         Consumer {
             adapter: self.adapter,
@@ -264,11 +226,14 @@ impl<A, C> Consumer<A, C> {
             metrics: self.metrics,
             options: self.options,
             spans: self.spans,
+            propagation: self.propagation,
+            policy: self.policy,
+            bare: self.bare,
         }
     }
 
-    /// Starts this consumer's spans (its [`process_layer`](Self::process_layer)'s and, when
-    /// enabled, the settle spans) with a tracer of `provider` (default: the global provider).
+    /// Starts this consumer's spans (process and, when enabled, settle spans) with a tracer of
+    /// `provider` (default: the global provider, as `telemetry::init` installs it).
     pub fn tracer_provider<P: crate::SharedTracerProvider>(mut self, provider: &P) -> Self {
         self.spans.tracer = Tracer::from_provider(provider);
         self
@@ -281,32 +246,137 @@ impl<A, C> Consumer<A, C> {
         self
     }
 
-    /// The metrics this consumer reports into.
-    pub fn metrics_handle(&self) -> &Metrics {
-        &self.metrics
+    /// How a process span relates to the context the message was created in (default
+    /// [`ParentPolicy::Auto`]).
+    pub fn parent_policy(mut self, policy: ParentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Extracts trace context with another propagator (default W3C Trace Context + Baggage).
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
     }
 
     /// The classifier in use.
     pub fn classifier(&self) -> &C {
         &self.classifier
     }
+
+    /// For eventscope's own benchmarks, which measure the adapter and the core without the
+    /// layer: handlers run without the process layer, so nothing is traced or measured per
+    /// message. Not for applications.
+    #[doc(hidden)]
+    pub fn without_process_layer_for_benchmarks(mut self) -> Self {
+        self.bare = true;
+        self
+    }
 }
 
-impl<A, C: Clone> Consumer<A, C> {
-    /// A [`ProcessLayer`] recording into this consumer's metrics with its classifier: the
-    /// outermost layer of the handler stack to [`run`](crate::memory::MemoryConsumer::run).
-    pub fn process_layer(&self) -> ProcessLayer<C> {
-        ProcessLayer::new(self.metrics.clone())
-            .classify_errors(self.classifier.clone())
-            .with_tracer(self.spans.tracer.clone())
+impl<A: Adapter, C: Clone> Consumer<A, C> {
+    /// Takes the consumer apart into its adapter, the core's settings and the process layer
+    /// every handler is wrapped in.
+    fn into_parts(self) -> (A, Core, ProcessLayer<C>, bool) {
+        let group: Arc<str> = Arc::from(self.adapter.group());
+        let system = self.adapter.system();
+        let layer = ProcessLayer::new(self.metrics.clone())
+            .classify_errors(self.classifier)
+            .propagation(self.propagation)
+            .parent_policy(self.policy)
+            .with_tracer(self.spans.tracer.clone());
+        let core = Core {
+            reporter: Reporter::new(self.metrics.clone(), system, Arc::clone(&group)),
+            metrics: self.metrics,
+            system,
+            group,
+            options: self.options,
+            spans: self.spans,
+        };
+        (self.adapter, core, layer, self.bare)
     }
 
-    /// A [`BatchProcessLayer`] recording into this consumer's metrics with its classifier, for
-    /// `run_batch`.
-    pub fn batch_process_layer(&self) -> BatchProcessLayer<C> {
-        BatchProcessLayer::new(self.metrics.clone())
-            .classify_errors(self.classifier.clone())
-            .with_tracer(self.spans.tracer.clone())
+    /// Consumes until `shutdown` resolves, calling `handler` with one message at a time (at
+    /// most [`max_concurrency`](Self::max_concurrency) at once) wrapped in the consumer's
+    /// process layer; then stops fetching, lets running handler calls finish (up to the
+    /// [drain deadline](Self::drain_deadline)), settles what finished and returns (SPEC §7).
+    ///
+    /// Your own layers (idempotency, schema validation, timeouts, ...) go around `handler`
+    /// before you pass it: they run inside the process span.
+    ///
+    /// Dropping the returned future instead aborts at once: what was processed since the last
+    /// commit is delivered again.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError::PartitionStopped`] for the first partition a failure stopped (the other
+    /// partitions went on), [`ConsumeError::Stopped`] when a failure stopped an unordered
+    /// consumer, [`ConsumeError::Broker`] when the broker client is misconfigured or fails for
+    /// good.
+    pub async fn run<S>(
+        self,
+        handler: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ConsumeError>
+    where
+        S: Service<A::Message> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+        C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
+    {
+        let (adapter, core, layer, bare) = self.into_parts();
+        let handler = One {
+            classifier: layer.classifier.clone(),
+            service: if bare {
+                Either::Right(handler)
+            } else {
+                Either::Left(layer.layer(handler))
+            },
+        };
+        let opening = Opening {
+            reporter: core.reporter.clone(),
+            options: core.options,
+        };
+        let mode = adapter.open(opening).await?;
+        mode.run(handler, 1, core, shutdown).await
+    }
+
+    /// Like [`run`](Self::run), handing the handler up to
+    /// [`max_batch_size`](Self::max_batch_size) messages at a time (of one partition, on
+    /// ordered brokers) as a `Vec`: whatever is ready, never waiting to fill a batch, never an
+    /// empty one. A batch is one `process` span with a link per message, and is settled as a
+    /// whole.
+    ///
+    /// # Errors
+    ///
+    /// As for [`run`](Self::run); a stopped partition's `offset` is the first of the batch.
+    pub async fn run_batch<S>(
+        self,
+        handler: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ConsumeError>
+    where
+        S: Service<Vec<A::Message>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+        C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
+    {
+        let (adapter, core, layer, bare) = self.into_parts();
+        let max_batch = core.options.max_batch;
+        let handler = Batch {
+            classifier: layer.classifier.clone(),
+            service: if bare {
+                Either::Right(handler)
+            } else {
+                Either::Left(BatchProcessLayer::from_process(layer).layer(handler))
+            },
+        };
+        let opening = Opening {
+            reporter: core.reporter.clone(),
+            options: core.options,
+        };
+        let mode = adapter.open(opening).await?;
+        mode.run(handler, max_batch, core, shutdown).await
     }
 }
 
@@ -332,7 +402,7 @@ pub enum ConsumeError {
     /// A failure decided [`Decision::Stop`] on an unordered broker: the consumer stopped
     /// pulling.
     Stopped {
-        /// Queue or stream.
+        /// Queue, subject or stream.
         destination: String,
         /// The failure's `error.type`.
         error_type: String,
@@ -377,43 +447,4 @@ impl std::error::Error for ConsumeError {
             | Self::Broker(source) => Some(&**source),
         }
     }
-}
-
-/// Where a settle happens: the optional `settle {destination}` CLIENT span (SPEC §3), started
-/// at `started` and ended `elapsed` later, with `error.type` when the settle failed. Called
-/// once per destination for every commit / ack / nack / term the core makes.
-pub(crate) fn settle_span_hook(
-    spans: &Spans,
-    system: &'static str,
-    destination: &str,
-    group: &str,
-    started: std::time::SystemTime,
-    elapsed: Duration,
-    error_type: Option<&str>,
-) {
-    if !spans.settle {
-        return;
-    }
-    let start = crate::span::SpanStart {
-        operation: crate::span::OP_SETTLE,
-        kind: opentelemetry::trace::SpanKind::Client,
-        system,
-        destination,
-        label: None,
-        message_id: None,
-        conversation_id: None,
-        body_size: None,
-        partition: None,
-        group: Some(group),
-        group_label: None,
-        batch_size: None,
-    };
-    let span = opentelemetry::Context::map_current(|parent| {
-        spans.tracer.start_at(&start, parent, started)
-    });
-    span.describe(&start, |_| {});
-    if let Some(error_type) = error_type {
-        span.fail(error_type);
-    }
-    span.end_at(started + elapsed);
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -12,28 +12,44 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tracing::instrument::WithSubscriber;
 
 use super::handle::{Failure, Handle};
-use super::source::{Delivery, Event, Lane, OrderedSettler, OrderedSource};
-use super::{settle_span_hook, ConsumeError, Options};
-use crate::classify::{Decision, OTHER};
-use crate::metrics::Metrics;
-
-/// No offset finished yet.
-const NOTHING_DONE: i64 = -1;
+use super::report::Core;
+use super::run::Run;
+use super::source::{Event, Lane, Ordered, OrderedSettler, OrderedSource, Positioned, Progress};
+use super::ConsumeError;
+use crate::classify::Decision;
 
 /// Events taken from the source per wake-up of the dispatcher, at most.
 const DRAIN: usize = 64;
 
-/// Who the core reports as.
-pub(crate) struct Core {
-    pub(crate) metrics: Metrics,
-    pub(crate) system: &'static str,
-    pub(crate) group: Arc<str>,
-    pub(crate) options: Options,
-    pub(crate) spans: super::Spans,
+impl<Src, Set> Run<Src::Message> for Ordered<Src, Set>
+where
+    Src: OrderedSource,
+    Set: OrderedSettler,
+{
+    async fn run<H>(
+        self,
+        handler: H,
+        max_batch: usize,
+        core: Core,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ConsumeError>
+    where
+        H: Handle<Src::Message> + Clone,
+    {
+        run_ordered(
+            self.source,
+            self.settler,
+            handler,
+            max_batch,
+            core,
+            shutdown,
+        )
+        .await
+    }
 }
 
 /// Runs an ordered source until `shutdown` resolves or the source fails for good.
-pub(crate) async fn run_ordered<Src, Set, H>(
+async fn run_ordered<Src, Set, H>(
     mut source: Src,
     settler: Set,
     handler: H,
@@ -52,7 +68,7 @@ where
     let drain_deadline = core.options.drain_deadline;
     let mut driver = Driver {
         permits: Arc::new(Semaphore::new(core.options.max_concurrency)),
-        core,
+        core: Arc::new(core),
         handler,
         settler: Arc::new(settler),
         max_batch,
@@ -118,12 +134,16 @@ where
         }
     }
     driver.commit(true);
-    // A consumer that returned holds no partition stopped any more.
+    // A consumer that returned holds no partition stopped any more, and reports no lag.
     for (lane, slot) in &driver.lanes {
         if matches!(slot.state, SlotState::Stopped) {
-            driver.stopped_gauge(lane, false);
+            driver.core.stopped(&lane.topic, lane.partition, false);
         }
     }
+    for lane in &driver.assigned {
+        driver.core.revoked(&lane.topic, lane.partition);
+    }
+    driver.core.reporter.remove_all();
     drop(source);
     match driver.fatal.or(driver.first_failure) {
         Some(error) => Err(error),
@@ -132,7 +152,7 @@ where
 }
 
 struct Driver<M, H, Set: OrderedSettler> {
-    core: Core,
+    core: Arc<Core>,
     handler: H,
     settler: Arc<Set>,
     permits: Arc<Semaphore>,
@@ -155,8 +175,8 @@ struct Slot<M> {
     state: SlotState<M>,
     paused: bool,
     /// The offset after the last message the lane finished, written by its worker.
-    progress: Arc<AtomicI64>,
-    committed: i64,
+    progress: Progress,
+    committed: Option<i64>,
 }
 
 enum SlotState<M> {
@@ -173,7 +193,7 @@ enum SlotState<M> {
 
 impl<M, H, Set> Driver<M, H, Set>
 where
-    M: Delivery,
+    M: Positioned + Clone + Send + Sync + 'static,
     H: Handle<M> + Clone,
     Set: OrderedSettler,
 {
@@ -181,6 +201,7 @@ where
         match event {
             Event::Message(message) => self.route(message, source),
             Event::Assigned(lanes) => {
+                self.core.assigned();
                 for lane in lanes {
                     match self.lanes.get(&lane).map(|s| &s.state) {
                         // A broker may keep or drop a pause across reassignment.
@@ -196,6 +217,7 @@ where
                 for lane in lanes {
                     self.assigned.remove(&lane);
                     self.retire(&lane);
+                    self.core.revoked(&lane.topic, lane.partition);
                 }
             }
             Event::Fatal(error) => {
@@ -237,7 +259,8 @@ where
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
         let buffered = Arc::new(AtomicUsize::new(0));
-        let progress = Arc::new(AtomicI64::new(NOTHING_DONE));
+        let progress = Progress::new();
+        self.settler.track(lane, &progress);
         let worker = LaneWorker {
             lane: lane.clone(),
             rx,
@@ -246,14 +269,10 @@ where
             control: self.control.clone(),
             stop: stop_rx,
             permits: Arc::clone(&self.permits),
-            cursor: self.settler.cursor(lane),
-            settler: Arc::clone(&self.settler),
-            progress: Arc::clone(&progress),
+            progress: progress.clone(),
             max_batch: self.max_batch,
             predecessor: self.retiring.remove(lane),
-            metrics: self.core.metrics.clone(),
-            system: self.core.system,
-            group: Arc::clone(&self.core.group),
+            core: Arc::clone(&self.core),
             _done: done_tx,
         };
         // Lanes report to the subscriber of the task that runs the consumer.
@@ -274,7 +293,7 @@ where
                 },
                 paused: false,
                 progress,
-                committed: NOTHING_DONE,
+                committed: None,
             },
         );
     }
@@ -302,7 +321,7 @@ where
             Some(Slot {
                 state: SlotState::Stopped,
                 ..
-            }) => self.stopped_gauge(lane, false),
+            }) => self.core.stopped(&lane.topic, lane.partition, false),
             None => {}
         }
     }
@@ -363,27 +382,12 @@ where
                     });
                 source.pause(&lane);
             }
-            LaneEnd::Stopped { .. } => self.stopped_gauge(&lane, false),
+            LaneEnd::Stopped { .. } => self.core.stopped(&lane.topic, lane.partition, false),
         }
         if !current && !self.assigned.contains(&lane) && !self.lanes.contains_key(&lane) {
             // A revoked lane's last message may have re-created its series.
-            self.core.metrics.remove_partition(
-                self.core.system,
-                &lane.topic,
-                &self.core.group,
-                Some(lane.partition),
-            );
+            self.core.revoked(&lane.topic, lane.partition);
         }
-    }
-
-    fn stopped_gauge(&self, lane: &Lane, stopped: bool) {
-        self.core.metrics.set_partition_stopped(
-            self.core.system,
-            &lane.topic,
-            &self.core.group,
-            Some(lane.partition),
-            stopped,
-        );
     }
 
     /// Commits every lane that advanced since the last commit, timed as a settle.
@@ -392,8 +396,8 @@ where
             .lanes
             .iter()
             .filter_map(|(lane, slot)| {
-                let next = slot.progress.load(Ordering::Acquire);
-                (next > slot.committed).then(|| (lane.clone(), next))
+                let next = slot.progress.get()?;
+                (Some(next) > slot.committed).then(|| (lane.clone(), next))
             })
             .collect();
         // The final commit is always made: the broker may hold work stored since the last one.
@@ -404,37 +408,20 @@ where
         let clock = Instant::now();
         let result = self.settler.commit(&done, last);
         let elapsed = clock.elapsed();
-        let error_type = match &result {
-            Ok(()) => None,
-            Err(error) => {
-                tracing::warn!(%error, system = self.core.system, last, "commit failed");
-                Some(OTHER)
-            }
-        };
+        if let Err(error) = &result {
+            tracing::warn!(%error, system = self.core.system, last, "commit failed");
+        }
         let mut destinations: Vec<&Arc<str>> = done.iter().map(|(lane, _)| &lane.topic).collect();
         destinations.sort_unstable();
         destinations.dedup();
         for destination in destinations {
-            self.core.metrics.record_settle(
-                self.core.system,
-                destination,
-                error_type.unwrap_or(""),
-                elapsed.as_secs_f64(),
-            );
-            settle_span_hook(
-                &self.core.spans,
-                self.core.system,
-                destination,
-                &self.core.group,
-                started,
-                elapsed,
-                error_type,
-            );
+            self.core
+                .settled(destination, started, elapsed, result.is_err());
         }
         if result.is_ok() {
             for (lane, next) in &done {
                 if let Some(slot) = self.lanes.get_mut(lane) {
-                    slot.committed = *next;
+                    slot.committed = Some(*next);
                 }
             }
         }
@@ -457,7 +444,7 @@ enum Step {
 }
 
 /// Handles one lane's messages, in order.
-struct LaneWorker<M, Set: OrderedSettler> {
+struct LaneWorker<M> {
     lane: Lane,
     rx: mpsc::UnboundedReceiver<M>,
     buffered: Arc<AtomicUsize>,
@@ -465,19 +452,15 @@ struct LaneWorker<M, Set: OrderedSettler> {
     control: mpsc::UnboundedSender<Lane>,
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
-    settler: Arc<Set>,
-    cursor: Set::Cursor,
-    progress: Arc<AtomicI64>,
+    progress: Progress,
     max_batch: usize,
     predecessor: Option<oneshot::Receiver<()>>,
-    metrics: Metrics,
-    system: &'static str,
-    group: Arc<str>,
+    core: Arc<Core>,
     /// Dropped when the worker ends, which releases a successor waiting on `predecessor`.
     _done: oneshot::Sender<()>,
 }
 
-impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
+impl<M: Positioned> LaneWorker<M> {
     async fn run<H: Handle<M>>(mut self, mut handler: H) -> LaneEnd {
         if let Some(predecessor) = self.predecessor.take() {
             tokio::select! {
@@ -530,8 +513,7 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
     }
 
     fn advance(&self, next: i64) {
-        self.settler.mark(&self.cursor, next);
-        self.progress.store(next, Ordering::Release);
+        self.progress.set(next);
     }
 
     /// Hands `work` to the handler and carries out the decision on its result.
@@ -540,7 +522,9 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
             return Step::Settled;
         };
         let (first, last) = (first.lane_offset(), last.lane_offset());
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             if *self.stop.borrow() {
                 return Step::Interrupted;
             }
@@ -563,7 +547,17 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
                 }
                 Err(failure) => failure,
             };
-            match failure.decision {
+            let decision = match handler.decide(&failure, attempt) {
+                Decision::DeadLetter => {
+                    tracing::error!(
+                        topic = %self.lane.topic, partition = self.lane.partition, offset = first,
+                        "dead-letter decision without a dead-letter destination: the partition stops instead"
+                    );
+                    Decision::Stop
+                }
+                decision => decision,
+            };
+            match decision {
                 Decision::Ack => {
                     self.advance(last + 1);
                     return Step::Settled;
@@ -578,15 +572,15 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
                     return Step::Settled;
                 }
                 Decision::Retry { after } => {
-                    self.metrics.record_retry(
-                        self.system,
+                    self.core.metrics.record_retry(
+                        self.core.system,
                         &self.lane.topic,
-                        &self.group,
+                        &self.core.group,
                         &failure.error_type,
                     );
                     tracing::debug!(
                         topic = %self.lane.topic, partition = self.lane.partition, offset = first,
-                        error_type = %failure.error_type, error = %failure.error, ?after,
+                        error_type = %failure.error_type, error = %failure.error, ?after, attempt,
                         "handler failed, retrying"
                     );
                     tokio::select! {
@@ -594,18 +588,13 @@ impl<M: Delivery, Set: OrderedSettler> LaneWorker<M, Set> {
                         _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
                     }
                 }
-                Decision::Stop => {
+                Decision::Stop | Decision::DeadLetter => {
                     // Shown at once, not when the consumer returns.
-                    self.metrics.set_partition_stopped(
-                        self.system,
-                        &self.lane.topic,
-                        &self.group,
-                        Some(self.lane.partition),
-                        true,
-                    );
+                    self.core
+                        .stopped(&self.lane.topic, self.lane.partition, true);
                     tracing::error!(
                         topic = %self.lane.topic, partition = self.lane.partition, offset = first,
-                        group = %self.group, error_type = %failure.error_type, error = %failure.error,
+                        group = %self.core.group, error_type = %failure.error_type, error = %failure.error,
                         "handler failed, partition stopped: nothing at or after this offset is committed"
                     );
                     return Step::Stopped(first, failure);

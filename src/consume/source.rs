@@ -1,19 +1,121 @@
-//! What an adapter hands the core: a source of messages and a settler of decisions.
+#![doc = include_str!("plug-in.md")]
 
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use super::report::Reporter;
+use super::{ConsumeError, Options};
+use crate::classify::Decision;
+use crate::message::IncomingMessage;
 use crate::BoxError;
 
+/// A broker's consumer, as the core drives it: what it reports as, and how it opens.
+///
+/// [`Consumer::from_adapter`](super::Consumer::from_adapter) wraps an adapter in a consumer with
+/// every setting of the core; the broker adapters of this crate do that for you
+/// (`MemoryBroker::consumer`, `KafkaConsumer::from_config`, ...).
+pub trait Adapter: Send + Sized + 'static {
+    /// The message handed to handlers.
+    type Message: IncomingMessage + Clone + Send + Sync + 'static;
+    /// [`Ordered`] or [`Unordered`], with the adapter's source and settler.
+    type Mode: Mode<Self::Message>;
+
+    /// The `messaging.system` the consumer reports as.
+    fn system(&self) -> &'static str;
+
+    /// The consumer group (Kafka, the embedded broker), queue (RabbitMQ) or durable consumer
+    /// (JetStream) that consumes.
+    fn group(&self) -> &str;
+
+    /// Connects and subscribes, when the consumer starts running.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError::Broker`] when the broker cannot be reached or refuses the subscription.
+    fn open(
+        self,
+        opening: Opening,
+    ) -> impl Future<Output = Result<Self::Mode, ConsumeError>> + Send;
+}
+
+/// What an adapter is opened with: the consumer's settings that shape fetching, and the
+/// [`Reporter`] for what only the broker knows.
+#[derive(Debug)]
+pub struct Opening {
+    pub(crate) reporter: Reporter,
+    pub(crate) options: Options,
+}
+
+impl Opening {
+    /// Where the adapter reports lag, dropped messages and unreadable headers.
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
+    }
+
+    /// Most handler calls at once (a prefetch or pull batch should not be smaller).
+    pub fn max_concurrency(&self) -> usize {
+        self.options.max_concurrency
+    }
+
+    /// Messages buffered per partition before fetching it is paused.
+    pub fn max_buffered(&self) -> usize {
+        self.options.max_buffered
+    }
+
+    /// How long shutdown waits for running handler calls.
+    pub fn drain_deadline(&self) -> std::time::Duration {
+        self.options.drain_deadline
+    }
+}
+
+/// An ordered broker's source and settler; see the [module docs](super#how-a-broker-plugs-in).
+#[derive(Debug)]
+pub struct Ordered<Src, Set> {
+    /// Messages in partition order, and rebalances.
+    pub source: Src,
+    /// Commits how far each partition is done.
+    pub settler: Set,
+}
+
+/// An unordered broker's source and settler; see the [module docs](super#how-a-broker-plugs-in).
+#[derive(Debug)]
+pub struct Unordered<Src, Set> {
+    /// Deliveries.
+    pub source: Src,
+    /// Settles each delivery.
+    pub settler: Set,
+}
+
+/// [`Ordered`] or [`Unordered`]: how the core runs an adapter. Implemented by those two only.
+pub trait Mode<M>: super::run::Run<M> {}
+
+impl<Src, Set> Mode<Src::Message> for Ordered<Src, Set>
+where
+    Src: OrderedSource,
+    Set: OrderedSettler,
+{
+}
+
+impl<Src, Set> Mode<Src::Message> for Unordered<Src, Set>
+where
+    Src: UnorderedSource,
+    Set: UnorderedSettler<Src::Message>,
+{
+}
+
 /// An ordered lane: one partition of one topic.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Lane {
-    pub(crate) topic: Arc<str>,
-    pub(crate) partition: i32,
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
 }
 
 impl Lane {
-    pub(crate) fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+    /// Partition `partition` of `topic`.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
         Self {
             topic: topic.into(),
             partition,
@@ -22,7 +124,7 @@ impl Lane {
 }
 
 /// A message of an ordered broker: where it sits in its partition.
-pub(crate) trait Delivery: Clone + Send + Sync + 'static {
+pub trait Positioned {
     /// Its topic.
     fn lane_topic(&self) -> &Arc<str>;
     /// Its partition.
@@ -33,21 +135,22 @@ pub(crate) trait Delivery: Clone + Send + Sync + 'static {
 
 /// What an ordered source yields.
 #[derive(Debug)]
-pub(crate) enum Event<M> {
+#[non_exhaustive]
+pub enum Event<M> {
     /// A message, in partition order.
     Message(M),
-    /// Partitions now ours.
+    /// Partitions now ours (a rebalance; may be empty when a rebalance only took some away).
     Assigned(Vec<Lane>),
     /// Partitions no longer ours: their buffered messages are dropped, running calls finish.
     Revoked(Vec<Lane>),
     /// The source cannot go on.
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     Fatal(BoxError),
 }
 
 /// An ordered broker's stream of messages and rebalances.
-pub(crate) trait OrderedSource: Send {
-    type Message: Delivery;
+pub trait OrderedSource: Send + 'static {
+    /// The message type.
+    type Message: IncomingMessage + Positioned + Clone + Send + Sync + 'static;
 
     /// The next event. Must be cancel-safe: the core polls it in a `select!`.
     fn next(&mut self) -> impl Future<Output = Event<Self::Message>> + Send;
@@ -60,17 +163,77 @@ pub(crate) trait OrderedSource: Send {
 }
 
 /// Carries out `Ack` and `Reject` on an ordered broker: the committed offset of a lane.
-pub(crate) trait OrderedSettler: Send + Sync + 'static {
-    /// A lane's handle for [`mark`](Self::mark), made once per lane.
-    type Cursor: Send + Sync + 'static;
-
-    fn cursor(&self, lane: &Lane) -> Self::Cursor;
-
-    /// Every message of the lane before `next` is done. Called by the lane as it advances;
-    /// must be cheap (no I/O): [`commit`](Self::commit) makes it durable.
-    fn mark(&self, cursor: &Self::Cursor, next: i64);
+pub trait OrderedSettler: Send + Sync + 'static {
+    /// The core handles `lane` from now on, keeping in `progress` the offset after the last
+    /// message it finished (every earlier message of the lane is done too). A settler that must
+    /// commit outside [`commit`](Self::commit) (Kafka, before a rebalance takes partitions
+    /// away) keeps the handle; the core writes it without calling the settler.
+    fn track(&self, lane: &Lane, progress: &Progress) {
+        let _ = (lane, progress);
+    }
 
     /// Commits: `done` holds each lane that advanced since the last commit with its next
     /// offset. `last` is the final commit at shutdown. Timed by the core as a settle.
+    ///
+    /// # Errors
+    ///
+    /// When the broker refused the commit; the core logs it, counts the settle as failed and
+    /// commits the same offsets again next time.
     fn commit(&self, done: &[(Lane, i64)], last: bool) -> Result<(), BoxError>;
+}
+
+/// How far the core is through a lane: the offset after the last message it finished, or
+/// `None` before the first. Cheap to clone; clones share the value.
+#[derive(Clone, Debug)]
+pub struct Progress(Arc<AtomicI64>);
+
+impl Progress {
+    /// No offset finished yet.
+    const NOTHING: i64 = -1;
+
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(AtomicI64::new(Self::NOTHING)))
+    }
+
+    /// The next offset to commit, if any message is done.
+    pub fn get(&self) -> Option<i64> {
+        let next = self.0.load(Ordering::Acquire);
+        (next != Self::NOTHING).then_some(next)
+    }
+
+    pub(crate) fn set(&self, next: i64) {
+        self.0.store(next, Ordering::Release);
+    }
+}
+
+/// An unordered broker's stream of deliveries.
+pub trait UnorderedSource: Send + 'static {
+    /// The message type.
+    type Message: IncomingMessage + Clone + Send + Sync + 'static;
+
+    /// The next delivery; `None` when the source is closed for good. Must be cancel-safe.
+    fn next(&mut self) -> impl Future<Output = Option<Result<Self::Message, BoxError>>> + Send;
+}
+
+/// Carries out a decision on one delivery (ack, nack with requeue, reject, term, ...).
+pub trait UnorderedSettler<M>: Send + Sync + 'static {
+    /// Settles `message` as `decision` says (SPEC §7). `Retry { after }` asks for the message
+    /// again after `after`, however the broker does that.
+    ///
+    /// # Errors
+    ///
+    /// When the broker did not take the settle (a closed channel, a lost connection): the core
+    /// logs it and counts the settle as failed; the broker delivers the message again.
+    fn settle(
+        &self,
+        message: &M,
+        decision: Decision,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Whether the broker hands a message out again after `Retry` (default `true`). A broker
+    /// that cannot (core NATS) says `false`: the core then calls the handler again itself
+    /// after the retry's delay, and settles only the final decision.
+    fn redelivers(&self) -> bool {
+        true
+    }
 }

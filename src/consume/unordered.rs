@@ -5,46 +5,60 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::instrument::WithSubscriber;
 
 use super::handle::{Failure, Handle};
-use super::ordered::Core;
-use super::{settle_span_hook, ConsumeError};
-use crate::classify::{Decision, OTHER};
+use super::report::Core;
+use super::run::Run;
+use super::source::{Unordered, UnorderedSettler, UnorderedSource};
+use super::ConsumeError;
+use crate::classify::Decision;
 use crate::message::IncomingMessage;
-use crate::BoxError;
-
-/// An unordered broker's stream of deliveries.
-pub(crate) trait UnorderedSource: Send {
-    type Message: IncomingMessage + Clone + Send + Sync + 'static;
-
-    /// The next delivery; `None` when the source is closed. Must be cancel-safe.
-    fn next(&mut self) -> impl Future<Output = Option<Result<Self::Message, BoxError>>> + Send;
-}
-
-/// Carries out a decision on one delivery (ack, nack with requeue, reject, term, ...).
-pub(crate) trait UnorderedSettler<M>: Send + Sync + 'static {
-    fn settle(
-        &self,
-        message: &M,
-        decision: Decision,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send;
-}
 
 /// A handled delivery, as its task reports it.
 struct Handled {
     destination: String,
-    failure: Option<Failure>,
+    /// A failure that decided `Stop`.
+    stopped: Option<Failure>,
+}
+
+impl<Src, Set> Run<Src::Message> for Unordered<Src, Set>
+where
+    Src: UnorderedSource,
+    Set: UnorderedSettler<Src::Message>,
+{
+    async fn run<H>(
+        self,
+        handler: H,
+        max_batch: usize,
+        core: Core,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ConsumeError>
+    where
+        H: Handle<Src::Message> + Clone,
+    {
+        run_unordered(
+            self.source,
+            self.settler,
+            handler,
+            max_batch,
+            core,
+            shutdown,
+        )
+        .await
+    }
 }
 
 /// Runs an unordered source until `shutdown` resolves, a failure decides `Stop`, or the
 /// source closes.
-pub(crate) async fn run_unordered<Src, Set, H>(
+async fn run_unordered<Src, Set, H>(
     mut source: Src,
     settler: Set,
     handler: H,
+    max_batch: usize,
     core: Core,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConsumeError>
@@ -77,12 +91,12 @@ where
                 },
             }
         };
-        let message = tokio::select! {
+        let next = tokio::select! {
             biased;
             () = &mut shutdown => break 'pull,
             next = source.next() => next,
         };
-        let message = match message {
+        let first = match next {
             None => break,
             Some(Err(error)) => {
                 tracing::error!(%error, system = core.system, "consumer failed");
@@ -91,52 +105,93 @@ where
             }
             Some(Ok(message)) => message,
         };
+        // A batch takes what is ready now, never waiting to fill it.
+        let mut work = vec![first];
+        while work.len() < max_batch {
+            match source.next().now_or_never() {
+                Some(Some(Ok(message))) => work.push(message),
+                Some(Some(Err(error))) => {
+                    tracing::error!(%error, system = core.system, "consumer failed");
+                    outcome.get_or_insert(ConsumeError::Broker(error));
+                    break;
+                }
+                Some(None) | None => break,
+            }
+        }
         let (mut handler, settler, core) =
             (handler.clone(), Arc::clone(&settler), Arc::clone(&core));
         let task = async move {
-            let result = handler.handle(std::slice::from_ref(&message)).await;
-            let (decision, failure) = match result {
-                Ok(()) => (Decision::Ack, None),
-                Err(failure) => (failure.decision, Some(failure)),
+            // The broker counts deliveries; a batch is as far as its most tried message.
+            let delivered = work
+                .iter()
+                .filter_map(IncomingMessage::delivery_attempt)
+                .max()
+                .unwrap_or(1);
+            let mut attempt = delivered;
+            let (decision, failure) = loop {
+                let failure = match handler.handle(&work).await {
+                    Ok(()) => break (Decision::Ack, None),
+                    Err(failure) => failure,
+                };
+                let decision = match handler.decide(&failure, attempt) {
+                    Decision::DeadLetter => {
+                        tracing::error!(
+                            "dead-letter decision without a dead-letter destination: the consumer stops instead"
+                        );
+                        Decision::Stop
+                    }
+                    decision => decision,
+                };
+                let Decision::Retry { after } = decision else {
+                    break (decision, Some(failure));
+                };
+                for message in &work {
+                    core.metrics.record_retry(
+                        core.system,
+                        message.destination(),
+                        &core.group,
+                        &failure.error_type,
+                    );
+                }
+                if settler.redelivers() {
+                    break (decision, Some(failure));
+                }
+                // A broker that cannot deliver again (core NATS): the core hands the message
+                // to the handler again itself.
+                tracing::debug!(
+                    error_type = %failure.error_type, error = %failure.error, ?after, attempt,
+                    "handler failed, retrying"
+                );
+                tokio::time::sleep(after).await;
+                attempt = attempt.saturating_add(1);
             };
-            if let (Decision::Retry { .. }, Some(failure)) = (decision, &failure) {
-                core.metrics.record_retry(
-                    core.system,
+            for message in &work {
+                let started = SystemTime::now();
+                let clock = Instant::now();
+                let settled = settler.settle(message, decision).await;
+                if let Err(error) = &settled {
+                    tracing::warn!(%error, ?decision, "settle failed: the broker delivers the message again");
+                }
+                core.settled(
                     message.destination(),
-                    &core.group,
-                    &failure.error_type,
+                    started,
+                    clock.elapsed(),
+                    settled.is_err(),
                 );
             }
-            let started = SystemTime::now();
-            let clock = Instant::now();
-            let settled = settler.settle(&message, decision).await;
-            let elapsed = clock.elapsed();
-            let error_type = settled.as_ref().err().map(|_| OTHER);
-            if let Err(error) = &settled {
-                tracing::warn!(%error, ?decision, "settle failed: the broker redelivers");
-            }
-            core.metrics.record_settle(
-                core.system,
-                message.destination(),
-                error_type.unwrap_or(""),
-                elapsed.as_secs_f64(),
-            );
-            settle_span_hook(
-                &core.spans,
-                core.system,
-                message.destination(),
-                &core.group,
-                started,
-                elapsed,
-                error_type,
-            );
             drop(permit);
             Handled {
-                destination: message.destination().to_owned(),
-                failure: failure.filter(|f| f.decision == Decision::Stop),
+                destination: work
+                    .first()
+                    .map(|m| m.destination().to_owned())
+                    .unwrap_or_default(),
+                stopped: failure.filter(|_| decision == Decision::Stop),
             }
         };
         tasks.spawn(task.with_current_subscriber());
+        if outcome.is_some() {
+            break;
+        }
     }
 
     // Stop pulling; let running calls finish until the deadline; cancel the rest.
@@ -150,7 +205,10 @@ where
                 None => break,
             },
             () = &mut deadline => {
-                tracing::warn!(running = tasks.len(), "drain deadline passed: cancelling running handler calls");
+                tracing::warn!(
+                    running = tasks.len(), deadline = ?core.options.drain_deadline,
+                    "drain deadline passed: cancelling running handler calls, their messages stay unsettled"
+                );
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 break;
@@ -158,6 +216,7 @@ where
         }
     }
     drop(source);
+    core.reporter.remove_all();
     outcome.map_or(Ok(()), Err)
 }
 
@@ -166,7 +225,7 @@ fn note(done: Result<Handled, tokio::task::JoinError>, outcome: &mut Option<Cons
     match done {
         Ok(Handled {
             destination,
-            failure: Some(failure),
+            stopped: Some(failure),
         }) => {
             tracing::error!(
                 destination, error_type = %failure.error_type, error = %failure.error,
@@ -205,6 +264,7 @@ mod tests {
     use crate::consume::Options;
     use crate::message::Headers;
     use crate::metrics::{label, name, Metrics, OPERATION_SETTLE};
+    use crate::BoxError;
 
     #[derive(Clone, Debug)]
     struct Fake(u32);
@@ -229,6 +289,8 @@ mod tests {
         ready: Arc<Mutex<VecDeque<Fake>>>,
         pulled: Arc<AtomicUsize>,
         settled: Arc<Mutex<Vec<(u32, Decision)>>>,
+        /// A broker that cannot deliver again (core NATS).
+        no_redelivery: bool,
     }
 
     impl UnorderedSource for Queue {
@@ -248,10 +310,15 @@ mod tests {
         async fn settle(&self, message: &Fake, decision: Decision) -> Result<(), BoxError> {
             self.settled.lock().unwrap().push((message.0, decision));
             if let Decision::Retry { .. } = decision {
+                assert!(!self.no_redelivery, "never asked to deliver again");
                 // A nack with requeue: the broker hands it out again.
                 self.ready.lock().unwrap().push_back(message.clone());
             }
             Ok(())
+        }
+
+        fn redelivers(&self) -> bool {
+            !self.no_redelivery
         }
     }
 
@@ -283,10 +350,16 @@ mod tests {
         let mut options = Options::DEFAULT;
         options.max_concurrency = max_concurrency;
         options.drain_deadline = drain;
+        let group: Arc<str> = Arc::from("workers");
         Core {
             metrics: metrics.clone(),
             system: crate::message::system::RABBITMQ,
-            group: Arc::from("workers"),
+            reporter: crate::consume::report::Reporter::new(
+                metrics.clone(),
+                crate::message::system::RABBITMQ,
+                Arc::clone(&group),
+            ),
+            group,
             options,
             spans: crate::consume::Spans::default(),
         }
@@ -333,7 +406,7 @@ mod tests {
             classifier: classifier(),
         };
         let core = core(&metrics, 3, Duration::from_secs(30));
-        run_unordered(queue.clone(), queue.clone(), handler, core, all_settled)
+        run_unordered(queue.clone(), queue.clone(), handler, 1, core, all_settled)
             .await
             .expect("no failure stops this consumer");
 
@@ -398,6 +471,7 @@ mod tests {
             queue.clone(),
             queue.clone(),
             handler,
+            1,
             core,
             std::future::pending(),
         )
@@ -411,6 +485,53 @@ mod tests {
             queue.pulled.load(Ordering::SeqCst) < 50,
             "no more pulls after the stop"
         );
+    }
+
+    #[tokio::test]
+    async fn without_redelivery_the_core_retries_in_process_and_settles_once() {
+        let mut queue = queue(3);
+        queue.no_redelivery = true;
+        let metrics = Metrics::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let calls = calls.clone();
+            service_fn(move |m: Fake| {
+                let failing = m.0 == 1 && calls.fetch_add(1, Ordering::SeqCst) < 2;
+                async move {
+                    if failing {
+                        Err(BoxError::from(Flaky))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+        };
+        let settled = Arc::clone(&queue.settled);
+        let all_settled = async move {
+            while settled.lock().unwrap().len() < 3 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let handler = One {
+            service,
+            classifier: classifier(),
+        };
+        let core = core(&metrics, 2, Duration::from_secs(30));
+        run_unordered(queue.clone(), queue.clone(), handler, 1, core, all_settled)
+            .await
+            .expect("no failure stops this consumer");
+        let settled = queue.settled.lock().unwrap().clone();
+        assert_eq!(settled.len(), 3, "each message settled once: {settled:?}");
+        assert!(settled.iter().all(|(_, d)| *d == Decision::Ack));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "two failed attempts, then success"
+        );
+        assert!(metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with(name::RETRIES) && l.ends_with(" 2")));
     }
 
     #[tokio::test]
@@ -434,7 +555,7 @@ mod tests {
             }
         };
         let core = core(&metrics, 4, Duration::from_millis(20));
-        run_unordered(queue.clone(), queue.clone(), handler, core, others_done)
+        run_unordered(queue.clone(), queue.clone(), handler, 1, core, others_done)
             .await
             .expect("a cancelled call is no failure");
         let settled = queue.settled.lock().unwrap().clone();

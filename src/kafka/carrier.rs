@@ -9,8 +9,10 @@ use std::ffi::{c_char, c_void, CStr};
 use rdkafka::bindings as rdsys;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
-use super::record::Data;
+use super::record::{Data, KafkaRecord};
 use crate::message::HeaderList;
+
+crate::message::header_list_carrier!(KafkaRecord);
 
 /// The headers librdkafka will send for `headers`.
 pub(crate) fn to_owned_headers(headers: &HeaderList) -> Option<OwnedHeaders> {

@@ -1,33 +1,35 @@
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::carrier::read_headers;
-use super::context::{EventscopeContext, Progress, RebalanceEvent, Settings};
+use super::config::{check, Settings};
+use super::context::{EventscopeContext, RebalanceEvent};
+use super::error::ConfigError;
 use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
 use crate::classify::Classifier;
 use crate::consume::{
-    ConsumeError, Consumer, Core, Delivery, Event, Lane, Options, OrderedSettler, OrderedSource,
+    Adapter, ConsumeError, Consumer, Event, Lane, Opening, Options, Ordered, OrderedSettler,
+    OrderedSource, Positioned, Progress, Reporter,
 };
 use crate::message::system::KAFKA;
-use crate::metrics::Metrics;
 use crate::BoxError;
 
 /// Drives a handler with the messages of your `rdkafka` [`StreamConsumer`], run by the
 /// [consumer core](crate::consume); see the [module docs](super).
 ///
-/// The consumer must be created with an [`EventscopeContext`] (whose [`Metrics`] the consumer
-/// and its [`process_layer`](Consumer::process_layer) report into) and with
-/// `enable.auto.offset.store=false` (`run` refuses to start otherwise): a message's offset is
+/// Build it with [`from_config`](KafkaConsumer::from_config), or bring a consumer created with
+/// an [`EventscopeContext`] and `enable.auto.offset.store=false` to
+/// [`new`](KafkaConsumer::new) (`run` refuses to start otherwise): a message's offset is
 /// stored once it and every earlier message of its partition are settled, and stored offsets
 /// are committed every [`commit_interval`](Consumer::commit_interval), before partitions are
 /// revoked and at shutdown. Subscribe (or assign) before or after building it, as with any
@@ -37,10 +39,8 @@ use crate::BoxError;
 /// A partition with [`max_buffered`](Consumer::max_buffered) messages waiting is paused in
 /// librdkafka until its handler has worked through half of them, so memory stays bounded and a
 /// slow partition does not hold the others up.
-///
-/// [`Metrics`]: crate::metrics::Metrics
-pub type KafkaConsumer<X = DefaultConsumerContext, C = Classifier> =
-    Consumer<KafkaSubscription<X>, C>;
+pub type KafkaConsumer<Context = DefaultConsumerContext, Classify = Classifier> =
+    Consumer<KafkaSubscription<Context>, Classify>;
 
 /// The Kafka part of a [`KafkaConsumer`]: your consumer.
 pub struct KafkaSubscription<X: ConsumerContext + 'static = DefaultConsumerContext> {
@@ -55,33 +55,109 @@ impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSubscription<X> {
     }
 }
 
-impl<X: ConsumerContext + 'static> Consumer<KafkaSubscription<X>> {
-    /// Drives `consumer` (pass an `Arc` to keep a handle to it, e.g. to read committed offsets
-    /// after `run` returned).
-    pub fn new(consumer: impl Into<Arc<StreamConsumer<EventscopeContext<X>>>>) -> Self {
-        let consumer = consumer.into();
-        let metrics = consumer.context().metrics().clone();
-        Consumer::with(KafkaSubscription { consumer }, metrics, Options::DEFAULT)
+impl KafkaConsumer {
+    /// Creates the `rdkafka` consumer from `config`, with an [`EventscopeContext`], and the
+    /// driver for it; start from [`consumer_config`](super::consumer_config). Subscribe with
+    /// [`subscribe`](Consumer::subscribe), or assign partitions through
+    /// [`consumer`](Consumer::consumer).
+    ///
+    /// ```no_run
+    /// use eventscope::kafka::{self, KafkaConsumer};
+    /// use eventscope::metrics::Metrics;
+    ///
+    /// # fn main() -> Result<(), eventscope::kafka::ConfigError> {
+    /// let config = kafka::consumer_config("127.0.0.1:9092", "billing");
+    /// let consumer = KafkaConsumer::from_config(&config)?
+    ///     .subscribe(&["orders"])?
+    ///     .metrics(Metrics::new());
+    /// # let _ = consumer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When `group.id` is missing ([`ConfigError::MissingGroupId`]), `enable.auto.offset.store`
+    /// is not `false` ([`ConfigError::AutoOffsetStore`]: offsets of unprocessed messages would
+    /// be committed), `statistics.interval.ms` is not set
+    /// ([`ConfigError::MissingStatisticsInterval`]: no lag; set it to `0` to go without), or
+    /// librdkafka rejects the configuration ([`ConfigError::Client`]).
+    /// `enable.auto.commit` may stay on: it only commits stored offsets, and the driver stores
+    /// only what was processed.
+    pub fn from_config(config: &ClientConfig) -> Result<Self, ConfigError> {
+        Self::from_config_with_context(config, DefaultConsumerContext)
     }
 }
 
-impl<X: ConsumerContext + 'static, C> Consumer<KafkaSubscription<X>, C> {
+impl<X: ConsumerContext + 'static> KafkaConsumer<X> {
+    /// Drives `consumer`, created with an [`EventscopeContext`] (pass an `Arc` to keep a handle
+    /// to it, e.g. to read committed offsets after `run` returned).
+    pub fn new(consumer: impl Into<Arc<StreamConsumer<EventscopeContext<X>>>>) -> Self {
+        let mut options = Options::DEFAULT;
+        // Each pause makes librdkafka drop what it fetched for the partition: a small buffer
+        // collapses throughput (see `max_buffered`).
+        options.max_buffered = options.max_buffered.max(MIN_BUFFERED);
+        Consumer::with(
+            KafkaSubscription {
+                consumer: consumer.into(),
+            },
+            options,
+        )
+    }
+
+    /// Like [`from_config`](KafkaConsumer::from_config), delegating logging, errors, OAuth and
+    /// commit callbacks to your own consumer context (see [`EventscopeContext::wrap`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`from_config`](KafkaConsumer::from_config).
+    pub fn from_config_with_context(
+        config: &ClientConfig,
+        context: X,
+    ) -> Result<Self, ConfigError> {
+        check(config)?;
+        let consumer: StreamConsumer<EventscopeContext<X>> =
+            config.create_with_context(EventscopeContext::wrap(config, context))?;
+        Ok(Self::new(consumer))
+    }
+}
+
+/// The smallest per-partition buffer a Kafka consumer keeps (see `max_buffered`).
+const MIN_BUFFERED: usize = 100;
+
+impl<X: ConsumerContext + 'static, C> KafkaConsumer<X, C> {
     /// The consumer.
     pub fn consumer(&self) -> &Arc<StreamConsumer<EventscopeContext<X>>> {
         &self.adapter.consumer
     }
 
-    crate::consume::ordered_runs!(KafkaMessage);
+    /// Subscribes the consumer to `topics` (replacing an earlier subscription); partitions are
+    /// assigned by the group.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Client`] when librdkafka refuses the subscription (e.g. an invalid
+    /// topic pattern).
+    pub fn subscribe(self, topics: &[&str]) -> Result<Self, ConfigError> {
+        self.consumer().subscribe(topics)?;
+        Ok(self)
+    }
+}
 
-    fn open(self) -> Result<(KafkaSource<X>, KafkaSettler<X>, Core, C), ConsumeError> {
-        let Self {
-            adapter,
-            classifier,
-            metrics,
-            options,
-            spans,
-        } = self;
-        let consumer = adapter.consumer;
+impl<X: ConsumerContext + 'static> Adapter for KafkaSubscription<X> {
+    type Message = KafkaMessage;
+    type Mode = Ordered<KafkaSource<X>, KafkaSettler<X>>;
+
+    fn system(&self) -> &'static str {
+        KAFKA
+    }
+
+    fn group(&self) -> &str {
+        self.consumer.context().group()
+    }
+
+    async fn open(self, opening: Opening) -> Result<Self::Mode, ConsumeError> {
+        let consumer = self.consumer;
         // Refuses a consumer that would commit what the handler has not processed.
         if let Err(KafkaError::StoreOffset(RDKafkaErrorCode::InvalidArgument)) =
             consumer.store_offsets(&TopicPartitionList::new())
@@ -91,18 +167,10 @@ impl<X: ConsumerContext + 'static, C> Consumer<KafkaSubscription<X>, C> {
             ));
         }
         let context = Arc::clone(consumer.context());
+        context.report_to(opening.reporter().clone());
         let settings = Arc::clone(context.settings());
-        let source_metrics = metrics.clone();
-        let core = Core {
-            metrics,
-            system: KAFKA,
-            group: Arc::clone(&settings.group),
-            options,
-            spans,
-        };
         let settler = KafkaSettler {
             consumer: Arc::clone(&consumer),
-            progress: Arc::clone(context.progress()),
         };
         let source = KafkaSource {
             consumer,
@@ -110,13 +178,13 @@ impl<X: ConsumerContext + 'static, C> Consumer<KafkaSubscription<X>, C> {
             settings,
             origins: Vec::new(),
             pending: VecDeque::new(),
-            metrics: source_metrics,
+            reporter: opening.reporter().clone(),
         };
-        Ok((source, settler, core, classifier))
+        Ok(Ordered { source, settler })
     }
 }
 
-impl Delivery for KafkaMessage {
+impl Positioned for KafkaMessage {
     fn lane_topic(&self) -> &Arc<str> {
         &self.origin.topic
     }
@@ -135,7 +203,7 @@ impl Delivery for KafkaMessage {
 const HEADER_ROOM: usize = 256;
 
 /// librdkafka's stream and rebalances, as the core's events.
-struct KafkaSource<X: ConsumerContext + 'static> {
+pub struct KafkaSource<X: ConsumerContext + 'static> {
     consumer: Arc<StreamConsumer<EventscopeContext<X>>>,
     context: Arc<EventscopeContext<X>>,
     settings: Arc<Settings>,
@@ -143,7 +211,15 @@ struct KafkaSource<X: ConsumerContext + 'static> {
     origins: Vec<Arc<Origin>>,
     pending: VecDeque<Event<KafkaMessage>>,
     /// Counts messages with unreadable headers.
-    metrics: Metrics,
+    reporter: Reporter,
+}
+
+impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSource<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("group", &self.settings.group)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<X: ConsumerContext + 'static> KafkaSource<X> {
@@ -184,7 +260,7 @@ impl<X: ConsumerContext + 'static> KafkaSource<X> {
         match received {
             Ok(message) => {
                 let origin = Arc::clone(self.origin(message.topic()));
-                let detached = detach(&message, origin, &self.metrics);
+                let detached = detach(&message, origin, &self.reporter);
                 self.pending.push_back(Event::Message(detached));
             }
             Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
@@ -205,24 +281,22 @@ impl<X: ConsumerContext + 'static> OrderedSource for KafkaSource<X> {
     type Message = KafkaMessage;
 
     async fn next(&mut self) -> Event<KafkaMessage> {
-        {
-            loop {
-                if let Some(event) = self.pending.pop_front() {
-                    return event;
-                }
-                self.take_rebalances();
-                if !self.pending.is_empty() {
-                    continue;
-                }
-                let consumer = Arc::clone(&self.consumer);
-                let context = Arc::clone(&self.context);
-                tokio::select! {
-                    biased;
-                    () = context.rebalanced() => {}
-                    received = consumer.recv() => {
-                        self.take_rebalances();
-                        self.received(received);
-                    }
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            self.take_rebalances();
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let consumer = Arc::clone(&self.consumer);
+            let context = Arc::clone(&self.context);
+            tokio::select! {
+                biased;
+                () = context.rebalanced() => {}
+                received = consumer.recv() => {
+                    self.take_rebalances();
+                    self.received(received);
                 }
             }
         }
@@ -242,7 +316,7 @@ impl<X: ConsumerContext + 'static> OrderedSource for KafkaSource<X> {
 }
 
 /// Copies a message out of librdkafka: one buffer for key, payload and header values.
-fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, metrics: &Metrics) -> KafkaMessage {
+fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporter) -> KafkaMessage {
     let (key, payload) = (message.key(), message.payload());
     let sizes = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
     let mut data = Data {
@@ -253,7 +327,7 @@ fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, metrics: &Metrics)
     data.payload = payload.map(|payload| data.push(payload));
     // Headers whose names are not UTF-8 are skipped and counted, never a panic.
     let skipped = read_headers(message, &mut data);
-    metrics.record_unreadable_headers(KAFKA, skipped);
+    reporter.unreadable_headers(skipped);
     KafkaMessage {
         origin,
         partition: message.partition(),
@@ -264,27 +338,32 @@ fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, metrics: &Metrics)
 }
 
 /// Stores settled offsets and commits them.
-struct KafkaSettler<X: ConsumerContext + 'static> {
+pub struct KafkaSettler<X: ConsumerContext + 'static> {
     consumer: Arc<StreamConsumer<EventscopeContext<X>>>,
-    /// Shared with the context, which commits it before partitions are revoked.
-    progress: Arc<Progress>,
+}
+
+impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSettler<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSettler").finish_non_exhaustive()
+    }
 }
 
 impl<X: ConsumerContext + 'static> OrderedSettler for KafkaSettler<X> {
-    type Cursor = Arc<AtomicI64>;
-
-    fn cursor(&self, lane: &Lane) -> Arc<AtomicI64> {
-        self.progress.track(&lane.topic, lane.partition)
+    fn track(&self, lane: &Lane, progress: &Progress) {
+        // The context commits it before a rebalance takes the partition away.
+        self.consumer.context().track(lane, progress);
     }
 
-    fn mark(&self, cursor: &Arc<AtomicI64>, next: i64) {
-        // A store per message would cost more than the rest of the core: the progress is
-        // handed to librdkafka's offset store only before a commit.
-        cursor.store(next, Ordering::Release);
-    }
-
-    fn commit(&self, _done: &[(Lane, i64)], last: bool) -> Result<(), BoxError> {
-        self.progress.store(&*self.consumer)?;
+    fn commit(&self, done: &[(Lane, i64)], last: bool) -> Result<(), BoxError> {
+        // A store per message would cost more than the rest of the core: offsets go to
+        // librdkafka's store only before a commit.
+        if !done.is_empty() {
+            let mut list = TopicPartitionList::with_capacity(done.len());
+            for (lane, next) in done {
+                list.add_partition_offset(&lane.topic, lane.partition, Offset::Offset(*next))?;
+            }
+            self.consumer.store_offsets(&list)?;
+        }
         let mode = if last {
             CommitMode::Sync
         } else {
@@ -294,5 +373,19 @@ impl<X: ConsumerContext + 'static> OrderedSettler for KafkaSettler<X> {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(Box::new(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::consumer_config;
+
+    #[test]
+    fn a_config_librdkafka_rejects_is_a_client_error() {
+        let mut config = consumer_config("127.0.0.1:9092", "g");
+        config.set("no.such.setting", "1");
+        let error = KafkaConsumer::from_config(&config).unwrap_err();
+        assert!(matches!(error, ConfigError::Client(_)), "{error}");
     }
 }

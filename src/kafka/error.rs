@@ -14,7 +14,7 @@
 //! // A consumer that would commit unprocessed messages is refused when it is built.
 //! let mut config = kafka::consumer_config("127.0.0.1:9092", "billing");
 //! config.set("enable.auto.offset.store", "true");
-//! let refused = KafkaConsumer::from_config(&config, &Metrics::new());
+//! let refused = KafkaConsumer::from_config(&config);
 //! assert!(matches!(refused, Err(ConfigError::AutoOffsetStore)));
 //! ```
 
@@ -65,7 +65,7 @@ impl PublishError {
                 .map_or(Cow::Borrowed(crate::classify::OTHER), |code| {
                     Cow::Owned(format!("{code:?}"))
                 }),
-            Kind::Cancelled => Cow::Borrowed("cancelled"),
+            Kind::Cancelled => Cow::Borrowed(crate::classify::CANCELLED),
         }
     }
 
@@ -176,7 +176,10 @@ mod tests {
         ));
         assert_eq!(KafkaErrorClassifier.classify(&e), "MessageTimedOut");
         assert!(!e.is_queue_full());
-        assert_eq!(PublishError::cancelled().error_type(), "cancelled");
+        assert_eq!(
+            PublishError::cancelled().error_type(),
+            crate::classify::CANCELLED
+        );
         let full = PublishError::kafka(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
         assert!(full.is_queue_full());
     }

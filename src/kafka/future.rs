@@ -12,7 +12,8 @@ use tokio::time::Sleep;
 
 use super::error::PublishError;
 use super::publisher::{offer_parked, Parked, QUEUE_FULL_RETRY};
-use super::record::KafkaDelivery;
+use super::record::KafkaReceipt;
+use crate::sync::Recover;
 
 /// Resolves with the delivery report of one record.
 ///
@@ -70,7 +71,7 @@ impl<C: ClientContext + 'static> ResponseFuture<C> {
 }
 
 impl<C: ClientContext + 'static> Future for ResponseFuture<C> {
-    type Output = Result<KafkaDelivery, PublishError>;
+    type Output = Result<KafkaReceipt, PublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -78,7 +79,7 @@ impl<C: ClientContext + 'static> Future for ResponseFuture<C> {
                 State::Delivering(delivery) => {
                     let report = std::task::ready!(Pin::new(delivery).poll(cx));
                     return Poll::Ready(match report {
-                        Ok(Ok(d)) => Ok(KafkaDelivery {
+                        Ok(Ok(d)) => Ok(KafkaReceipt {
                             partition: d.partition,
                             offset: d.offset,
                         }),
@@ -101,10 +102,7 @@ impl<C: ClientContext + 'static> Future for ResponseFuture<C> {
                             .reset(tokio::time::Instant::now() + QUEUE_FULL_RETRY);
                         continue;
                     }
-                    let taken = std::mem::replace(
-                        &mut *slot.lock().unwrap_or_else(|e| e.into_inner()),
-                        Parked::Taken,
-                    );
+                    let taken = std::mem::replace(&mut *slot.locked(), Parked::Taken);
                     self.state = match taken {
                         Parked::Queued(delivery) => State::Delivering(delivery),
                         Parked::Failed(error) => State::Failed(Some(error)),

@@ -18,6 +18,7 @@ use super::future::ResponseFuture;
 use super::record::KafkaRecord;
 use crate::metrics::Metrics;
 use crate::publish::PublishLayer;
+use crate::sync::Recover;
 
 /// The [`PublishLayer`] for a [`KafkaPublisher`]: records into `metrics`, and a failed
 /// publish's `error.type` is its librdkafka error code (`MessageTimedOut`, …, see
@@ -34,7 +35,7 @@ pub fn publish_layer(metrics: Metrics) -> PublishLayer<KafkaErrorClassifier> {
 pub(crate) const QUEUE_FULL_RETRY: Duration = Duration::from_millis(1);
 
 /// Publishes [`KafkaRecord`]s through your `rdkafka` [`FutureProducer`]; resolves with a
-/// [`KafkaDelivery`](super::KafkaDelivery) when the delivery report arrives.
+/// [`KafkaReceipt`](super::KafkaReceipt) when the delivery report arrives.
 ///
 /// Wrap it in [`publish_layer`] (a [`PublishLayer`] that names failures by their librdkafka
 /// code) to trace and measure: the `send` span then ends with the delivery report, carrying
@@ -83,7 +84,7 @@ impl<C: ClientContext + 'static> fmt::Debug for KafkaPublisher<C> {
 }
 
 impl<C: ClientContext + 'static> Service<KafkaRecord> for KafkaPublisher<C> {
-    type Response = super::KafkaDelivery;
+    type Response = super::KafkaReceipt;
     type Error = PublishError;
     type Future = ResponseFuture<C>;
 
@@ -139,7 +140,7 @@ pub(crate) fn offer_parked<C: ClientContext + 'static>(
     producer: &FutureProducer<C>,
     slot: &Mutex<Parked>,
 ) -> bool {
-    let mut parked = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let mut parked = slot.locked();
     let Parked::Waiting(record) = &*parked else {
         return true;
     };

@@ -93,14 +93,14 @@ impl OutgoingMessage for KafkaRecord {
 
 /// Where the broker stored a published record: the publish span's partition and offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KafkaDelivery {
+pub struct KafkaReceipt {
     /// Partition.
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
 }
 
-impl Receipt for KafkaDelivery {
+impl Receipt for KafkaReceipt {
     fn partition(&self) -> Option<i32> {
         Some(self.partition)
     }
@@ -162,7 +162,7 @@ pub(crate) struct Origin {
 }
 
 /// Start and end of a field in [`Data::bytes`].
-pub(crate) type Span = (usize, usize);
+pub(crate) type Bounds = (usize, usize);
 
 /// Key, payload and header values of one message in a single buffer, header names in one
 /// string: copying a message out of librdkafka costs a few allocations, not one per field and
@@ -171,15 +171,15 @@ pub(crate) type Span = (usize, usize);
 pub(crate) struct Data {
     pub(crate) bytes: Vec<u8>,
     pub(crate) names: String,
-    pub(crate) key: Option<Span>,
-    pub(crate) payload: Option<Span>,
+    pub(crate) key: Option<Bounds>,
+    pub(crate) payload: Option<Bounds>,
     /// Each header's name (in `names`) and value (in `bytes`), in order.
-    pub(crate) headers: Vec<(Span, Span)>,
+    pub(crate) headers: Vec<(Bounds, Bounds)>,
 }
 
 impl Data {
     /// Appends `field` to the buffer.
-    pub(crate) fn push(&mut self, field: &[u8]) -> Span {
+    pub(crate) fn push(&mut self, field: &[u8]) -> Bounds {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(field);
         (start, self.bytes.len())
@@ -193,7 +193,7 @@ impl Data {
         self.headers.push(((start, self.names.len()), value));
     }
 
-    fn get(&self, (start, end): Span) -> &[u8] {
+    fn get(&self, (start, end): Bounds) -> &[u8] {
         self.bytes.get(start..end).unwrap_or_default()
     }
 
@@ -213,9 +213,10 @@ impl KafkaMessage {
         &self.origin.topic
     }
 
-    /// Partition.
-    pub fn partition(&self) -> i32 {
-        self.partition
+    /// The partition, always known here; the same as
+    /// [`IncomingMessage::partition`](crate::message::IncomingMessage::partition).
+    pub fn partition(&self) -> Option<i32> {
+        Some(self.partition)
     }
 
     /// Offset within the partition.
@@ -228,9 +229,18 @@ impl KafkaMessage {
         self.data.key.map(|span| self.data.get(span))
     }
 
-    /// Payload; `None` for a tombstone.
-    pub fn payload(&self) -> Option<&[u8]> {
-        self.data.payload.map(|span| self.data.get(span))
+    /// Payload; empty for a tombstone (see [`is_tombstone`](Self::is_tombstone)).
+    pub fn payload(&self) -> &[u8] {
+        self.data
+            .payload
+            .map(|bounds| self.data.get(bounds))
+            .unwrap_or_default()
+    }
+
+    /// `true` for a record without payload (a tombstone deletes its key from a compacted
+    /// topic), as opposed to an empty payload.
+    pub fn is_tombstone(&self) -> bool {
+        self.data.payload.is_none()
     }
 
     /// Headers, in the order the producer wrote them, duplicates included.
@@ -266,16 +276,18 @@ impl Republish for KafkaMessage {
     type Record = KafkaRecord;
 
     /// A record for `destination` with this message's key, payload (a tombstone stays one) and
-    /// headers; the partitioner picks the partition.
+    /// headers but its ids; the partitioner picks the partition.
     fn republish(&self, destination: &str) -> KafkaRecord {
         let mut headers = HeaderList::new();
         for (name, value) in KafkaMessage::headers(self) {
-            headers.push_bytes(name, value.to_vec());
+            if !crate::message::republished_header(name) {
+                headers.push_bytes(name, value.to_vec());
+            }
         }
         KafkaRecord {
             topic: destination.to_owned(),
             key: KafkaMessage::key(self).map(<[u8]>::to_vec),
-            payload: KafkaMessage::payload(self).map(<[u8]>::to_vec),
+            payload: (!self.is_tombstone()).then(|| KafkaMessage::payload(self).to_vec()),
             headers,
             partition: None,
             timestamp: None,
@@ -320,11 +332,11 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn body_size(&self) -> Option<usize> {
-        self.payload().map(<[u8]>::len)
+        self.data.payload.map(|(start, end)| end - start)
     }
 
     fn payload(&self) -> &[u8] {
-        KafkaMessage::payload(self).unwrap_or_default()
+        KafkaMessage::payload(self)
     }
 
     fn key(&self) -> Option<&[u8]> {
@@ -390,11 +402,13 @@ mod tests {
     }
 
     #[test]
-    fn a_republished_copy_keeps_key_payload_and_headers() {
+    fn a_republished_copy_keeps_key_payload_and_headers_but_not_the_ids() {
         let mut data = Data::default();
         data.key = Some(data.push(b"k-1"));
         data.payload = Some(data.push(b"{}"));
         data.push_header("message-id", b"m-1");
+        data.push_header("Causation-Id", b"c-0");
+        data.push_header("correlation-id", b"flow-1");
         data.push_header("bin", &[0xff]);
         let message = KafkaMessage {
             origin: Arc::new(Origin {
@@ -412,7 +426,9 @@ mod tests {
         assert_eq!(copy.key.as_deref(), Some(&b"k-1"[..]));
         assert_eq!(copy.payload(), Some(&b"{}"[..]));
         assert_eq!(copy.headers().get("bin"), Some(&[0xff][..]));
-        assert_eq!(copy.message_id().as_deref(), Some("m-1"));
+        assert_eq!(copy.headers().get("correlation-id"), Some(&b"flow-1"[..]));
+        assert_eq!(copy.message_id(), None, "a new message gets a new id");
+        assert_eq!(copy.headers().get("causation-id"), None);
     }
 
     #[test]
@@ -470,7 +486,8 @@ mod tests {
             data: Arc::new(data),
         };
         assert_eq!(message.key(), Some(&[0xff, 0x01][..]));
-        assert_eq!(message.payload(), Some(&b"{}"[..]));
+        assert_eq!(message.payload(), &b"{}"[..]);
+        assert!(!message.is_tombstone());
         assert_eq!(message.header("bin"), Some(&[0x00, 0xfe][..]));
         assert_eq!(
             IncomingMessage::message_id(&message).as_deref(),

@@ -1,24 +1,23 @@
-use std::collections::{BTreeMap, HashMap, VecDeque};
+//! The embedded broker's public face: the broker handle, its builder, its overflow policy and
+//! its errors. The partition logs and retention are in `log.rs`, the consumer groups in
+//! `group.rs`.
+
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Waker;
-use std::time::{Duration, Instant, SystemTime};
-
-use prometheus::IntCounter;
-use tokio::sync::watch;
 
 use super::consumer::MemoryConsumer;
+use super::group::Group;
+use super::log::{Appended, Reader, Topic};
 use super::publisher::MemoryPublisher;
-use super::record::{Delivery, MemoryMessage, MemoryRecord, Stored};
-use crate::message::system::MEMORY;
+use super::record::MemoryRecord;
 use crate::metrics::Metrics;
+use crate::sync::{Recover, RecoverRw};
 
 const DEFAULT_PARTITIONS: i32 = 3;
 const DEFAULT_RETENTION: usize = 100_000;
-/// At most one "records dropped" warning per group and partition in this interval; the counter
-/// has every record.
-const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a partition at its retention limit does with one more record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,97 +87,18 @@ pub struct MemoryBroker {
 }
 
 pub(crate) struct Inner {
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
-    groups: Mutex<HashMap<String, Group>>,
-    default_partitions: i32,
-    retention: usize,
-    overflow: Overflow,
-    metrics: Option<Metrics>,
-    next_member: AtomicU64,
-}
-
-pub(crate) struct Topic {
-    pub(crate) name: Arc<str>,
-    pub(crate) partitions: Vec<Partition>,
-    round_robin: AtomicU64,
-}
-
-pub(crate) struct Partition {
-    log: Mutex<Log>,
-    /// The high watermark (next offset), for consumers waiting on new records.
-    high_watermark: watch::Sender<i64>,
-}
-
-struct Log {
-    start: i64,
-    records: VecDeque<Stored>,
-    /// Every group that subscribed to the topic or committed on this partition, with its
-    /// progress here. Kept under the log's lock, so retention sees commits atomically.
-    readers: HashMap<Arc<str>, Reader>,
-    /// Publishers waiting for room ([`Overflow::Block`]), woken by commits and departures.
-    waiting: Vec<Waker>,
-}
-
-/// One group's progress on one partition.
-struct Reader {
-    /// Members of the group subscribed to the topic now; only subscribed groups hold records.
-    subscribers: usize,
-    committed: Option<i64>,
-    /// The log start when the group first met the partition: where it begins without a commit.
-    base: i64,
-    /// One past the last record handed to the group since the last rebalance.
-    fetched: i64,
-    dropped: Option<IntCounter>,
-    /// Records dropped since the last warning, and when that was.
-    unwarned: u64,
-    warned_at: Option<Instant>,
-}
-
-impl Reader {
-    /// The first record the group has not consumed (committed past).
-    fn position(&self) -> i64 {
-        self.committed.unwrap_or(self.base)
-    }
-
-    /// The first record the group has not received.
-    fn received(&self) -> i64 {
-        self.position().max(self.fetched)
-    }
-}
-
-#[derive(Default)]
-struct Group {
-    members: BTreeMap<u64, Member>,
-    generation: u64,
-}
-
-struct Member {
-    topics: Vec<String>,
-    /// The member's own rebalance signal. Its consumer holds the receiver for as long as it
-    /// runs, so a closed channel means the consumer was dropped without leaving.
-    generation: watch::Sender<u64>,
-}
-
-impl Group {
-    fn rebalance(&mut self) {
-        self.generation += 1;
-        for member in self.members.values() {
-            member.generation.send_replace(self.generation);
-        }
-    }
-}
-
-/// The outcome of offering a record to a partition.
-pub(crate) enum Appended {
-    Stored(Delivery),
-    /// The partition is full under [`Overflow::Block`]; the record comes back, pinned to its
-    /// partition, and the waker (if any) is woken when a group commits or leaves.
-    Full(MemoryRecord),
+    pub(super) topics: RwLock<HashMap<String, Arc<Topic>>>,
+    pub(super) groups: Mutex<HashMap<String, Group>>,
+    pub(super) default_partitions: i32,
+    pub(super) retention: usize,
+    pub(super) overflow: Overflow,
+    pub(super) metrics: Option<Metrics>,
+    pub(super) next_member: AtomicU64,
 }
 
 impl fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
+        let topics = self.inner.topics.read_locked();
         f.debug_struct("MemoryBroker")
             .field("topics", &topics.keys().collect::<Vec<_>>())
             .field("retention", &self.inner.retention)
@@ -303,7 +223,7 @@ impl MemoryBroker {
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
         let topic = self.existing(topic)?;
         let slot = topic.partitions.get(usize::try_from(partition).ok()?)?;
-        let log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = slot.log.locked();
         log.readers.get(group)?.committed
     }
 
@@ -318,7 +238,7 @@ impl MemoryBroker {
     pub(crate) fn position(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
         let topic = self.existing(topic)?;
         let slot = topic.partitions.get(usize::try_from(partition).ok()?)?;
-        let log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = slot.log.locked();
         log.readers.get(group).map(Reader::position)
     }
 
@@ -337,381 +257,13 @@ impl MemoryBroker {
             appended => Ok(appended),
         }
     }
-
-    fn offer(
-        &self,
-        mut record: MemoryRecord,
-        waker: Option<&Waker>,
-    ) -> Result<Appended, MemoryError> {
-        let topic = self.topic_with(&record.topic, self.inner.default_partitions);
-        let count = topic.partitions.len() as i32;
-        let partition = match (record.partition, &record.key) {
-            (Some(p), _) if (0..count).contains(&p) => p,
-            (Some(p), _) => {
-                return Err(MemoryError::UnknownPartition {
-                    topic: record.topic,
-                    partition: p,
-                })
-            }
-            (None, Some(key)) => (fnv1a(key) % count as u64) as i32,
-            (None, None) => {
-                (topic.round_robin.fetch_add(1, Ordering::Relaxed) % count as u64) as i32
-            }
-        };
-        let slot = &topic.partitions[partition as usize];
-        let offset = {
-            let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-            let excess = (log.records.len() + 1).saturating_sub(self.inner.retention);
-            if excess > 0 {
-                if self.inner.overflow == Overflow::Block && self.consumed(&log) < excess {
-                    if let Some(waker) = waker {
-                        if !log.waiting.iter().any(|w| w.will_wake(waker)) {
-                            log.waiting.push(waker.clone());
-                        }
-                    }
-                    drop(log);
-                    // Retried on the same partition: a keyless record keeps its place in line.
-                    record.partition = Some(partition);
-                    return Ok(Appended::Full(record));
-                }
-                evict(&mut log, &topic.name, partition, excess);
-            }
-            let offset = log.start + log.records.len() as i64;
-            log.records.push_back(Stored {
-                key: record.key.map(Arc::from),
-                payload: Arc::from(record.payload),
-                headers: Arc::new(record.headers),
-                timestamp: record.timestamp.unwrap_or_else(SystemTime::now),
-            });
-            offset
-        };
-        slot.high_watermark.send_replace(offset + 1);
-        Ok(Appended::Stored(Delivery { partition, offset }))
-    }
-
-    /// How many of the oldest records every subscribed group has committed past.
-    fn consumed(&self, log: &Log) -> usize {
-        let floor = log
-            .readers
-            .values()
-            .filter(|r| r.subscribers > 0)
-            .map(Reader::position)
-            .min()
-            .unwrap_or(i64::MAX);
-        usize::try_from(floor.saturating_sub(log.start))
-            .unwrap_or(0)
-            .min(log.records.len())
-    }
-
-    /// Reads up to `max` records of a partition from `offset` (or from the oldest retained).
-    pub(crate) fn read(
-        &self,
-        topic: &Topic,
-        partition: i32,
-        offset: i64,
-        max: usize,
-        group: Option<&Arc<str>>,
-    ) -> Vec<MemoryMessage> {
-        let slot = &topic.partitions[partition as usize];
-        let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-        let from = offset.max(log.start);
-        let skip = usize::try_from(from - log.start).unwrap_or(0);
-        let batch: Vec<MemoryMessage> = log
-            .records
-            .iter()
-            .skip(skip)
-            .take(max)
-            .enumerate()
-            .map(|(i, stored)| MemoryMessage {
-                topic: Arc::clone(&topic.name),
-                partition,
-                offset: from + i as i64,
-                group: group.cloned(),
-                key: stored.key.clone(),
-                payload: Arc::clone(&stored.payload),
-                headers: Arc::clone(&stored.headers),
-                timestamp: stored.timestamp,
-            })
-            .collect();
-        if let (Some(group), false) = (group, batch.is_empty()) {
-            if let Some(reader) = log.readers.get_mut(&**group) {
-                // What was handed out is received: its removal is not a drop.
-                reader.fetched = from + batch.len() as i64;
-            }
-        }
-        batch
-    }
-
-    pub(crate) fn log_start(&self, topic: &Topic, partition: i32) -> i64 {
-        let slot = &topic.partitions[partition as usize];
-        slot.log.lock().unwrap_or_else(|e| e.into_inner()).start
-    }
-
-    pub(crate) fn watch_partition(&self, topic: &Topic, partition: i32) -> watch::Receiver<i64> {
-        topic.partitions[partition as usize]
-            .high_watermark
-            .subscribe()
-    }
-
-    pub(crate) fn commit(&self, group: &str, topic: &Arc<str>, partition: i32, next: i64) {
-        let topic = self.topic_with(topic, self.inner.default_partitions);
-        let Some(slot) = usize::try_from(partition)
-            .ok()
-            .and_then(|p| topic.partitions.get(p))
-        else {
-            return;
-        };
-        let waiting = {
-            let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-            let reader = self.reader(&mut log, &topic.name, partition, group);
-            // Commits never move backwards.
-            reader.committed = Some(reader.committed.map_or(next, |c| c.max(next)));
-            std::mem::take(&mut log.waiting)
-        };
-        waiting.into_iter().for_each(Waker::wake);
-    }
-
-    /// Adds a member; returns its id and a receiver that changes on every rebalance.
-    ///
-    /// From here on the group holds back retention on every partition of `topics`.
-    pub(crate) fn join(&self, group: &str, topics: &[String]) -> (u64, watch::Receiver<u64>) {
-        for name in topics {
-            let topic = self.topic_with(name, self.inner.default_partitions);
-            for (partition, slot) in topic.partitions.iter().enumerate() {
-                let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-                self.reader(&mut log, &topic.name, partition as i32, group)
-                    .subscribers += 1;
-            }
-        }
-        self.rebalanced(group);
-        let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
-        let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-        let group = groups.entry(group.to_owned()).or_default();
-        group.rebalance();
-        let (generation, receiver) = watch::channel(group.generation);
-        group.members.insert(
-            id,
-            Member {
-                topics: topics.to_vec(),
-                generation,
-            },
-        );
-        (id, receiver)
-    }
-
-    /// Makes members whose consumer was dropped without leaving leave; `true` if there were
-    /// any. Without this, an aborted consumer would hold back retention forever.
-    fn leave_departed(&self) -> bool {
-        let departed: Vec<(String, u64)> = {
-            let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-            groups
-                .iter()
-                .flat_map(|(name, g)| {
-                    g.members
-                        .iter()
-                        .filter(|(_, m)| m.generation.is_closed())
-                        .map(move |(id, _)| (name.clone(), *id))
-                })
-                .collect()
-        };
-        for (group, member) in &departed {
-            self.leave(group, *member);
-        }
-        !departed.is_empty()
-    }
-
-    /// Removes a member; publishers its group held back are woken.
-    pub(crate) fn leave(&self, group: &str, member: u64) {
-        let topics = {
-            let mut groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(g) = groups.get_mut(group) else {
-                return;
-            };
-            let Some(gone) = g.members.remove(&member) else {
-                return;
-            };
-            g.rebalance();
-            gone.topics
-        };
-        for name in &topics {
-            let Some(topic) = self.existing(name) else {
-                continue;
-            };
-            for slot in &topic.partitions {
-                let waiting = {
-                    let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(reader) = log.readers.get_mut(group) {
-                        reader.subscribers = reader.subscribers.saturating_sub(1);
-                    }
-                    std::mem::take(&mut log.waiting)
-                };
-                waiting.into_iter().for_each(Waker::wake);
-            }
-        }
-        self.rebalanced(group);
-    }
-
-    /// Partitions move after a join or leave and are read again from the committed offsets:
-    /// records fetched but not committed are no longer counted as received.
-    fn rebalanced(&self, group: &str) {
-        let topics: Vec<Arc<Topic>> = {
-            let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
-            topics.values().cloned().collect()
-        };
-        for topic in topics {
-            for slot in &topic.partitions {
-                let mut log = slot.log.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(reader) = log.readers.get_mut(group) {
-                    reader.fetched = 0;
-                }
-            }
-        }
-    }
-
-    /// `group`'s progress on a partition, met now if it is new.
-    fn reader<'a>(
-        &self,
-        log: &'a mut Log,
-        topic: &str,
-        partition: i32,
-        group: &str,
-    ) -> &'a mut Reader {
-        let start = log.start;
-        if !log.readers.contains_key(group) {
-            // Resolved once: a drop is counted without a label lookup, and the series exists
-            // at 0 from the start, so the first drop shows in `rate()`.
-            let dropped = self
-                .inner
-                .metrics
-                .as_ref()
-                .map(|m| m.dropped_counter(MEMORY, topic, Some(partition), group));
-            log.readers.insert(
-                Arc::from(group),
-                Reader {
-                    subscribers: 0,
-                    committed: None,
-                    base: start,
-                    fetched: 0,
-                    dropped,
-                    unwarned: 0,
-                    warned_at: None,
-                },
-            );
-        }
-        log.readers
-            .get_mut(group)
-            .expect("the reader was just inserted")
-    }
-
-    /// The partitions `member` owns now: each topic's partitions dealt round-robin over the
-    /// members subscribed to it, in member-id order.
-    pub(crate) fn assignment(&self, group: &str, member: u64) -> Vec<(Arc<Topic>, i32)> {
-        let subscriptions: Vec<(u64, Vec<String>)> = {
-            let groups = self.inner.groups.lock().unwrap_or_else(|e| e.into_inner());
-            match groups.get(group) {
-                Some(g) => g
-                    .members
-                    .iter()
-                    .map(|(id, m)| (*id, m.topics.clone()))
-                    .collect(),
-                None => return Vec::new(),
-            }
-        };
-        let Some((_, mine)) = subscriptions.iter().find(|(id, _)| *id == member) else {
-            return Vec::new();
-        };
-        let mut owned = Vec::new();
-        for topic_name in mine {
-            let Some(topic) = self.existing(topic_name) else {
-                continue;
-            };
-            let peers: Vec<u64> = subscriptions
-                .iter()
-                .filter(|(_, topics)| topics.contains(topic_name))
-                .map(|(id, _)| *id)
-                .collect();
-            let me = peers.iter().position(|id| *id == member).unwrap_or(0);
-            for partition in 0..topic.partitions.len() {
-                if partition % peers.len() == me {
-                    owned.push((Arc::clone(&topic), partition as i32));
-                }
-            }
-        }
-        owned
-    }
-
-    fn existing(&self, topic: &str) -> Option<Arc<Topic>> {
-        let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
-        topics.get(topic).cloned()
-    }
-
-    fn topic_with(&self, name: &str, partitions: i32) -> Arc<Topic> {
-        if let Some(topic) = self.existing(name) {
-            return topic;
-        }
-        let mut topics = self.inner.topics.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(topics.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Topic {
-                name: Arc::from(name),
-                partitions: (0..partitions.max(1))
-                    .map(|_| Partition {
-                        log: Mutex::new(Log {
-                            start: 0,
-                            records: VecDeque::new(),
-                            readers: HashMap::new(),
-                            waiting: Vec::new(),
-                        }),
-                        high_watermark: watch::channel(0).0,
-                    })
-                    .collect(),
-                round_robin: AtomicU64::new(0),
-            })
-        }))
-    }
-}
-
-/// Removes the `count` oldest records, counting each for every group that had not received it.
-fn evict(log: &mut Log, topic: &str, partition: i32, count: usize) {
-    let end = log.start + count as i64;
-    let start = log.start;
-    for (group, reader) in &mut log.readers {
-        let lost = end - reader.received().max(start);
-        if lost <= 0 {
-            continue;
-        }
-        let lost = lost as u64;
-        if let Some(counter) = &reader.dropped {
-            counter.inc_by(lost);
-        }
-        reader.unwarned += lost;
-        if reader
-            .warned_at
-            .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL)
-        {
-            tracing::warn!(
-                topic, partition, group = %group, dropped = reader.unwarned,
-                "records removed by retention before the group received them"
-            );
-            reader.unwarned = 0;
-            reader.warned_at = Some(Instant::now());
-        }
-    }
-    log.records.drain(..count);
-    log.start = end;
-}
-
-/// FNV-1a: a stable key hash, so a key maps to the same partition in every run.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::future::Future;
     use std::pin::Pin;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::{Context, Poll, Wake};
 
     use tower_service::Service;

@@ -8,15 +8,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::broker::{MemoryBroker, Topic};
+use super::broker::MemoryBroker;
 use super::lag::report_lag;
+use super::log::Topic;
 use super::record::MemoryMessage;
 use crate::classify::Classifier;
 use crate::consume::{
-    ConsumeError, Consumer, Delivery, Event, Lane, OrderedSettler, OrderedSource,
+    Adapter, ConsumeError, Consumer, Event, Lane, Opening, Ordered, OrderedSettler, OrderedSource,
+    Positioned, Reporter,
 };
 use crate::message::system::MEMORY;
-use crate::metrics::Metrics;
 use crate::BoxError;
 
 /// Records read from a partition per fetch, at most.
@@ -63,7 +64,6 @@ impl MemoryConsumer {
                 topics: Vec::new(),
                 lag_interval: Duration::from_secs(1),
             },
-            Metrics::new(),
             options,
         )
     }
@@ -87,54 +87,44 @@ impl<C> Consumer<MemorySubscription, C> {
         self.adapter.lag_interval = interval.max(Duration::from_millis(10));
         self
     }
+}
 
-    /// Reports into `metrics` (default: metrics in a registry of their own). Call it before
-    /// [`process_layer`](Consumer::process_layer), which hands out the same metrics.
-    pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
+impl Adapter for MemorySubscription {
+    type Message = MemoryMessage;
+    type Mode = Ordered<MemorySource, MemorySettler>;
+
+    fn system(&self) -> &'static str {
+        MEMORY
     }
 
-    crate::consume::ordered_runs!(MemoryMessage);
+    fn group(&self) -> &str {
+        &self.group
+    }
 
     /// Joins the group.
-    fn open(self) -> Result<(MemorySource, MemorySettler, crate::consume::Core, C), ConsumeError> {
-        let Self {
-            adapter,
-            classifier,
-            metrics,
-            options,
-            spans,
-        } = self;
-        let (member, generation) = adapter.broker.join(&adapter.group, &adapter.topics);
+    async fn open(self, opening: Opening) -> Result<Self::Mode, ConsumeError> {
+        let (member, generation) = self.broker.join(&self.group, &self.topics);
         let source = MemorySource {
-            broker: adapter.broker.clone(),
-            group: Arc::clone(&adapter.group),
+            broker: self.broker.clone(),
+            group: Arc::clone(&self.group),
             member,
             generation,
             lanes: HashMap::new(),
             pending: VecDeque::new(),
-            metrics: metrics.clone(),
-            lag_interval: adapter.lag_interval,
+            reporter: opening.reporter().clone(),
+            lag_interval: self.lag_interval,
             next_lag: Instant::now(),
             joined: false,
         };
         let settler = MemorySettler {
-            broker: adapter.broker,
-            group: Arc::clone(&adapter.group),
+            broker: self.broker,
+            group: self.group,
         };
-        let core = crate::consume::Core {
-            metrics,
-            system: MEMORY,
-            group: adapter.group,
-            options,
-            spans,
-        };
-        Ok((source, settler, core, classifier))
+        Ok(Ordered { source, settler })
     }
 }
 
-impl Delivery for MemoryMessage {
+impl Positioned for MemoryMessage {
     fn lane_topic(&self) -> &Arc<str> {
         &self.topic
     }
@@ -157,14 +147,14 @@ struct Fetch {
 }
 
 /// The partitions a member owns, read in turn.
-struct MemorySource {
+pub struct MemorySource {
     broker: MemoryBroker,
     group: Arc<str>,
     member: u64,
     generation: watch::Receiver<u64>,
     lanes: HashMap<Lane, Fetch>,
     pending: VecDeque<Event<MemoryMessage>>,
-    metrics: Metrics,
+    reporter: Reporter,
     lag_interval: Duration,
     next_lag: Instant,
     joined: bool,
@@ -187,8 +177,6 @@ impl MemorySource {
             .collect();
         for lane in &revoked {
             self.lanes.remove(lane);
-            self.metrics
-                .remove_partition(MEMORY, &lane.topic, &self.group, Some(lane.partition));
         }
         let mut assigned = Vec::new();
         for (topic, partition) in now {
@@ -212,14 +200,11 @@ impl MemorySource {
             );
             assigned.push(lane);
         }
-        self.metrics.record_rebalance(MEMORY, &self.group);
         tracing::debug!(group = %self.group, member = self.member, partitions = self.lanes.len(), "memory consumer assigned");
         if !revoked.is_empty() {
             self.pending.push_back(Event::Revoked(revoked));
         }
-        if !assigned.is_empty() {
-            self.pending.push_back(Event::Assigned(assigned));
-        }
+        self.pending.push_back(Event::Assigned(assigned));
     }
 
     /// Reads what the unpaused lanes have beyond their position.
@@ -255,57 +240,55 @@ impl OrderedSource for MemorySource {
     type Message = MemoryMessage;
 
     async fn next(&mut self) -> Event<MemoryMessage> {
-        {
-            loop {
-                if let Some(event) = self.pending.pop_front() {
-                    return event;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            if Instant::now() >= self.next_lag {
+                let lanes = self.lanes.iter().map(|(l, f)| (&*f.topic, l.partition));
+                report_lag(&self.broker, &self.reporter, lanes);
+                self.next_lag = Instant::now() + self.lag_interval;
+            }
+            if !self.joined || self.generation.has_changed().unwrap_or(false) {
+                self.joined = true;
+                self.rebalance();
+                continue;
+            }
+            self.fetch();
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let Self {
+                lanes,
+                generation,
+                next_lag,
+                ..
+            } = &mut *self;
+            let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = lanes
+                .values_mut()
+                .filter(|fetch| !fetch.paused)
+                .map(|fetch| {
+                    let position = fetch.position;
+                    let watch = &mut fetch.high_watermark;
+                    Box::pin(async move {
+                        let _ = watch.wait_for(|high| *high > position).await;
+                    }) as Pin<Box<dyn Future<Output = ()> + Send + '_>>
+                })
+                .collect();
+            let any_record = async move {
+                if waits.is_empty() {
+                    std::future::pending::<()>().await;
                 }
-                if Instant::now() >= self.next_lag {
-                    let lanes = self.lanes.iter().map(|(l, f)| (&*f.topic, l.partition));
-                    report_lag(&self.broker, &self.metrics, &self.group, lanes);
-                    self.next_lag = Instant::now() + self.lag_interval;
-                }
-                if !self.joined || self.generation.has_changed().unwrap_or(false) {
-                    self.joined = true;
-                    self.rebalance();
-                    continue;
-                }
-                self.fetch();
-                if !self.pending.is_empty() {
-                    continue;
-                }
-                let Self {
-                    lanes,
-                    generation,
-                    next_lag,
-                    ..
-                } = &mut *self;
-                let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = lanes
-                    .values_mut()
-                    .filter(|fetch| !fetch.paused)
-                    .map(|fetch| {
-                        let position = fetch.position;
-                        let watch = &mut fetch.high_watermark;
-                        Box::pin(async move {
-                            let _ = watch.wait_for(|high| *high > position).await;
-                        }) as Pin<Box<dyn Future<Output = ()> + Send + '_>>
-                    })
-                    .collect();
-                let any_record = async move {
-                    if waits.is_empty() {
-                        std::future::pending::<()>().await;
-                    }
-                    futures_util::future::select_all(waits).await;
-                };
-                let regenerated = tokio::select! {
-                    Ok(()) = generation.changed() => true,
-                    () = any_record => false,
-                    () = tokio::time::sleep_until(*next_lag) => false,
-                };
-                if regenerated {
-                    // `changed` marked the generation seen: deal now.
-                    self.rebalance();
-                }
+                futures_util::future::select_all(waits).await;
+            };
+            let regenerated = tokio::select! {
+                Ok(()) = generation.changed() => true,
+                () = any_record => false,
+                () = tokio::time::sleep_until(*next_lag) => false,
+            };
+            if regenerated {
+                // `changed` marked the generation seen: deal now.
+                self.rebalance();
             }
         }
     }
@@ -325,28 +308,28 @@ impl OrderedSource for MemorySource {
 
 impl Drop for MemorySource {
     fn drop(&mut self) {
+        // Leaving revokes every partition; the core removed their series as it returned.
         self.broker.leave(&self.group, self.member);
-        // Leaving revokes every partition: their series go with them (SPEC §5).
-        for lane in self.lanes.keys() {
-            self.metrics
-                .remove_partition(MEMORY, &lane.topic, &self.group, Some(lane.partition));
-        }
+    }
+}
+
+impl fmt::Debug for MemorySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemorySource")
+            .field("group", &self.group)
+            .field("member", &self.member)
+            .finish_non_exhaustive()
     }
 }
 
 /// Commits a group's offsets in the broker.
-struct MemorySettler {
+#[derive(Debug)]
+pub struct MemorySettler {
     broker: MemoryBroker,
     group: Arc<str>,
 }
 
 impl OrderedSettler for MemorySettler {
-    type Cursor = ();
-
-    fn cursor(&self, _lane: &Lane) {}
-
-    fn mark(&self, _cursor: &(), _next: i64) {}
-
     fn commit(&self, done: &[(Lane, i64)], _last: bool) -> Result<(), BoxError> {
         for (lane, next) in done {
             self.broker

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 
 use super::broker::{MemoryBroker, MemoryError};
 use super::publisher::{offer_parked, Parked};
-use super::record::Delivery;
+use super::record::MemoryReceipt;
+use crate::sync::Recover;
 
 /// Resolves with where the record was stored.
 ///
@@ -21,7 +22,7 @@ pub struct ResponseFuture {
 }
 
 enum State {
-    Ready(Option<Result<Delivery, MemoryError>>),
+    Ready(Option<Result<MemoryReceipt, MemoryError>>),
     Parked {
         slot: Arc<Mutex<Parked>>,
         broker: MemoryBroker,
@@ -41,7 +42,7 @@ impl fmt::Debug for ResponseFuture {
 }
 
 impl ResponseFuture {
-    pub(crate) fn ready(result: Result<Delivery, MemoryError>) -> Self {
+    pub(crate) fn ready(result: Result<MemoryReceipt, MemoryError>) -> Self {
         Self {
             state: State::Ready(Some(result)),
         }
@@ -55,7 +56,7 @@ impl ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<Delivery, MemoryError>;
+    type Output = Result<MemoryReceipt, MemoryError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -69,10 +70,7 @@ impl Future for ResponseFuture {
                 if !offer_parked(broker, slot, cx) {
                     return Poll::Pending;
                 }
-                let taken = std::mem::replace(
-                    &mut *slot.lock().unwrap_or_else(|e| e.into_inner()),
-                    Parked::Taken,
-                );
+                let taken = std::mem::replace(&mut *slot.locked(), Parked::Taken);
                 let Parked::Done(result) = taken else {
                     panic!("ResponseFuture polled after completion");
                 };
@@ -86,7 +84,7 @@ impl Future for ResponseFuture {
 impl Drop for ResponseFuture {
     fn drop(&mut self) {
         if let State::Parked { slot, .. } = &self.state {
-            let mut parked = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let mut parked = slot.locked();
             if matches!(*parked, Parked::Waiting(_)) {
                 *parked = Parked::Taken;
             }

@@ -1,16 +1,16 @@
 //! The embedded broker's lag source: high watermark minus committed offset, per partition.
 
-use super::broker::{MemoryBroker, Topic};
-use crate::message::system::MEMORY;
-use crate::metrics::Metrics;
+use super::broker::MemoryBroker;
+use super::log::Topic;
+use crate::consume::Reporter;
 
-/// Reports the offset lag of `lanes` (topic, partition) for `group`.
+/// Reports the offset lag of `lanes` (topic, partition) for the reporter's group.
 pub(crate) fn report_lag<'a>(
     broker: &MemoryBroker,
-    metrics: &Metrics,
-    group: &str,
+    reporter: &Reporter,
     lanes: impl Iterator<Item = (&'a Topic, i32)>,
 ) {
+    let group = reporter.group();
     for (topic, partition) in lanes {
         let Some(high) = broker.high_watermark(&topic.name, partition) else {
             continue;
@@ -20,12 +20,6 @@ pub(crate) fn report_lag<'a>(
         let next = broker
             .position(group, &topic.name, partition)
             .unwrap_or_else(|| broker.log_start(topic, partition));
-        metrics.record_lag(
-            MEMORY,
-            &topic.name,
-            group,
-            Some(partition),
-            (high - next).max(0),
-        );
+        reporter.lag(&topic.name, Some(partition), (high - next).max(0));
     }
 }

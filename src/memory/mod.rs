@@ -64,13 +64,16 @@
 //! ```
 
 mod broker;
+mod carrier;
 mod consumer;
 pub mod future;
+mod group;
 mod lag;
+mod log;
 mod publisher;
 mod record;
 
 pub use self::broker::{MemoryBroker, MemoryBrokerBuilder, MemoryError, Overflow};
 pub use self::consumer::{MemoryConsumer, MemorySubscription};
 pub use self::publisher::MemoryPublisher;
-pub use self::record::{Delivery, MemoryMessage, MemoryRecord};
+pub use self::record::{MemoryMessage, MemoryReceipt, MemoryRecord};

@@ -4,9 +4,11 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::broker::{Appended, MemoryBroker, MemoryError};
+use super::broker::{MemoryBroker, MemoryError};
 use super::future::ResponseFuture;
-use super::record::{Delivery, MemoryRecord};
+use super::log::Appended;
+use super::record::{MemoryReceipt, MemoryRecord};
+use crate::sync::Recover;
 
 /// Publishes [`MemoryRecord`]s to a [`MemoryBroker`]; resolves once the record is stored.
 ///
@@ -55,7 +57,7 @@ impl fmt::Debug for MemoryPublisher {
 }
 
 impl Service<MemoryRecord> for MemoryPublisher {
-    type Response = Delivery;
+    type Response = MemoryReceipt;
     type Error = MemoryError;
     type Future = ResponseFuture;
 
@@ -89,7 +91,7 @@ impl Service<MemoryRecord> for MemoryPublisher {
 #[derive(Debug)]
 pub(crate) enum Parked {
     Waiting(MemoryRecord),
-    Done(Result<Delivery, MemoryError>),
+    Done(Result<MemoryReceipt, MemoryError>),
     /// The future took the result, or was dropped before the record was stored.
     Taken,
 }
@@ -97,7 +99,7 @@ pub(crate) enum Parked {
 /// Offers a parked record to its partition again; `true` once it no longer waits. While it
 /// waits, `cx`'s waker is woken by the next commit or departure on the partition.
 pub(crate) fn offer_parked(broker: &MemoryBroker, slot: &Mutex<Parked>, cx: &Context<'_>) -> bool {
-    let mut parked = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let mut parked = slot.locked();
     if !matches!(*parked, Parked::Waiting(_)) {
         return true;
     }

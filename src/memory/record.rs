@@ -2,9 +2,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::message::{
-    system, HeaderList, Headers, IncomingMessage, OutgoingMessage, Receipt, Republish,
-};
+use crate::message::{system, HeaderList, IncomingMessage, OutgoingMessage, Receipt, Republish};
 
 /// A record to publish to the embedded broker.
 #[derive(Clone, Debug)]
@@ -53,14 +51,14 @@ impl OutgoingMessage for MemoryRecord {
 
 /// Where the broker stored a published record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
+pub struct MemoryReceipt {
     /// Partition.
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
 }
 
-impl Receipt for Delivery {
+impl Receipt for MemoryReceipt {
     fn partition(&self) -> Option<i32> {
         Some(self.partition)
     }
@@ -94,9 +92,10 @@ impl MemoryMessage {
         &self.topic
     }
 
-    /// Partition.
-    pub fn partition(&self) -> i32 {
-        self.partition
+    /// The partition, always known here; the same as
+    /// [`IncomingMessage::partition`](crate::message::IncomingMessage::partition).
+    pub fn partition(&self) -> Option<i32> {
+        Some(self.partition)
     }
 
     /// Offset within the partition.
@@ -122,12 +121,6 @@ impl MemoryMessage {
     /// Creation timestamp.
     pub fn timestamp(&self) -> SystemTime {
         self.timestamp
-    }
-}
-
-impl Headers for MemoryMessage {
-    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers.iter()
     }
 }
 
@@ -176,11 +169,17 @@ impl Republish for MemoryMessage {
     type Record = MemoryRecord;
 
     fn republish(&self, destination: &str) -> MemoryRecord {
+        let mut headers = HeaderList::new();
+        for (name, value) in self.headers.iter() {
+            if !crate::message::republished_header(name) {
+                headers.push_bytes(name, value.to_vec());
+            }
+        }
         MemoryRecord {
             topic: destination.to_owned(),
             key: self.key.as_deref().map(<[u8]>::to_vec),
             payload: self.payload.to_vec(),
-            headers: (*self.headers).clone(),
+            headers,
             partition: None,
             timestamp: None,
         }

@@ -1,6 +1,7 @@
 //! Resolved metric children keyed by label values, so the hot path does one hash lookup and
 //! no allocation instead of one `with_label_values` per family.
 
+use crate::sync::RecoverRw;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
@@ -70,7 +71,7 @@ impl<T> LabelCache<T> {
 
     pub(crate) fn get(&self, parts: &[&str], slot: i64) -> Option<Arc<T>> {
         let hash = self.hash(parts, slot);
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.read_locked();
         map.get(&hash)?
             .iter()
             .find(|(stored, s, _)| *s == slot && matches(stored, parts))
@@ -87,7 +88,7 @@ impl<T> LabelCache<T> {
             return hit;
         }
         let hash = self.hash(parts, slot);
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.write_locked();
         let bucket = map.entry(hash).or_default();
         if let Some((_, _, value)) = bucket
             .iter()
@@ -103,7 +104,7 @@ impl<T> LabelCache<T> {
 
     pub(crate) fn remove(&self, parts: &[&str], slot: i64) -> Option<Arc<T>> {
         let hash = self.hash(parts, slot);
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.write_locked();
         let bucket = map.get_mut(&hash)?;
         let index = bucket
             .iter()

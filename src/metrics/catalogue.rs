@@ -101,119 +101,119 @@ const SYS_DEST_GROUP_ERR: &[&str] = &[SYSTEM, DESTINATION, GROUP, ERROR_TYPE];
 const SYS_DEST_PART_GROUP: &[&str] = &[SYSTEM, DESTINATION, PARTITION, GROUP];
 
 /// Operation duration.
-pub const OPERATION_DURATION: MetricFamily = MetricFamily {
+pub(super) const OPERATION_DURATION: MetricFamily = MetricFamily {
     name: name::OPERATION_DURATION,
     help: "Duration of a messaging client operation (publish until the broker acknowledged), in seconds.",
     kind: Histogram,
     labels: &[SYSTEM, OPERATION, DESTINATION, ERROR_TYPE],
 };
 /// Sent messages.
-pub const SENT_MESSAGES: MetricFamily = MetricFamily {
+pub(super) const SENT_MESSAGES: MetricFamily = MetricFamily {
     name: name::SENT_MESSAGES,
     help: "Messages the publisher tried to send.",
     kind: Counter,
     labels: &[SYSTEM, DESTINATION, ERROR_TYPE],
 };
 /// Consumed messages.
-pub const CONSUMED_MESSAGES: MetricFamily = MetricFamily {
+pub(super) const CONSUMED_MESSAGES: MetricFamily = MetricFamily {
     name: name::CONSUMED_MESSAGES,
     help: "Messages delivered to the handler.",
     kind: Counter,
     labels: SYS_DEST_GROUP,
 };
 /// Process duration.
-pub const PROCESS_DURATION: MetricFamily = MetricFamily {
+pub(super) const PROCESS_DURATION: MetricFamily = MetricFamily {
     name: name::PROCESS_DURATION,
     help: "Time spent in the wrapped handler, in seconds.",
     kind: Histogram,
     labels: SYS_DEST_GROUP_ERR,
 };
 /// Queue time.
-pub const QUEUE_TIME: MetricFamily = MetricFamily {
+pub(super) const QUEUE_TIME: MetricFamily = MetricFamily {
     name: name::QUEUE_TIME,
     help: "Process start minus the message's creation time (end-to-end latency through the broker), in seconds.",
     kind: Histogram,
     labels: SYS_DEST_GROUP,
 };
 /// In-flight messages.
-pub const IN_FLIGHT: MetricFamily = MetricFamily {
+pub(super) const IN_FLIGHT: MetricFamily = MetricFamily {
     name: name::IN_FLIGHT,
     help: "Messages being processed now.",
     kind: Gauge,
     labels: SYS_DEST_GROUP,
 };
 /// Lag in messages.
-pub const LAG_MESSAGES: MetricFamily = MetricFamily {
+pub(super) const LAG_MESSAGES: MetricFamily = MetricFamily {
     name: name::LAG_MESSAGES,
     help: "Consumer lag in messages: high watermark minus committed offset (Kafka), ready messages (RabbitMQ), pending (JetStream).",
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
 /// Lag in seconds.
-pub const LAG_SECONDS: MetricFamily = MetricFamily {
+pub(super) const LAG_SECONDS: MetricFamily = MetricFamily {
     name: name::LAG_SECONDS,
     help: "Upper bound on the age of the oldest unprocessed message, in seconds; 0 when there is no lag.",
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
 /// Last message timestamp.
-pub const LAST_MESSAGE_TIMESTAMP: MetricFamily = MetricFamily {
+pub(super) const LAST_MESSAGE_TIMESTAMP: MetricFamily = MetricFamily {
     name: name::LAST_MESSAGE_TIMESTAMP,
     help: "Creation time of the last message processed, in seconds since the Unix epoch.",
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
 /// Retries.
-pub const RETRIES: MetricFamily = MetricFamily {
+pub(super) const RETRIES: MetricFamily = MetricFamily {
     name: name::RETRIES,
     help: "Handler retries.",
     kind: Counter,
     labels: SYS_DEST_GROUP_ERR,
 };
 /// Dead letters.
-pub const DEAD_LETTERED: MetricFamily = MetricFamily {
+pub(super) const DEAD_LETTERED: MetricFamily = MetricFamily {
     name: name::DEAD_LETTERED,
     help: "Messages routed to the dead-letter destination.",
     kind: Counter,
     labels: SYS_DEST_GROUP_ERR,
 };
 /// Duplicates.
-pub const DUPLICATES: MetricFamily = MetricFamily {
+pub(super) const DUPLICATES: MetricFamily = MetricFamily {
     name: name::DUPLICATES,
     help: "Deliveries skipped as already processed.",
     kind: Counter,
     labels: SYS_DEST_GROUP,
 };
 /// Invalid messages.
-pub const INVALID_MESSAGES: MetricFamily = MetricFamily {
+pub(super) const INVALID_MESSAGES: MetricFamily = MetricFamily {
     name: name::INVALID_MESSAGES,
     help: "Messages rejected before the handler (reason: schema, decode).",
     kind: Counter,
     labels: &[SYSTEM, DESTINATION, GROUP, REASON],
 };
 /// Rebalances.
-pub const REBALANCES: MetricFamily = MetricFamily {
+pub(super) const REBALANCES: MetricFamily = MetricFamily {
     name: name::REBALANCES,
     help: "Consumer-group rebalances seen.",
     kind: Counter,
     labels: &[SYSTEM, GROUP],
 };
 /// Dropped messages.
-pub const DROPPED_MESSAGES: MetricFamily = MetricFamily {
+pub(super) const DROPPED_MESSAGES: MetricFamily = MetricFamily {
     name: name::DROPPED_MESSAGES,
     help: "Messages the broker removed (retention overflow) before the consumer group received them; the group will never process them.",
     kind: Counter,
     labels: SYS_DEST_PART_GROUP,
 };
 /// Stopped partitions.
-pub const PARTITION_STOPPED: MetricFamily = MetricFamily {
+pub(super) const PARTITION_STOPPED: MetricFamily = MetricFamily {
     name: name::PARTITION_STOPPED,
     help: "1 while the consumer holds a partition stopped at a failed message (settle decision Stop); absent otherwise.",
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
 /// Invalid trace context.
-pub const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
+pub(super) const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
     help: "Incoming messages whose trace context, baggage or ids were malformed, oversized or duplicated, or that carried a header that could not be read; each was processed, as a new root where its trace context was unusable.",
     kind: Counter,

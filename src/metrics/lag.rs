@@ -11,7 +11,7 @@ impl Metrics {
     ///
     /// `lag_messages` must already be clamped and free of sentinels by the caller; negative
     /// values and partition `-1` are ignored rather than exported.
-    pub fn record_lag(
+    pub(crate) fn record_lag(
         &self,
         system: &str,
         destination: &str,
@@ -65,7 +65,7 @@ impl Metrics {
     }
 
     /// Removes a partition's lag, last-message and stopped series, e.g. when it is revoked.
-    pub fn remove_partition(
+    pub(crate) fn remove_partition(
         &self,
         system: &str,
         destination: &str,

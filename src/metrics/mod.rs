@@ -17,7 +17,7 @@
 //! ```
 
 mod cache;
-pub mod catalogue;
+mod catalogue;
 mod lag;
 
 use std::fmt;
@@ -34,6 +34,7 @@ pub use catalogue::{
     label, name, MetricFamily, MetricKind, CATALOGUE, DURATION_BUCKETS, QUEUE_TIME_BUCKETS,
 };
 
+use crate::sync::RecoverRw;
 use cache::LabelCache;
 
 /// The destination label used once the cardinality bound is reached.
@@ -224,7 +225,13 @@ impl Metrics {
     }
 
     /// A handler retried a message.
-    pub fn record_retry(&self, system: &str, destination: &str, group: &str, error_type: &str) {
+    pub(crate) fn record_retry(
+        &self,
+        system: &str,
+        destination: &str,
+        group: &str,
+        error_type: &str,
+    ) {
         let destination = self.inner.destinations.admit(destination);
         self.inner
             .families
@@ -270,7 +277,7 @@ impl Metrics {
     }
 
     /// A consumer-group rebalance was seen.
-    pub fn record_rebalance(&self, system: &str, group: &str) {
+    pub(crate) fn record_rebalance(&self, system: &str, group: &str) {
         self.inner
             .families
             .rebalances
@@ -280,7 +287,7 @@ impl Metrics {
 
     /// The broker removed `count` messages of a partition before `group` received them
     /// (`partition` is `None` for brokers without partitions).
-    pub fn record_dropped(
+    pub(crate) fn record_dropped(
         &self,
         system: &str,
         destination: &str,
@@ -311,7 +318,13 @@ impl Metrics {
 
     /// A consumer settled messages of `destination` (a commit, ack, nack or term) in `seconds`;
     /// `error_type` is empty when it succeeded.
-    pub fn record_settle(&self, system: &str, destination: &str, error_type: &str, seconds: f64) {
+    pub(crate) fn record_settle(
+        &self,
+        system: &str,
+        destination: &str,
+        error_type: &str,
+        seconds: f64,
+    ) {
         let destination = self.inner.destinations.admit(destination);
         self.inner
             .families
@@ -322,7 +335,7 @@ impl Metrics {
 
     /// Shows (`stopped`) or removes the `messaging_consumer_partition_stopped` series of a
     /// partition.
-    pub fn set_partition_stopped(
+    pub(crate) fn set_partition_stopped(
         &self,
         system: &str,
         destination: &str,
@@ -343,7 +356,7 @@ impl Metrics {
     }
 
     /// An incoming trace context was unusable.
-    pub fn record_trace_context_invalid(&self, system: &str) {
+    pub(crate) fn record_trace_context_invalid(&self, system: &str) {
         self.inner
             .families
             .trace_invalid
@@ -354,7 +367,7 @@ impl Metrics {
     /// `count` headers of a message could not be read and were skipped (the message itself was
     /// processed). Such a header may have been its trace context, so the message counts once in
     /// `eventscope_trace_context_invalid_total`; nothing is recorded for 0.
-    pub fn record_unreadable_headers(&self, system: &str, count: usize) {
+    pub(crate) fn record_unreadable_headers(&self, system: &str, count: usize) {
         if count > 0 {
             self.record_trace_context_invalid(system);
         }
@@ -652,7 +665,7 @@ impl DestinationLimit {
     fn admit<'a>(&self, destination: &'a str) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
         {
-            let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+            let seen = self.seen.read_locked();
             if seen.contains(destination) {
                 return Cow::Borrowed(destination);
             }
@@ -661,7 +674,7 @@ impl DestinationLimit {
                 return Cow::Borrowed(OTHER_DESTINATION);
             }
         }
-        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.write_locked();
         if seen.contains(destination) {
             Cow::Borrowed(destination)
         } else if seen.len() < self.max {

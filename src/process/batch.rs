@@ -1,3 +1,4 @@
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -8,9 +9,9 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::{Pending, Recorded, ResponseFuture};
+use super::future::{Outcome, Pending, Recorded, ResponseFuture};
 use super::{ParentPolicy, ProcessLayer};
-use crate::classify::{ClassifyError, TypeNameClassifier};
+use crate::classify::{Classifier, ClassifyError};
 use crate::message::{IncomingMessage, SpanAttributes};
 use crate::scope::MessageScope;
 use crate::span::{self, SpanStart};
@@ -39,7 +40,7 @@ use crate::span::{self, SpanStart};
 /// # let _ = handler;
 /// ```
 #[derive(Clone, Debug)]
-pub struct BatchProcessLayer<C = TypeNameClassifier> {
+pub struct BatchProcessLayer<C = Classifier> {
     config: ProcessLayer<C>,
 }
 
@@ -67,9 +68,11 @@ impl<C> BatchProcessLayer<C> {
         }
     }
 
-    pub(crate) fn with_tracer(self, tracer: crate::span::Tracer) -> Self {
+    /// The batch form of a consumer's process layer: its metrics, tracer, propagator and
+    /// classifier (a batch has many creation contexts, so the parent policy is `Link`).
+    pub(crate) fn from_process(config: ProcessLayer<C>) -> Self {
         Self {
-            config: self.config.with_tracer(tracer),
+            config: config.parent_policy(ParentPolicy::Link),
         }
     }
 
@@ -94,7 +97,7 @@ impl<S, C: Clone> Layer<S> for BatchProcessLayer<C> {
 
 /// A batch handler that traces and measures every batch; built by [`BatchProcessLayer`].
 #[derive(Clone, Debug)]
-pub struct BatchProcess<S, C = TypeNameClassifier> {
+pub struct BatchProcess<S, C = Classifier> {
     inner: S,
     config: ProcessLayer<C>,
 }
@@ -133,6 +136,9 @@ where
     fn call(&mut self, batch: Vec<M>) -> Self::Future {
         let config = &self.config;
         let metrics = &config.metrics;
+        if super::Calling::nested() {
+            return ResponseFuture::unrecorded(self.inner.call(batch), config.classifier.clone());
+        }
         let Some(first) = batch.first() else {
             // An empty batch is no processing: no span, no series.
             return ResponseFuture::unrecorded(self.inner.call(batch), config.classifier.clone());
@@ -198,11 +204,20 @@ where
 
         let count = batch.len() as i64;
         let pending = Pending::new(Recorded::Batch(instruments, processed), count);
-        let inner = {
+        let called = {
             let _cx = span.attachable().map(|cx| cx.clone().attach());
-            self.inner.call(batch)
+            let _calling = super::Calling::enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(batch)))
         };
-        ResponseFuture::with_pending(inner, span, None, config.classifier.clone(), pending)
+        match called {
+            Ok(inner) => {
+                ResponseFuture::with_pending(inner, span, None, config.classifier.clone(), pending)
+            }
+            Err(panic) => {
+                Outcome::new(pending, span).finish(Some(crate::classify::PANIC));
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 }
 

@@ -9,13 +9,10 @@ use std::time::{Instant, SystemTime};
 
 use pin_project_lite::pin_project;
 
-use crate::classify::ClassifyError;
+use crate::classify::{ClassifyError, CANCELLED};
 use crate::metrics::{ConsumerInstruments, ConsumerPartition, PartitionState};
 use crate::scope::MessageScope;
 use crate::span::ActiveSpan;
-
-/// `error.type` of a handler whose future was dropped before it finished.
-pub const CANCELLED: &str = "cancelled";
 
 /// Records the handler's outcome exactly once: on completion, or as cancelled on drop.
 pub(crate) struct Outcome {
@@ -71,6 +68,13 @@ impl Drop for Pending {
 }
 
 impl Outcome {
+    pub(crate) fn new(pending: Pending, span: ActiveSpan) -> Self {
+        Self {
+            pending: Some(pending),
+            span: Some(span),
+        }
+    }
+
     pub(crate) fn finish(&mut self, error_type: Option<&str>) {
         let Some(pending) = self.pending.take() else {
             return;

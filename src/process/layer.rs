@@ -1,14 +1,14 @@
 use tower_layer::Layer;
 
 use super::{ParentPolicy, Process};
-use crate::classify::TypeNameClassifier;
+use crate::classify::Classifier;
 use crate::metrics::Metrics;
 use crate::propagation::Propagation;
 use crate::span::Tracer;
 
 /// Applies [`Process`] to a handler; see the [module docs](crate::process).
 #[derive(Clone, Debug)]
-pub struct ProcessLayer<C = TypeNameClassifier> {
+pub struct ProcessLayer<C = Classifier> {
     pub(crate) metrics: Metrics,
     pub(crate) propagation: Propagation,
     pub(crate) policy: ParentPolicy,
@@ -17,13 +17,14 @@ pub struct ProcessLayer<C = TypeNameClassifier> {
 }
 
 impl ProcessLayer {
-    /// Records into `metrics`, extracts W3C Trace Context + Baggage, [`ParentPolicy::Auto`].
+    /// Records into `metrics`, extracts W3C Trace Context + Baggage, [`ParentPolicy::Auto`],
+    /// names errors with [`Classifier::new`] (the default of a consumer too).
     pub fn new(metrics: Metrics) -> Self {
         Self {
             metrics,
             propagation: Propagation::default(),
             policy: ParentPolicy::Auto,
-            classifier: TypeNameClassifier,
+            classifier: Classifier::new(),
             tracer: Tracer::default(),
         }
     }

@@ -51,7 +51,7 @@ pub use self::service::Process;
 pub(crate) fn scan_headers<H: crate::message::Headers + ?Sized>(
     message: &H,
 ) -> (crate::propagation::Scan<'_>, crate::scope::IdScan<'_>) {
-    use crate::propagation::Known;
+    use crate::header::Known;
     let mut trace = crate::propagation::Scan::default();
     let mut ids = crate::scope::IdScan::default();
     for (name, value) in message.headers() {
@@ -64,6 +64,49 @@ pub(crate) fn scan_headers<H: crate::message::Headers + ?Sized>(
         }
     }
     (trace, ids)
+}
+
+thread_local! {
+    /// Set while a process layer calls the service it wraps.
+    static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A process layer calling its inner service. A process layer reached inside another's call (a
+/// handler wrapped in a `ProcessLayer` by hand and then given to a consumer, which wraps every
+/// handler in its own) records nothing: the consumer's layer, with the consumer's metrics,
+/// tracer and classifier, is the one that counts, so there is one span and one set of series
+/// per message, never two that disagree.
+pub(crate) struct Calling {
+    was: bool,
+}
+
+impl Calling {
+    pub(crate) fn enter() -> Self {
+        Self {
+            was: CALLING.replace(true),
+        }
+    }
+
+    /// Whether this call is inside another process layer's call; warns once if so.
+    pub(crate) fn nested() -> bool {
+        if !CALLING.get() {
+            return false;
+        }
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "a ProcessLayer wraps a handler that a consumer wraps again: the inner layer records nothing; \
+                 configure the consumer (metrics, tracer_provider, classify_errors, parent_policy) and pass the bare handler"
+            );
+        });
+        true
+    }
+}
+
+impl Drop for Calling {
+    fn drop(&mut self) {
+        CALLING.set(self.was);
+    }
 }
 
 /// How the process span relates to the context the message was created in (SPEC §3).

@@ -1,3 +1,4 @@
+use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -5,9 +6,9 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use tower_service::Service;
 
-use super::future::{Pending, Recorded, ResponseFuture};
+use super::future::{Outcome, Pending, Recorded, ResponseFuture};
 use super::ProcessLayer;
-use crate::classify::{ClassifyError, TypeNameClassifier};
+use crate::classify::{Classifier, ClassifyError};
 use crate::message::IncomingMessage;
 use crate::metrics::{ConsumerPartition, Memo};
 use crate::propagation::Extracted;
@@ -15,7 +16,7 @@ use crate::span::{self, ActiveSpan, SpanStart, Tracer};
 
 /// A handler that traces and measures every message; built by [`ProcessLayer`].
 #[derive(Clone, Debug)]
-pub struct Process<S, C = TypeNameClassifier> {
+pub struct Process<S, C = Classifier> {
     pub(crate) inner: S,
     pub(crate) config: ProcessLayer<C>,
     pub(crate) memo: Memo<ConsumerPartition>,
@@ -54,6 +55,9 @@ where
 
     fn call(&mut self, message: M) -> Self::Future {
         let config = &self.config;
+        if super::Calling::nested() {
+            return ResponseFuture::unrecorded(self.inner.call(message), config.classifier.clone());
+        }
         let system = message.system();
         let (trace, ids) = super::scan_headers(&message);
         let extracted = config.propagation.extract_scanned(&trace, &message);
@@ -113,12 +117,27 @@ where
             instruments.queue_time.observe(waited.as_secs_f64());
         }
         let pending = Pending::new(Recorded::One(entry, created), 1);
-        let inner = {
+        let called = {
             let _cx = span.attachable().map(|cx| cx.clone().attach());
             let _scope = scope.enter();
-            self.inner.call(message)
+            let _calling = super::Calling::enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(message)))
         };
-        ResponseFuture::with_pending(inner, span, Some(scope), config.classifier.clone(), pending)
+        match called {
+            Ok(inner) => ResponseFuture::with_pending(
+                inner,
+                span,
+                Some(scope),
+                config.classifier.clone(),
+                pending,
+            ),
+            // A panic in `call` (before there is a future) is recorded like one in the future,
+            // then goes on to the consumer core.
+            Err(panic) => {
+                Outcome::new(pending, span).finish(Some(crate::classify::PANIC));
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 }
 

@@ -8,13 +8,10 @@ use std::time::Instant;
 
 use pin_project_lite::pin_project;
 
-use crate::classify::ClassifyError;
+use crate::classify::{ClassifyError, CANCELLED};
 use crate::message::Receipt;
 use crate::metrics::PublishInstruments;
 use crate::span::ActiveSpan;
-
-/// `error.type` of a publish whose future was dropped before the broker answered.
-pub const CANCELLED: &str = "cancelled";
 
 pin_project! {
     /// Resolves when the inner publish resolves; ends the span and records the metrics.

@@ -8,10 +8,10 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::PublishLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
+use crate::header::{self, id_ok, usable_id, IdBuffer, Known};
 use crate::message::{new_id, Headers, OutgoingMessage, Receipt};
 use crate::metrics::{Memo, PublishInstruments};
-use crate::propagation::{header, Known};
-use crate::scope::{id_ok, usable_id, IdBuffer, MessageScope};
+use crate::scope::MessageScope;
 use crate::span::{self, SpanStart};
 
 /// A publisher service that traces and measures every message; built by [`PublishLayer`].

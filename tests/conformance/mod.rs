@@ -1,6 +1,14 @@
 //! The consumer contract every broker adapter keeps (SPEC §7), written once over a
 //! [`Harness`]: an adapter's test file implements the harness and instantiates the suite with
 //! [`conformance_suite!`].
+//!
+//! Ordered brokers (partitions and committed offsets: Kafka, the embedded broker) and unordered
+//! ones (queues that settle each message: RabbitMQ, JetStream) keep the same contract where it
+//! applies. For an unordered harness ([`Harness::ordered`] is `false`) a "topic" is a queue or
+//! stream, partitions are ignored, "committed to the end" reads "nothing left unsettled"
+//! ([`Harness::unsettled`]), a `Stop` stops the consumer instead of a partition, and the cases
+//! about order per partition and partition rebalances check what an unordered broker can keep
+//! (the concurrency bound) or say why they do not apply.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,11 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventscope::classify::{Classifier, Decision, PANIC};
+use eventscope::classify::{Classifier, Decision, CANCELLED, PANIC};
 use eventscope::consume::ConsumeError;
 use eventscope::consume::Consumer;
 use eventscope::metrics::{label, name, Metrics, OPERATION_SETTLE};
-use eventscope::process::future::CANCELLED;
 use eventscope::publish::PublishLayer;
 use eventscope::BoxError;
 use opentelemetry::trace::SpanKind;
@@ -101,13 +108,76 @@ pub trait Harness: Send + Sync + 'static {
         handler: BatchHandler<Self::Message>,
         shutdown: Shutdown,
     ) -> Running;
-    /// The group's committed next offset of a partition.
+    /// The group's committed next offset of a partition (ordered brokers).
     fn committed(
         &self,
         group: &str,
         topic: &str,
         partition: i32,
     ) -> impl Future<Output = Option<i64>> + Send;
+
+    /// `true` (the default) for brokers with partitions and offsets; `false` for queues that
+    /// settle each message on their own.
+    fn ordered(&self) -> bool {
+        true
+    }
+
+    /// Unordered brokers: how many messages of `topic` the group has not settled yet (ready
+    /// and delivered-but-unacked), as the broker counts them.
+    fn unsettled(&self, group: &str, topic: &str) -> impl Future<Output = Option<u64>> + Send {
+        let _ = (group, topic);
+        async { None }
+    }
+
+    /// The `messaging.destination.name` a consumer of `topic` reports (spans and metric
+    /// labels); the topic itself by default.
+    fn destination(&self, topic: &str) -> String {
+        topic.to_owned()
+    }
+
+    /// The `messaging.destination.name` a publish to `topic` reports; the topic by default.
+    fn send_destination(&self, topic: &str) -> String {
+        topic.to_owned()
+    }
+}
+
+/// Waits until the group has settled everything: each partition committed to `per_partition`
+/// (ordered), or nothing left unsettled (unordered).
+async fn settled_to_the_end<H: Harness>(
+    h: &H,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    per_partition: i64,
+) {
+    if h.ordered() {
+        for p in 0..partitions {
+            eventually_async(
+                &format!("partition {p} committed to {per_partition}"),
+                || {
+                    let (g, t) = (group.to_owned(), topic.to_owned());
+                    async move { h.committed(&g, &t, p).await == Some(per_partition) }
+                },
+            )
+            .await;
+        }
+    } else {
+        eventually_async("nothing left unsettled", || {
+            let (g, t) = (group.to_owned(), topic.to_owned());
+            async move { h.unsettled(&g, &t).await == Some(0) }
+        })
+        .await;
+    }
+}
+
+/// An unordered consumer stopped by a failure: it returns on its own with `Stopped`.
+async fn stopped_by_itself(
+    running: tokio::task::JoinHandle<Result<(), ConsumeError>>,
+) -> Result<(), ConsumeError> {
+    tokio::time::timeout(LIMIT, running)
+        .await
+        .expect("an unordered consumer stops by itself on Stop")
+        .expect("the consumer task")
 }
 
 /// Instantiates every case of the suite for a harness expression.
@@ -354,13 +424,7 @@ pub async fn at_least_once_with_a_consumer_killed_mid_stream<H: Harness>(h: &H) 
     })
     .await;
     finish(&stop, running).await.expect("clean run");
-    for p in 0..3 {
-        assert_eq!(
-            h.committed(&spec.group, &topic, p).await,
-            Some(20),
-            "partition {p} committed to its end"
-        );
-    }
+    settled_to_the_end(h, &spec.group, &topic, 3, 20).await;
 }
 
 pub async fn retry_hands_the_message_again_while_the_partition_waits<H: Harness>(h: &H) {
@@ -384,20 +448,22 @@ pub async fn retry_hands_the_message_again_while_the_partition_waits<H: Harness>
     let (stop, shutdown) = signal();
     let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
     eventually("all five handled", || seen.distinct().len() == 5).await;
-    eventually_async("the partition committed to its end", || {
-        let (h, g, t) = (&h, spec.group.clone(), topic.clone());
-        async move { h.committed(&g, &t, 0).await == Some(5) }
+    eventually("the retried message handled three times", || {
+        seen.count("0-2") == 3
     })
     .await;
+    settled_to_the_end(h, &spec.group, &topic, 1, 5).await;
     finish(&stop, running).await.expect("clean run");
 
     assert_eq!(seen.count("0-2"), 3, "two retries, then success");
-    let order: Vec<String> = seen.payloads();
-    let expected = ["0-0", "0-1", "0-2", "0-2", "0-2", "0-3", "0-4"];
-    assert_eq!(
-        order, expected,
-        "the partition waited for the retried message"
-    );
+    if h.ordered() {
+        let order: Vec<String> = seen.payloads();
+        let expected = ["0-0", "0-1", "0-2", "0-2", "0-2", "0-3", "0-4"];
+        assert_eq!(
+            order, expected,
+            "the partition waited for the retried message"
+        );
+    }
     let text = spec.metrics.encode();
     assert_eq!(
         sample(
@@ -435,8 +501,8 @@ pub async fn reject_commits_past_the_message<H: Harness>(h: &H) {
     finish(&stop, running)
         .await
         .expect("a rejected message does not stop the consumer");
+    settled_to_the_end(h, &spec.group, &topic, 1, 4).await;
     assert_eq!(seen.count("0-1"), 1, "rejected, not retried");
-    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(4));
     let text = spec.metrics.encode();
     assert_eq!(
         sample(
@@ -451,7 +517,7 @@ pub async fn reject_commits_past_the_message<H: Harness>(h: &H) {
 pub async fn stop_holds_the_partition_and_shows_it<H: Harness>(h: &H) {
     let topic = h.topic(2).await;
     publish_all(h, &topic, 2, 4).await;
-    let spec = spec(h, &topic, 2);
+    let mut spec = spec(h, &topic, 2);
     let seen = Seen::default();
     // An unclassified error: the default decision is Stop.
     let act = |payload: String| async move {
@@ -460,6 +526,28 @@ pub async fn stop_holds_the_partition_and_shows_it<H: Harness>(h: &H) {
         }
         Ok(())
     };
+    if !h.ordered() {
+        // One at a time, so what follows the failure is provably left alone.
+        spec.max_concurrency = 1;
+        let running = tokio::spawn(h.consume(
+            spec.clone(),
+            handler::<H, _, _>(&seen, act),
+            Box::pin(std::future::pending()),
+        ));
+        match stopped_by_itself(running).await {
+            Err(ConsumeError::Stopped { error_type, .. }) => {
+                assert_eq!(error_type, eventscope::classify::OTHER);
+            }
+            other => panic!("expected Stopped, got {other:?}"),
+        }
+        assert_eq!(seen.count("1-1"), 1, "not retried by this consumer");
+        let left = h.unsettled(&spec.group, &topic).await.unwrap_or_default();
+        assert!(
+            left >= 1,
+            "the failed message is not settled: it waits for the next consumer"
+        );
+        return;
+    }
     let (stop, shutdown) = signal();
     let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
     let stopped = [
@@ -537,6 +625,10 @@ pub async fn order_per_partition_within_the_concurrency_bound<H: Harness>(h: &H)
         most.load(Ordering::SeqCst) <= 2,
         "at most two calls at once"
     );
+    if !h.ordered() {
+        eprintln!("order per partition: not checked, a queue has no partitions to keep in order");
+        return;
+    }
     let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (_, p, o) in seen.0.lock().unwrap().iter() {
         per_partition.entry(*p).or_default().push(*o);
@@ -570,12 +662,20 @@ pub async fn shutdown_ends_despite_a_handler_that_never_completes<H: Harness>(h:
     finish(&stop, running)
         .await
         .expect("a cancelled call is no failure");
-    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(3));
-    assert_eq!(
-        h.committed(&spec.group, &topic, 1).await,
-        Some(1),
-        "what finished before the stuck message is committed, the stuck one is not"
-    );
+    if h.ordered() {
+        assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(3));
+        assert_eq!(
+            h.committed(&spec.group, &topic, 1).await,
+            Some(1),
+            "what finished before the stuck message is committed, the stuck one is not"
+        );
+    } else {
+        eventually_async("only the stuck message left unsettled", || {
+            let (g, t) = (spec.group.clone(), topic.clone());
+            async move { h.unsettled(&g, &t).await == Some(1) }
+        })
+        .await;
+    }
     let text = spec.metrics.encode();
     assert_eq!(
         sample(
@@ -599,6 +699,32 @@ pub async fn a_panic_is_a_failure_that_stops_its_partition<H: Harness>(h: &H) {
         }
         Ok(())
     };
+    if !h.ordered() {
+        let mut spec = spec.clone();
+        spec.max_concurrency = 1;
+        let running = tokio::spawn(h.consume(
+            spec.clone(),
+            handler::<H, _, _>(&seen, act),
+            Box::pin(std::future::pending()),
+        ));
+        match stopped_by_itself(running).await {
+            Err(ConsumeError::Stopped { error_type, .. }) => assert_eq!(error_type, PANIC),
+            other => panic!("expected Stopped, got {other:?}"),
+        }
+        let destination = h.destination(&topic);
+        assert_eq!(
+            sample(
+                &spec.metrics.encode(),
+                &format!("{}_count", name::PROCESS_DURATION),
+                &[
+                    (label::ERROR_TYPE, PANIC),
+                    (label::DESTINATION, destination.as_str())
+                ]
+            ),
+            Some(1.0)
+        );
+        return;
+    }
     let (stop, shutdown) = signal();
     let running = tokio::spawn(h.consume(spec.clone(), handler::<H, _, _>(&seen, act), shutdown));
     let stopped = [
@@ -644,6 +770,12 @@ pub async fn a_panic_is_a_failure_that_stops_its_partition<H: Harness>(h: &H) {
 }
 
 pub async fn revoked_partitions_lose_their_series<H: Harness>(h: &H) {
+    if !h.ordered() {
+        eprintln!(
+            "revoked partitions: not checked, a queue's consumers share it without partitions"
+        );
+        return;
+    }
     let topic = h.topic(2).await;
     publish_all(h, &topic, 2, 2).await;
     let mut first_spec = spec(h, &topic, 2);
@@ -727,13 +859,14 @@ pub async fn batches_settle_whole_and_empty_polls_record_nothing<H: Harness>(h: 
     .await;
     finish(&stop, running).await.expect("clean run");
     assert!(batches.lock().unwrap().iter().all(|n| *n > 0));
-    assert_eq!(h.committed(&spec.group, &topic, 0).await, Some(6));
+    settled_to_the_end(h, &spec.group, &topic, 1, 6).await;
     let text = spec.metrics.encode();
+    let destination = h.destination(&topic);
     assert_eq!(
         sample(
             &text,
             name::CONSUMED_MESSAGES,
-            &[(label::DESTINATION, topic.as_str())]
+            &[(label::DESTINATION, destination.as_str())]
         ),
         Some(6.0)
     );
@@ -743,7 +876,7 @@ pub async fn batches_settle_whole_and_empty_polls_record_nothing<H: Harness>(h: 
             &format!("{}_count", name::OPERATION_DURATION),
             &[
                 (label::OPERATION, OPERATION_SETTLE),
-                (label::DESTINATION, topic.as_str())
+                (label::DESTINATION, destination.as_str())
             ]
         )
         .is_some_and(|n| n >= 1.0),
@@ -780,9 +913,9 @@ pub async fn the_trace_continues_across_the_broker<H: Harness>(h: &H) {
         shutdown,
     ));
     eventually("the traced message is handled", || seen.len() == 1).await;
-    let send_name = format!("send {topic}");
-    let process_name = format!("process {topic}");
-    let settle_name = format!("settle {topic}");
+    let send_name = format!("send {}", h.send_destination(&topic));
+    let process_name = format!("process {}", h.destination(&topic));
+    let settle_name = format!("settle {}", h.destination(&topic));
     eventually("the commit's settle span", || {
         let _ = provider.force_flush();
         exporter

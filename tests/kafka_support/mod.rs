@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use eventscope::kafka::{consumer_config, producer_config, EventscopeContext};
-use eventscope::metrics::Metrics;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -79,9 +78,9 @@ pub fn config(group: &str) -> ClientConfig {
     config
 }
 
-pub fn consumer(config: &ClientConfig, metrics: &Metrics) -> StreamConsumer<EventscopeContext> {
+pub fn consumer(config: &ClientConfig) -> StreamConsumer<EventscopeContext> {
     config
-        .create_with_context(EventscopeContext::new(config, metrics.clone()))
+        .create_with_context(EventscopeContext::new(config))
         .expect("consumer")
 }
 
