@@ -54,6 +54,9 @@
 //! | `memory` | yes | [`memory`]: the embedded in-memory broker, for demos and tests |
 //! | `otlp` | yes | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
 //! | `server` | yes | [`server`]: a `/metrics` HTTP endpoint |
+//! | `dedup` | no | `dedup`: the idempotency layer and its in-memory store (`moka`) |
+//! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, whose own minimum Rust is newer than this crate's since 1.4) |
+//! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
 //!
 //! # Supported Rust versions
@@ -105,6 +108,8 @@ impl<P> SharedTracerProvider for P where
 {
 }
 
+#[cfg(feature = "dedup")]
+pub mod dedup;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "memory")]
@@ -116,5 +121,7 @@ pub mod memory;
 pub struct ReadmeDoctests;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "schema")]
+pub mod schema;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
