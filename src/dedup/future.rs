@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
@@ -63,6 +64,12 @@ pin_project! {
             complete: St::CompleteFuture,
             response: Option<S::Response>,
         },
+        /// The done mark failed: tried again after a pause.
+        Pausing {
+            #[pin]
+            pause: tokio::time::Sleep,
+            response: Option<S::Response>,
+        },
         Releasing {
             #[pin]
             release: St::ReleaseFuture,
@@ -77,6 +84,8 @@ struct Guard<St: DedupStore> {
     shared: Arc<Shared<St>>,
     key: Option<DedupKey>,
     token: ClaimToken,
+    /// How many done marks failed.
+    failed_marks: u32,
     /// The claim is ours; on drop: `Release` while the handler runs, `Complete` once it
     /// succeeded.
     held: Option<Owed>,
@@ -132,6 +141,7 @@ where
                 shared: Arc::clone(shared),
                 key: None,
                 token: ClaimToken::NONE,
+                failed_marks: 0,
                 held: None,
             },
         }
@@ -155,6 +165,7 @@ where
                 shared: Arc::clone(shared),
                 key: Some(key),
                 token,
+                failed_marks: 0,
                 held: None,
             },
         }
@@ -267,23 +278,45 @@ where
                 }
                 StateProj::Completing { complete, response } => {
                     let done = std::task::ready!(complete.poll(cx));
-                    guard.held = None;
+                    let response = response.take();
                     if let (Err(error), Some(key)) = (done, guard.key.as_ref()) {
-                        // The handler succeeded: settling the message is right. Failing it
-                        // would retry into our own claim and, once the lease ended, run the
-                        // handler again.
-                        if let Some(skipped) = guard.shared.store_warnings.allow() {
+                        // The handler succeeded, so the message is settled whatever happens:
+                        // failing it would retry into its own claim. Failing closed, the mark
+                        // is tried again until the store answers (the partition waits, as it
+                        // would for the store anyway), so a redelivery is still caught.
+                        guard.failed_marks += 1;
+                        let shared = &guard.shared;
+                        let pause = Duration::from_millis(50 << guard.failed_marks.min(4));
+                        let again = !shared.fail_open;
+                        if let Some(skipped) = shared.store_warnings.allow() {
                             tracing::warn!(
                                 %error,
                                 message_id = key.id(),
+                                retrying = again,
                                 skipped,
-                                "could not mark a processed message done; a redelivery after the claim's lease would run the handler again"
+                                "could not mark a processed message done"
                             );
                         }
+                        if again {
+                            this.state.set(State::Pausing {
+                                pause: tokio::time::sleep(pause),
+                                response,
+                            });
+                            continue;
+                        }
                     }
-                    let response = response.take();
+                    guard.held = None;
                     this.state.set(State::Finished);
                     return Poll::Ready(response.map(Processed::Done).ok_or_else(finished));
+                }
+                StateProj::Pausing { pause, response } => {
+                    std::task::ready!(pause.poll(cx));
+                    let (Some(key), shared) = (guard.key.as_ref(), &guard.shared) else {
+                        return Poll::Ready(Err(finished()));
+                    };
+                    let response = response.take();
+                    let complete = shared.store.complete(key, shared.retention);
+                    this.state.set(State::Completing { complete, response });
                 }
                 StateProj::Releasing { release, error } => {
                     let released = std::task::ready!(release.poll(cx));

@@ -50,10 +50,22 @@
 //! A consumer that dies *between the handler's success and the mark* leaves a claim, not a done
 //! marker: once its lease ends, the redelivery runs the handler again. Marking before the
 //! handler would instead lose the message when the handler fails or the process dies. The
-//! window is one store round trip long; what happens in it is the handler's own
-//! side effect, which only the handler can make idempotent (a unique constraint, an upsert, an
-//! idempotency key sent on to the next service). A mark that fails after the handler
-//! succeeded is logged and the message settled: failing it would retry into its own claim.
+//! window is one store round trip long; what happens in it is the handler's own side effect,
+//! which only the handler can make idempotent (a unique constraint, an upsert, an idempotency
+//! key sent on to the next service).
+//!
+//! A mark that fails after the handler succeeded (the store went away in between) is tried
+//! again, with a pause of up to 800 ms, until the store answers: the call, and on ordered
+//! brokers its partition, waits meanwhile, as it would for the store anyway, and the message
+//! is settled once it is marked. Failing it instead would retry into its own claim. When
+//! failing open, the message is settled at once with a warning, and a redelivery runs the
+//! handler again. A call cancelled while it waits (the consumer's drain deadline) makes one
+//! last attempt on the runtime.
+//!
+//! The store remembers only what it keeps: the in-memory store forgets on restart, and a Redis
+//! server restarted without persistence (or failing over to a replica that had not yet
+//! received the marks) forgets the marks it lost. Run Redis with the persistence your
+//! duplicates deserve (`appendonly yes`).
 //!
 //! # Where the layer goes
 //!
