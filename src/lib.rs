@@ -119,9 +119,9 @@ pub mod memory;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-#[cfg(feature = "server")]
-pub mod server;
 #[cfg(feature = "schema")]
 pub mod schema;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "otlp")]
 pub mod telemetry;

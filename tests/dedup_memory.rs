@@ -66,12 +66,13 @@ async fn a_redelivered_message_does_not_reach_the_handler_and_is_settled() {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
     let dedup = DedupLayer::new(MemoryStore::default(), metrics.clone());
-    let handler = consumer
-        .process_layer()
-        .layer(dedup.layer(service_fn(move |_m: MemoryMessage| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            ready(Ok::<_, BoxError>(()))
-        })));
+    let handler =
+        consumer
+            .process_layer()
+            .layer(dedup.layer(service_fn(move |_m: MemoryMessage| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                ready(Ok::<_, BoxError>(()))
+            })));
     let done = committed(broker.clone(), &[(0, 3)]);
     tokio::time::timeout(Duration::from_secs(10), consumer.run(handler, done))
         .await
@@ -131,20 +132,21 @@ async fn the_same_id_delivered_twice_at_once_runs_the_handler_once() {
     );
     let (c, r, o) = (calls.clone(), running.clone(), overlap.clone());
     let dedup = DedupLayer::new(MemoryStore::default(), metrics.clone());
-    let handler = consumer
-        .process_layer()
-        .layer(dedup.layer(service_fn(move |_m: MemoryMessage| {
-            let (c, r, o) = (c.clone(), r.clone(), o.clone());
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                if r.fetch_add(1, Ordering::SeqCst) > 0 {
-                    o.fetch_add(1, Ordering::SeqCst);
+    let handler =
+        consumer
+            .process_layer()
+            .layer(dedup.layer(service_fn(move |_m: MemoryMessage| {
+                let (c, r, o) = (c.clone(), r.clone(), o.clone());
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if r.fetch_add(1, Ordering::SeqCst) > 0 {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, BoxError>(())
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                Ok::<_, BoxError>(())
-            }
-        })));
+            })));
     let done = committed(broker.clone(), &[(0, 1), (1, 1)]);
     tokio::time::timeout(Duration::from_secs(10), consumer.run(handler, done))
         .await
@@ -232,7 +234,10 @@ impl IncomingMessage for Msg {
     }
 }
 
-fn counting(calls: &Arc<AtomicUsize>) -> impl Service<Msg, Response = (), Error = BoxError, Future = Ready<Result<(), BoxError>>> + Clone {
+fn counting(
+    calls: &Arc<AtomicUsize>,
+) -> impl Service<Msg, Response = (), Error = BoxError, Future = Ready<Result<(), BoxError>>> + Clone
+{
     let calls = Arc::clone(calls);
     service_fn(move |_m: Msg| {
         calls.fetch_add(1, Ordering::SeqCst);
@@ -244,10 +249,23 @@ fn counting(calls: &Arc<AtomicUsize>) -> impl Service<Msg, Response = (), Error 
 async fn on_its_own_the_layer_answers_duplicate_without_calling_the_handler() {
     let calls = Arc::new(AtomicUsize::new(0));
     let metrics = Metrics::new();
-    let mut service = DedupLayer::new(MemoryStore::default(), metrics.clone()).layer(counting(&calls));
-    let first = service.ready().await.unwrap().call(Msg::with_id("m-1")).await.unwrap();
+    let mut service =
+        DedupLayer::new(MemoryStore::default(), metrics.clone()).layer(counting(&calls));
+    let first = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::with_id("m-1"))
+        .await
+        .unwrap();
     assert_eq!(first, Processed::Done(()));
-    let second = service.ready().await.unwrap().call(Msg::with_id("m-1")).await.unwrap();
+    let second = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::with_id("m-1"))
+        .await
+        .unwrap();
     assert!(second.is_duplicate());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(
@@ -263,9 +281,16 @@ async fn on_its_own_the_layer_answers_duplicate_without_calling_the_handler() {
 #[tokio::test]
 async fn a_message_without_an_id_is_processed_every_time() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut service = DedupLayer::new(MemoryStore::default(), Metrics::new()).layer(counting(&calls));
+    let mut service =
+        DedupLayer::new(MemoryStore::default(), Metrics::new()).layer(counting(&calls));
     for _ in 0..3 {
-        let answer = service.ready().await.unwrap().call(Msg::without_id()).await.unwrap();
+        let answer = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Msg::without_id())
+            .await
+            .unwrap();
         assert_eq!(answer, Processed::Done(()));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -280,13 +305,22 @@ async fn a_cancelled_call_releases_its_claim() {
     assert!(futures_util::poll!(call.as_mut()).is_pending());
     // The claim is held while the handler runs.
     let key = DedupKey::new("billing", "m-cancel");
-    let probe = store.claim(&key, ClaimToken::new(), Duration::from_secs(60)).await.unwrap();
+    let probe = store
+        .claim(&key, ClaimToken::new(), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(probe, Claim::InFlight);
     drop(call);
     tokio::task::yield_now().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let mut service = DedupLayer::new(store, Metrics::new()).layer(counting(&calls));
-    let answer = service.ready().await.unwrap().call(Msg::with_id("m-cancel")).await.unwrap();
+    let answer = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::with_id("m-cancel"))
+        .await
+        .unwrap();
     assert_eq!(answer, Processed::Done(()));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -295,11 +329,20 @@ async fn a_cancelled_call_releases_its_claim() {
 async fn an_id_in_flight_fails_for_a_retry_and_the_classifier_names_it() {
     let store = MemoryStore::default();
     let key = DedupKey::new("billing", "m-busy");
-    let other = store.claim(&key, ClaimToken::new(), Duration::from_secs(60)).await.unwrap();
+    let other = store
+        .claim(&key, ClaimToken::new(), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(other, Claim::Claimed);
     let calls = Arc::new(AtomicUsize::new(0));
     let mut service = DedupLayer::new(store, Metrics::new()).layer(counting(&calls));
-    let error = service.ready().await.unwrap().call(Msg::with_id("m-busy")).await.unwrap_err();
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::with_id("m-busy"))
+        .await
+        .unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     let classifier = retry_dedup();
     assert_eq!(classifier.classify(&error), "dedup");
@@ -339,7 +382,13 @@ impl DedupStore for Down {
 async fn a_store_that_is_down_fails_closed_unless_told_to_fail_open() {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut closed = DedupLayer::new(Down, Metrics::new()).layer(counting(&calls));
-    let error = closed.ready().await.unwrap().call(Msg::with_id("m-2")).await.unwrap_err();
+    let error = closed
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::with_id("m-2"))
+        .await
+        .unwrap_err();
     let error = error.downcast::<DedupError>().unwrap();
     assert_eq!(error.error_type(), UNAVAILABLE);
     assert!(error.to_string().contains("connection refused"), "{error}");
@@ -348,7 +397,13 @@ async fn a_store_that_is_down_fails_closed_unless_told_to_fail_open() {
     let mut open = DedupLayer::new(Down, Metrics::new())
         .fail_open(true)
         .layer(counting(&calls));
-    let answer = open.ready().await.unwrap().call(Msg::with_id("m-2")).await.unwrap();
+    let answer = open
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::with_id("m-2"))
+        .await
+        .unwrap();
     assert_eq!(answer, Processed::Done(()));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -67,30 +67,51 @@ async fn claims_and_done_markers_are_namespaced_keys_with_a_ttl() {
     let (mine, other) = (ClaimToken::new(), ClaimToken::new());
 
     let lease = Duration::from_secs(30);
-    assert_eq!(store.claim(&key, mine, lease).await.unwrap(), Claim::Claimed);
+    assert_eq!(
+        store.claim(&key, mine, lease).await.unwrap(),
+        Claim::Claimed
+    );
     let value: String = redis.get(&name).await.unwrap();
     assert_eq!(value, format!("{:016x}", mine.get()));
     let ttl: i64 = redis.pttl(&name).await.unwrap();
     assert!(ttl > 29_000 && ttl <= 30_000, "{ttl}");
-    assert_eq!(store.claim(&key, other, lease).await.unwrap(), Claim::InFlight);
+    assert_eq!(
+        store.claim(&key, other, lease).await.unwrap(),
+        Claim::InFlight
+    );
 
     // Only the claim's owner removes it.
     store.release(&key, other).await.unwrap();
-    assert_eq!(store.claim(&key, other, lease).await.unwrap(), Claim::InFlight);
+    assert_eq!(
+        store.claim(&key, other, lease).await.unwrap(),
+        Claim::InFlight
+    );
     store.release(&key, mine).await.unwrap();
     let exists: bool = redis.exists(&name).await.unwrap();
     assert!(!exists);
 
-    assert_eq!(store.claim(&key, other, lease).await.unwrap(), Claim::Claimed);
-    store.complete(&key, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(
+        store.claim(&key, other, lease).await.unwrap(),
+        Claim::Claimed
+    );
+    store
+        .complete(&key, Duration::from_secs(3600))
+        .await
+        .unwrap();
     let value: String = redis.get(&name).await.unwrap();
     assert_eq!(value, "done");
     let ttl: i64 = redis.pttl(&name).await.unwrap();
     assert!(ttl > 3_590_000 && ttl <= 3_600_000, "{ttl}");
-    assert_eq!(store.claim(&key, mine, lease).await.unwrap(), Claim::Duplicate);
+    assert_eq!(
+        store.claim(&key, mine, lease).await.unwrap(),
+        Claim::Duplicate
+    );
     // A late release (its lease long over) does not forget the done marker.
     store.release(&key, other).await.unwrap();
-    assert_eq!(store.claim(&key, mine, lease).await.unwrap(), Claim::Duplicate);
+    assert_eq!(
+        store.claim(&key, mine, lease).await.unwrap(),
+        Claim::Duplicate
+    );
 }
 
 #[tokio::test]
@@ -100,10 +121,16 @@ async fn an_expired_claim_is_taken_over_and_the_late_owner_cannot_release_it() {
     let key = DedupKey::new(&group.0, "m-slow");
     let (slow, next) = (ClaimToken::new(), ClaimToken::new());
     let short = Duration::from_millis(50);
-    assert_eq!(store.claim(&key, slow, short).await.unwrap(), Claim::Claimed);
+    assert_eq!(
+        store.claim(&key, slow, short).await.unwrap(),
+        Claim::Claimed
+    );
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(
-        store.claim(&key, next, Duration::from_secs(30)).await.unwrap(),
+        store
+            .claim(&key, next, Duration::from_secs(30))
+            .await
+            .unwrap(),
         Claim::Claimed
     );
     store.release(&key, slow).await.unwrap();
@@ -144,17 +171,21 @@ async fn every_id_runs_once_across_partitions_and_consumers_sharing_redis() {
             .classify_errors(classifier.clone());
         let store = RedisStore::connect(URL).await.unwrap();
         let runs = Arc::clone(&runs);
-        let handler = consumer.process_layer().layer(
-            DedupLayer::new(store, metrics.clone()).layer(service_fn(move |m: MemoryMessage| {
-                let id = String::from_utf8(m.headers().get("message-id").unwrap().to_vec()).unwrap();
-                let runs = Arc::clone(&runs);
-                async move {
-                    *runs.lock().unwrap().entry(id).or_default() += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    Ok::<_, BoxError>(())
-                }
-            })),
-        );
+        let handler =
+            consumer
+                .process_layer()
+                .layer(DedupLayer::new(store, metrics.clone()).layer(service_fn(
+                    move |m: MemoryMessage| {
+                        let id = String::from_utf8(m.headers().get("message-id").unwrap().to_vec())
+                            .unwrap();
+                        let runs = Arc::clone(&runs);
+                        async move {
+                            *runs.lock().unwrap().entry(id).or_default() += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            Ok::<_, BoxError>(())
+                        }
+                    },
+                )));
         let broker = broker.clone();
         let group = group.0.clone();
         members.push(tokio::spawn(async move {

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use common::{free_port, sample};
 use eventscope::classify::{Classifier, Decision};
@@ -41,11 +41,24 @@ impl PrivateRedis {
         let pidfile = dir.join("redis.pid");
         let _ = std::fs::remove_file(&pidfile);
         let status = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--daemonize", "yes", "--pidfile"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+            ])
             .arg(&pidfile)
             .arg("--dir")
             .arg(&dir)
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .args(["--bind", "127.0.0.1"])
             .status()
             .expect("redis-server runs");
@@ -174,8 +187,14 @@ async fn redis_dies_mid_stream_and_comes_back() {
         DedupLayer::new(store, metrics.clone())
             .lease(Duration::from_secs(2))
             .layer(service_fn(move |m: MemoryMessage| {
-                let id = String::from_utf8(m.headers().get("message-id").unwrap().to_vec()).unwrap();
-                let (r, h, b, k) = (Arc::clone(&r), Arc::clone(&h), Arc::clone(&b), Arc::clone(&k));
+                let id =
+                    String::from_utf8(m.headers().get("message-id").unwrap().to_vec()).unwrap();
+                let (r, h, b, k) = (
+                    Arc::clone(&r),
+                    Arc::clone(&h),
+                    Arc::clone(&b),
+                    Arc::clone(&k),
+                );
                 let outage = id == busy_id;
                 async move {
                     if outage {
@@ -272,8 +291,14 @@ async fn redis_dies_mid_stream_and_comes_back() {
     assert_eq!(failed, retried);
     // Both show in the logs, rate-limited: far fewer lines than failed attempts.
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let unavailable = logs.lines().filter(|l| l.contains("dedup store unavailable")).count();
-    let unmarked = logs.lines().filter(|l| l.contains("could not mark a processed message done")).count();
+    let unavailable = logs
+        .lines()
+        .filter(|l| l.contains("dedup store unavailable"))
+        .count();
+    let unmarked = logs
+        .lines()
+        .filter(|l| l.contains("could not mark a processed message done"))
+        .count();
     assert!(unavailable >= 1 && unmarked >= 1, "{logs}");
     assert!(unavailable <= 5 && unmarked <= 5, "{logs}");
     println!("retried {retried}, log lines: {unavailable} unavailable, {unmarked} unmarked");

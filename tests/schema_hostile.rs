@@ -146,6 +146,9 @@ fn arbitrary_payloads_and_headers_are_valid_or_counted() {
     assert_eq!(cases.load(Ordering::Relaxed), u64::from(CASES));
     assert_eq!(handled + schema + decode, u64::from(CASES), "{text}");
     // The generators reach every outcome, not only the parser's refusals.
-    assert!(handled > 0 && schema > 0 && decode > 0, "handled {handled}, schema {schema}, decode {decode}");
+    assert!(
+        handled > 0 && schema > 0 && decode > 0,
+        "handled {handled}, schema {schema}, decode {decode}"
+    );
     println!("handled {handled}, schema {schema}, decode {decode}");
 }

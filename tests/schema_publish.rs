@@ -109,9 +109,14 @@ async fn an_event_its_schema_rejects_is_not_sent() {
     let text = metrics.encode();
     let failed: f64 = text
         .lines()
-        .filter(|l| l.starts_with(name::SENT_MESSAGES) && !l.contains(&format!(r#"{}="""#, label::ERROR_TYPE)))
+        .filter(|l| {
+            l.starts_with(name::SENT_MESSAGES)
+                && !l.contains(&format!(r#"{}="""#, label::ERROR_TYPE))
+        })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(failed, 2.0, "{text}");
-    assert!(!text.lines().any(|l| l.starts_with(name::INVALID_MESSAGES) && !l.starts_with('#')));
+    assert!(!text
+        .lines()
+        .any(|l| l.starts_with(name::INVALID_MESSAGES) && !l.starts_with('#')));
 }

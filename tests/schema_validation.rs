@@ -93,12 +93,13 @@ async fn consume(records: Vec<MemoryRecord>, unknown: Unknown) -> (usize, String
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
     let validate = ValidateIncomingLayer::new(schemas(), metrics.clone()).unknown(unknown);
-    let handler = consumer
-        .process_layer()
-        .layer(validate.layer(service_fn(move |_m: MemoryMessage| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, BoxError>(()) }
-        })));
+    let handler =
+        consumer
+            .process_layer()
+            .layer(validate.layer(service_fn(move |_m: MemoryMessage| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, BoxError>(()) }
+            })));
     let committed = broker.clone();
     let done = async move {
         while committed.committed("billing", "orders", 0).unwrap_or(0) < n as i64 {
@@ -152,11 +153,18 @@ async fn unknown_events_pass_when_told() {
 #[tokio::test]
 async fn a_schema_error_names_the_path_and_the_complaint_and_the_classifier_sees_it() {
     let metrics = Metrics::new();
-    let mut handler = ValidateIncomingLayer::new(schemas(), metrics).layer(service_fn(
-        |_m: Event| async { Ok::<_, std::io::Error>(()) },
-    ));
+    let mut handler =
+        ValidateIncomingLayer::new(schemas(), metrics).layer(service_fn(|_m: Event| async {
+            Ok::<_, std::io::Error>(())
+        }));
     let message = Event::new(&order("-5"));
-    let error: BoxError = handler.ready().await.unwrap().call(message).await.unwrap_err();
+    let error: BoxError = handler
+        .ready()
+        .await
+        .unwrap()
+        .call(message)
+        .await
+        .unwrap_err();
 
     let classifier = Classifier::new()
         .on::<SchemaError>("schema")
@@ -171,7 +179,10 @@ async fn a_schema_error_names_the_path_and_the_complaint_and_the_classifier_sees
     assert_eq!(error.error_type(), "schema");
     assert_eq!(error.path(), Some("/data/amountCents"));
     let text = error.to_string();
-    assert!(text.starts_with("OrderCreated v1: /data/amountCents: "), "{text}");
+    assert!(
+        text.starts_with("OrderCreated v1: /data/amountCents: "),
+        "{text}"
+    );
     assert!(text.contains("-5 is less than the minimum of 0"), "{text}");
 }
 
@@ -202,7 +213,9 @@ fn versions_come_from_headers_then_event_version_then_version() {
     // `version` is read when `eventVersion` is absent; a numeric text matches too.
     let by_version = valid.replace(r#""eventVersion":1"#, r#""version":"1""#);
     // The v1 schema requires eventVersion: the version was found, the schema then complains.
-    let error = schemas.validate(&headers, by_version.as_bytes()).unwrap_err();
+    let error = schemas
+        .validate(&headers, by_version.as_bytes())
+        .unwrap_err();
     assert_eq!(error.kind(), SchemaErrorKind::Schema);
     // No version anywhere: unknown.
     let none = valid.replace(r#""eventVersion":1,"#, "");

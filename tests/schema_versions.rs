@@ -30,12 +30,22 @@ fn a_v1_consumer_accepts_v2_events() {
         .build()
         .unwrap();
     assert_eq!(check(&v1_consumer, &event(1, None)), Ok(Checked::Valid));
-    assert_eq!(check(&v1_consumer, &event(2, Some("EUR"))), Ok(Checked::Valid));
+    assert_eq!(
+        check(&v1_consumer, &event(2, Some("EUR"))),
+        Ok(Checked::Valid)
+    );
     // A field v1 does not know is not its business, even when v2 would refuse its value.
-    assert_eq!(check(&v1_consumer, &event(2, Some("euro"))), Ok(Checked::Valid));
+    assert_eq!(
+        check(&v1_consumer, &event(2, Some("euro"))),
+        Ok(Checked::Valid)
+    );
     // What v1 requires, v2 events must still carry.
-    let without_items = event(2, Some("EUR")).replace(r#","items":[{"sku":"s-1","quantity":1}]"#, "");
-    assert_eq!(check(&v1_consumer, &without_items), Err(SchemaErrorKind::Schema));
+    let without_items =
+        event(2, Some("EUR")).replace(r#","items":[{"sku":"s-1","quantity":1}]"#, "");
+    assert_eq!(
+        check(&v1_consumer, &without_items),
+        Err(SchemaErrorKind::Schema)
+    );
 }
 
 #[test]
@@ -46,7 +56,10 @@ fn a_v2_consumer_validates_each_version_with_its_own_schema() {
         .build()
         .unwrap();
     assert_eq!(check(&v2_consumer, &event(1, None)), Ok(Checked::Valid));
-    assert_eq!(check(&v2_consumer, &event(2, Some("EUR"))), Ok(Checked::Valid));
+    assert_eq!(
+        check(&v2_consumer, &event(2, Some("EUR"))),
+        Ok(Checked::Valid)
+    );
     assert_eq!(check(&v2_consumer, &event(2, None)), Ok(Checked::Valid));
     assert_eq!(
         check(&v2_consumer, &event(2, Some("euro"))),
@@ -56,10 +69,18 @@ fn a_v2_consumer_validates_each_version_with_its_own_schema() {
         .validate(&HeaderList::new(), event(2, Some("euro")).as_bytes())
         .unwrap_err();
     assert_eq!(error.path(), Some("/data/currency"));
-    assert!(error.message().starts_with("OrderCreated v2: /data/currency: "));
+    assert!(error
+        .message()
+        .starts_with("OrderCreated v2: /data/currency: "));
     // A v3 event is read as the newest version this consumer knows.
-    assert_eq!(check(&v2_consumer, &event(3, Some("euro"))), Err(SchemaErrorKind::Schema));
-    assert_eq!(check(&v2_consumer, &event(3, Some("EUR"))), Ok(Checked::Valid));
+    assert_eq!(
+        check(&v2_consumer, &event(3, Some("euro"))),
+        Err(SchemaErrorKind::Schema)
+    );
+    assert_eq!(
+        check(&v2_consumer, &event(3, Some("EUR"))),
+        Ok(Checked::Valid)
+    );
 }
 
 #[test]

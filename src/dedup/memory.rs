@@ -2,10 +2,10 @@
 
 use std::fmt;
 use std::future::{ready, Ready};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
+use quick_cache::unsync::Cache;
 
 use super::error::StoreError;
 use super::store::{Claim, ClaimToken, DedupKey, DedupStore};
@@ -13,55 +13,38 @@ use super::store::{Claim, ClaimToken, DedupKey, DedupStore};
 /// Default bound on the keys a [`MemoryStore`] holds.
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
+/// Independent parts of the store, each behind its own lock, so concurrent lanes rarely wait.
+const SHARDS: usize = 16;
+
 /// A dedup store in this process's memory: bounded, every key expiring on its own time.
 ///
 /// It deduplicates the deliveries that reach this process: redeliveries after a rebalance or
 /// a failed commit while the process lives. It forgets everything on restart and knows nothing
-/// of other processes; for that, use a shared store such as [`RedisStore`](super::RedisStore).
+/// of other processes; for that, use a shared store such as `RedisStore` (feature `redis`).
 ///
-/// Built on [`moka`]'s concurrent cache. When it holds `max_entries` keys, the least recently
-/// used are evicted first (LRU rather than moka's default admission policy, which may refuse
-/// to store a new key at all — a claim or done marker that silently is not stored would let a
-/// duplicate through). An evicted key is forgotten: size `max_entries` for the number of
-/// messages you consume within the layer's retention time.
+/// Built on [`quick_cache`]: sixteen caches, each behind a lock, together holding at most
+/// `max_entries` keys and evicting by recency and frequency (S3-FIFO) beyond that. Every
+/// entry carries its deadline, and an entry past it counts as absent. An evicted key is
+/// forgotten: size `max_entries` for the number of messages you consume within the layer's
+/// retention time.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<DedupKey, Entry>,
+    shards: Arc<[Mutex<Cache<DedupKey, Entry>>]>,
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.cache.entry_count())
-            .field("max_entries", &self.cache.policy().max_capacity())
-            .finish()
+            .field("entries", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
-/// A claim (with its token) or a done marker, and how long it lives.
+/// A claim (with its token) or a done marker, and when it expires.
 #[derive(Clone, Debug)]
 struct Entry {
     claim: Option<ClaimToken>,
-    ttl: Duration,
-}
-
-/// Each entry lives as long as it says, counted from when it was written.
-struct PerEntry;
-
-impl moka::Expiry<DedupKey, Entry> for PerEntry {
-    fn expire_after_create(&self, _: &DedupKey, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &DedupKey,
-        entry: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
-    }
+    until: Instant,
 }
 
 impl Default for MemoryStore {
@@ -71,26 +54,48 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store of at most `max_entries` keys (claims and done markers together).
+    /// A store of at most `max_entries` keys (claims and done markers together; rounded up to
+    /// a multiple of 16).
     pub fn new(max_entries: u64) -> Self {
+        let per_shard = usize::try_from(max_entries.div_ceil(SHARDS as u64))
+            .unwrap_or(usize::MAX)
+            .max(1);
         Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .eviction_policy(EvictionPolicy::lru())
-                .expire_after(PerEntry)
-                .build(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Cache::new(per_shard)))
+                .collect(),
         }
     }
 
-    /// Keys held now (claims and done markers), as the cache counts them: an approximation
-    /// that catches up with recent writes lazily.
+    /// Keys held now (claims and done markers, expired ones until they are evicted or
+    /// replaced).
     pub fn len(&self) -> u64 {
-        self.cache.entry_count()
+        (0..SHARDS).map(|i| self.lock_index(i).len() as u64).sum()
     }
 
     /// `true` when [`len`](Self::len) is 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn lock_index(&self, index: usize) -> MutexGuard<'_, Cache<DedupKey, Entry>> {
+        // A panic under the lock cannot leave an entry half-written: every write is one
+        // assignment or one call of the cache.
+        self.shards[index % SHARDS]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The shard of `key`, chosen by the last bytes of its id (the part that varies).
+    fn lock(&self, key: &DedupKey) -> MutexGuard<'_, Cache<DedupKey, Entry>> {
+        let bytes = key.as_str().as_bytes();
+        let tail = bytes
+            .get(bytes.len().saturating_sub(8)..)
+            .unwrap_or_default();
+        let mut word = [0u8; 8];
+        word[..tail.len()].copy_from_slice(tail);
+        let mixed = u64::from_le_bytes(word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.lock_index((mixed >> 60) as usize)
     }
 }
 
@@ -100,32 +105,46 @@ impl DedupStore for MemoryStore {
     type ReleaseFuture = Ready<Result<(), StoreError>>;
 
     fn claim(&self, key: &DedupKey, token: ClaimToken, lease: Duration) -> Self::ClaimFuture {
-        // Atomic per key: of two concurrent first claims, one inserts and the other sees it.
-        let entry = self.cache.entry_by_ref(key).or_insert_with(|| Entry {
+        let now = Instant::now();
+        let claimed = Entry {
             claim: Some(token),
-            ttl: lease,
+            until: now + lease,
+        };
+        // Atomic per key: the shard stays locked from the look-up to the write.
+        let mut shard = self.lock(key);
+        let found = shard.get_mut(key).map(|mut entry| {
+            if entry.until <= now {
+                *entry = claimed.clone();
+                Claim::Claimed
+            } else if entry.claim.is_none() {
+                Claim::Duplicate
+            } else {
+                Claim::InFlight
+            }
         });
-        ready(Ok(if entry.is_fresh() {
+        let claim = found.unwrap_or_else(|| {
+            shard.insert(key.clone(), claimed);
             Claim::Claimed
-        } else if entry.value().claim.is_none() {
-            Claim::Duplicate
-        } else {
-            Claim::InFlight
-        }))
+        });
+        ready(Ok(claim))
     }
 
     fn complete(&self, key: &DedupKey, ttl: Duration) -> Self::CompleteFuture {
-        self.cache.insert(key.clone(), Entry { claim: None, ttl });
+        let done = Entry {
+            claim: None,
+            until: Instant::now() + ttl,
+        };
+        let mut shard = self.lock(key);
+        let updated = shard.get_mut(key).map(|mut entry| *entry = done.clone());
+        if updated.is_none() {
+            shard.insert(key.clone(), done);
+        }
         ready(Ok(()))
     }
 
     fn release(&self, key: &DedupKey, token: ClaimToken) -> Self::ReleaseFuture {
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|entry| match entry {
-                Some(entry) if entry.value().claim == Some(token) => Op::Remove,
-                _ => Op::Nop,
-            });
+        self.lock(key)
+            .remove_if(key, |entry: &Entry| entry.claim == Some(token));
         ready(Ok(()))
     }
 }
@@ -146,17 +165,32 @@ mod tests {
         let (mine, other) = (ClaimToken::new(), ClaimToken::new());
         let lease = Duration::from_secs(60);
         assert_eq!(now(store.claim(&key, mine, lease)).unwrap(), Claim::Claimed);
-        assert_eq!(now(store.claim(&key, other, lease)).unwrap(), Claim::InFlight);
+        assert_eq!(
+            now(store.claim(&key, other, lease)).unwrap(),
+            Claim::InFlight
+        );
         // Another delivery's release leaves our claim alone.
         now(store.release(&key, other)).unwrap();
-        assert_eq!(now(store.claim(&key, other, lease)).unwrap(), Claim::InFlight);
+        assert_eq!(
+            now(store.claim(&key, other, lease)).unwrap(),
+            Claim::InFlight
+        );
         now(store.release(&key, mine)).unwrap();
-        assert_eq!(now(store.claim(&key, other, lease)).unwrap(), Claim::Claimed);
+        assert_eq!(
+            now(store.claim(&key, other, lease)).unwrap(),
+            Claim::Claimed
+        );
         now(store.complete(&key, Duration::from_secs(60))).unwrap();
-        assert_eq!(now(store.claim(&key, mine, lease)).unwrap(), Claim::Duplicate);
+        assert_eq!(
+            now(store.claim(&key, mine, lease)).unwrap(),
+            Claim::Duplicate
+        );
         // A release after completion does not forget the done marker.
         now(store.release(&key, other)).unwrap();
-        assert_eq!(now(store.claim(&key, mine, lease)).unwrap(), Claim::Duplicate);
+        assert_eq!(
+            now(store.claim(&key, mine, lease)).unwrap(),
+            Claim::Duplicate
+        );
         // Groups are apart.
         let elsewhere = DedupKey::new("h", "m-1");
         assert_eq!(
@@ -199,7 +233,7 @@ mod tests {
             let key = DedupKey::new("g", &i.to_string());
             now(store.complete(&key, Duration::from_secs(60))).unwrap();
         }
-        store.cache.run_pending_tasks();
-        assert!(store.len() <= 50, "{}", store.len());
+        // Rounded up to a multiple of the sixteen shards.
+        assert!(store.len() <= 64, "{}", store.len());
     }
 }

@@ -187,7 +187,12 @@ impl Throttle {
         if now >= next
             && self
                 .next
-                .compare_exchange(next, now + Self::INTERVAL_MS, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + Self::INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             return Some(self.held_back.swap(0, Ordering::Relaxed));

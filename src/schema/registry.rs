@@ -241,12 +241,21 @@ impl Compiled {
             if text.full {
                 break;
             }
-            let _ = write!(text, "; {}: {}", pointer(error.instance_path().as_str()), error);
+            let _ = write!(
+                text,
+                "; {}: {}",
+                pointer(error.instance_path().as_str()),
+                error
+            );
         }
         if !text.full && errors.next().is_some() {
             let _ = text.write_str("; …");
         }
-        Err(SchemaError::new(SchemaErrorKind::Schema, text.text, Some(path)))
+        Err(SchemaError::new(
+            SchemaErrorKind::Schema,
+            text.text,
+            Some(path),
+        ))
     }
 }
 
@@ -264,7 +273,10 @@ fn non_empty(text: Option<&str>) -> Option<&str> {
 }
 
 /// `eventVersion`, else `version`: a text, or a whole number written into `number`.
-fn payload_version<'a>(object: &'a Map<String, Value>, number: &'a mut itoa::Buffer) -> Option<&'a str> {
+fn payload_version<'a>(
+    object: &'a Map<String, Value>,
+    number: &'a mut itoa::Buffer,
+) -> Option<&'a str> {
     let value = object
         .get("eventVersion")
         .or_else(|| object.get("version"))?;
