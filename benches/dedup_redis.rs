@@ -67,15 +67,15 @@ fn main() {
             let (processed, duplicates) = run(&store, &group, round, in_flight).await;
             println!("{in_flight:>10} {processed:>16.0} {duplicates:>18.0}");
         }
-        let client = eventscope::dedup::redis_client::Client::open(url.as_str()).unwrap();
+        let client = eventscope::dedup::redis::Client::open(url.as_str()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = eventscope::dedup::redis_client::cmd("KEYS")
+        let keys: Vec<String> = eventscope::dedup::redis::cmd("KEYS")
             .arg(format!("eventscope:dedup:{group}:*"))
             .query_async(&mut connection)
             .await
             .unwrap();
         for chunk in keys.chunks(1000) {
-            let _: () = eventscope::dedup::redis_client::cmd("DEL")
+            let _: () = eventscope::dedup::redis::cmd("DEL")
                 .arg(chunk)
                 .query_async(&mut connection)
                 .await

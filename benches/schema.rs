@@ -8,7 +8,9 @@
 //! as v1); an invalid one (its error built, with the path and the complaint). Each parses the
 //! payload and validates it, as the layer does per message.
 
-use criterion::{black_box, Criterion};
+use std::hint::black_box;
+
+use criterion::Criterion;
 use eventscope::message::HeaderList;
 use eventscope::schema::Schemas;
 

@@ -54,8 +54,8 @@
 //! | `memory` | yes | [`memory`]: the embedded in-memory broker, for demos and tests |
 //! | `otlp` | yes | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
 //! | `server` | yes | [`server`]: a `/metrics` HTTP endpoint |
-//! | `dedup` | no | `dedup`: the idempotency layer and its in-memory store (`moka`) |
-//! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, whose own minimum Rust is newer than this crate's since 1.4) |
+//! | `dedup` | no | `dedup`: the idempotency layer and its in-memory store (`quick_cache`) |
+//! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, re-exported as `dedup::redis`; its releases from 1.4 on need Rust 1.88) |
 //! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
 //!

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::sample;
 use eventscope::classify::{Classifier, Decision};
-use eventscope::dedup::redis_client::{self, AsyncCommands};
+use eventscope::dedup::redis::{self, AsyncCommands};
 use eventscope::dedup::{
     Claim, ClaimToken, DedupError, DedupKey, DedupLayer, DedupStore, RedisStore,
 };
@@ -32,24 +32,21 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let client = redis_client::Client::open(URL).unwrap();
+        let client = redis::Client::open(URL).unwrap();
         let mut connection = client.get_connection().unwrap();
         let pattern = format!("eventscope:dedup:{}:*", self.0);
-        let keys: Vec<String> = redis_client::cmd("KEYS")
+        let keys: Vec<String> = redis::cmd("KEYS")
             .arg(&pattern)
             .query(&mut connection)
             .unwrap();
         if !keys.is_empty() {
-            let _: () = redis_client::cmd("DEL")
-                .arg(&keys)
-                .query(&mut connection)
-                .unwrap();
+            let _: () = redis::cmd("DEL").arg(&keys).query(&mut connection).unwrap();
         }
     }
 }
 
-async fn raw() -> redis_client::aio::MultiplexedConnection {
-    redis_client::Client::open(URL)
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(URL)
         .unwrap()
         .get_multiplexed_async_connection()
         .await

@@ -110,7 +110,7 @@ pub mod future;
 mod layer;
 mod memory;
 #[cfg(feature = "redis")]
-mod redis;
+mod redis_store;
 mod service;
 mod store;
 
@@ -118,12 +118,13 @@ pub use self::error::{DedupError, DedupErrorKind, StoreError};
 pub use self::layer::{DedupLayer, DEFAULT_LEASE, DEFAULT_RETENTION};
 pub use self::memory::{MemoryStore, DEFAULT_MAX_ENTRIES};
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, DEFAULT_TIMEOUT};
+pub use self::redis_store::{RedisStore, DEFAULT_TIMEOUT};
 pub use self::service::Dedup;
 pub use self::store::{Claim, ClaimToken, DedupKey, DedupStore, KEY_PREFIX};
-/// The `redis` crate the [`RedisStore`] is built on, for configuring its connection.
+/// The `redis` crate (1.x) the [`RedisStore`] is built on, for configuring its connection
+/// ([`RedisStore::new`] takes a `redis::aio::ConnectionManager`).
 #[cfg(feature = "redis")]
-pub use ::redis as redis_client;
+pub use ::redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;

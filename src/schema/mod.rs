@@ -42,9 +42,10 @@
 //! # Example
 //!
 //! ```
+//! use eventscope::classify::{Classifier, Decision};
 //! use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 //! use eventscope::metrics::Metrics;
-//! use eventscope::schema::{Schemas, ValidateIncomingLayer};
+//! use eventscope::schema::{SchemaError, Schemas, ValidateIncomingLayer};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -63,7 +64,15 @@
 //!     broker.publisher().oneshot(MemoryRecord::new("orders", payload)).await?;
 //! }
 //!
-//! let consumer = broker.consumer("billing").subscribe(["orders"]).metrics(metrics.clone());
+//! // A refused message is settled past (the consumer's dead-letter decision is the better home).
+//! let classifier = Classifier::new()
+//!     .on::<SchemaError>("schema")
+//!     .decision("schema", Decision::Reject);
+//! let consumer = broker
+//!     .consumer("billing")
+//!     .subscribe(["orders"])
+//!     .metrics(metrics.clone())
+//!     .classify_errors(classifier);
 //! let validate = ValidateIncomingLayer::new(schemas, metrics.clone());
 //! let handler = consumer.process_layer().layer(validate.layer(service_fn(
 //!     |_m: MemoryMessage| async { Ok::<_, std::io::Error>(()) },
