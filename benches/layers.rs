@@ -21,6 +21,9 @@
 //!   context as the process span's parent, and the process span's context attached twice
 //!   (for `call` and for the one poll). No ids, no headers, no metrics. The layers' own cost
 //!   with an SDK is `unsampled` minus this.
+//! - `unsampled-dedup` (feature `dedup`): `unsampled` with the idempotency layer and its
+//!   in-memory store inside the process layer, every message a new id (claimed, then marked
+//!   done). The layer's cost is this minus `unsampled`.
 //!
 //! With `EVENTSCOPE_CALLGRIND=<case>` the binary runs that case's round trip a fixed number of
 //! times instead (after a warm-up), for `valgrind --tool=callgrind
@@ -150,11 +153,18 @@ impl SpanExporter for Discard {
     }
 }
 
-const CASES: [&str; 5] = ["bare", "no-sdk", "unsampled", "sampled", "sdk-floor"];
+const CASES: [&str; 6] = [
+    "bare",
+    "no-sdk",
+    "unsampled",
+    "sampled",
+    "sdk-floor",
+    "unsampled-dedup",
+];
 
 fn provider(name: &str) -> Option<SdkTracerProvider> {
     match name {
-        "unsampled" | "sdk-floor" => Some(
+        "unsampled" | "sdk-floor" | "unsampled-dedup" => Some(
             SdkTracerProvider::builder()
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                     0.0,
@@ -235,6 +245,20 @@ fn run(name: &str, metrics: &Metrics, mode: Mode<'_, '_>) {
     if let Some(provider) = &provider {
         publish = publish.tracer_provider(provider);
         process = process.tracer_provider(provider);
+    }
+    if name == "unsampled-dedup" {
+        #[cfg(feature = "dedup")]
+        {
+            use eventscope::dedup::{DedupLayer, MemoryStore, Processed};
+            let dedup = DedupLayer::new(MemoryStore::default(), metrics.clone());
+            let handler = tower::util::MapResponseLayer::new(|p: Processed<usize>| {
+                p.into_response().unwrap_or(0)
+            })
+            .layer(dedup.layer(handler()));
+            return drive(name, publish.layer(broker()), process.layer(handler), mode);
+        }
+        #[cfg(not(feature = "dedup"))]
+        return;
     }
     drive(
         name,

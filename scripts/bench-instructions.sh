@@ -13,8 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 iterations="${1:-2000}"
 command -v valgrind >/dev/null || { echo "bench-instructions.sh: valgrind is needed" >&2; exit 1; }
 
-# Build the bench binary once and find it.
-bin="$(cargo bench --bench layers --no-run --message-format=json 2>/dev/null |
+# Build the bench binary once and find it (with the idempotency layer, for `unsampled-dedup`).
+bin="$(cargo bench --bench layers --features dedup --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -25,7 +25,7 @@ for line in sys.stdin:
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 declare -A per
-for case in bare no-sdk unsampled sampled sdk-floor; do
+for case in bare no-sdk unsampled sampled sdk-floor unsampled-dedup; do
     EVENTSCOPE_CALLGRIND="$case" EVENTSCOPE_CALLGRIND_ITERATIONS="$iterations" \
         valgrind --tool=callgrind --callgrind-out-file="$out/$case.out" \
         --toggle-collect='*measured_round_trip*' "$bin" >/dev/null 2>"$out/$case.log"
@@ -44,3 +44,5 @@ done
 # rest of `unsampled` is the layers' own work.
 echo "added sdk-floor $(( per[sdk-floor] - per[bare] ))"
 echo "layers' own share of unsampled $(( per[unsampled] - per[sdk-floor] ))"
+# The idempotency layer with its in-memory store, over `unsampled`.
+echo "added unsampled-dedup over unsampled $(( per[unsampled-dedup] - per[unsampled] ))"

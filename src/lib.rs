@@ -54,6 +54,9 @@
 //! | `memory` | yes | [`memory`]: the embedded in-memory broker, for demos and tests |
 //! | `otlp` | yes | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
 //! | `server` | yes | [`server`]: a `/metrics` HTTP endpoint |
+//! | `dedup` | no | `dedup`: the idempotency layer and its in-memory store (`quick_cache`) |
+//! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, re-exported as `dedup::redis`; its releases from 1.4 on need Rust 1.88) |
+//! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
 //!
 //! # Supported Rust versions
@@ -116,6 +119,8 @@ impl<P> SharedTracerProvider for P where
 {
 }
 
+#[cfg(feature = "dedup")]
+pub mod dedup;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "memory")]
@@ -125,6 +130,8 @@ pub mod memory;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+#[cfg(feature = "schema")]
+pub mod schema;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "otlp")]

@@ -190,6 +190,11 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     fn body_size(&self) -> Option<usize> {
         None
     }
+    /// The payload bytes (empty when the adapter does not expose them), for layers that look
+    /// at what is sent, such as schema validation.
+    fn payload(&self) -> &[u8] {
+        &[]
+    }
     /// Broker-specific span attributes. Called only for spans that are recorded.
     fn extra_attributes(&self, attributes: &mut SpanAttributes) {
         let _ = attributes;

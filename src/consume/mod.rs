@@ -313,17 +313,20 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
     /// partitions went on), [`ConsumeError::Stopped`] when a failure stopped an unordered
     /// consumer, [`ConsumeError::Broker`] when the broker client is misconfigured or fails for
     /// good.
-    pub async fn run<S>(
+    pub fn run<S>(
         self,
         handler: S,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ConsumeError>
+    ) -> impl Future<Output = Result<(), ConsumeError>> + Send
     where
         S: Service<A::Message> + Clone + Send + 'static,
         S::Future: Send,
         S::Error: Into<BoxError> + Send,
         C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
     {
+        // Built here, outside the future: the future is `Send` by this signature, so callers
+        // that spawn it never have to prove it for their concrete handler types (rustc cannot
+        // always, for errors such as `BoxError` behind a higher-ranked bound).
         let (adapter, core, layer, bare) = self.into_parts();
         let handler = One {
             classifier: layer.classifier.clone(),
@@ -337,8 +340,10 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
             reporter: core.reporter.clone(),
             options: core.options,
         };
-        let mode = adapter.open(opening).await?;
-        mode.run(handler, 1, core, shutdown).await
+        async move {
+            let mode = adapter.open(opening).await?;
+            mode.run(handler, 1, core, shutdown).await
+        }
     }
 
     /// Like [`run`](Self::run), handing the handler up to
@@ -350,11 +355,11 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
     /// # Errors
     ///
     /// As for [`run`](Self::run); a stopped partition's `offset` is the first of the batch.
-    pub async fn run_batch<S>(
+    pub fn run_batch<S>(
         self,
         handler: S,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ConsumeError>
+    ) -> impl Future<Output = Result<(), ConsumeError>> + Send
     where
         S: Service<Vec<A::Message>> + Clone + Send + 'static,
         S::Future: Send,
@@ -375,8 +380,10 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
             reporter: core.reporter.clone(),
             options: core.options,
         };
-        let mode = adapter.open(opening).await?;
-        mode.run(handler, max_batch, core, shutdown).await
+        async move {
+            let mode = adapter.open(opening).await?;
+            mode.run(handler, max_batch, core, shutdown).await
+        }
     }
 }
 
