@@ -85,6 +85,7 @@ pub mod metrics;
 pub mod process;
 pub mod propagation;
 pub mod publish;
+pub mod replay;
 pub mod scope;
 mod span;
 mod sync;

@@ -27,6 +27,10 @@ pub(crate) use crate::metrics::{
     OPERATION_PROCESS as OP_PROCESS, OPERATION_SEND as OP_SEND, OPERATION_SETTLE as OP_SETTLE,
 };
 
+/// The attempt number on every process span (SPEC §8; semconv 1.44 has only broker-specific
+/// attributes for it).
+pub(crate) const DELIVERY_ATTEMPT: &str = "eventscope.delivery_attempt";
+
 /// The semantic-conventions version the spans follow (SPEC §3).
 pub(crate) const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
 

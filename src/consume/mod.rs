@@ -75,12 +75,15 @@ use tower_service::Service;
 #[cfg(doc)]
 use crate::classify::Decision;
 use crate::classify::{Classifier, ClassifyError, Decide};
+use crate::message::{Receipt, Republish};
 use crate::metrics::Metrics;
 use crate::process::{BatchProcessLayer, ParentPolicy, ProcessLayer};
 use crate::propagation::Propagation;
+use crate::publish::PublishLayer;
 use crate::span::Tracer;
 use crate::BoxError;
 
+mod dead_letter;
 mod handle;
 mod ordered;
 mod report;
@@ -88,13 +91,15 @@ mod run;
 mod source;
 mod unordered;
 
+use self::dead_letter::Configured;
+pub use self::dead_letter::DeadLetters;
 use self::handle::{Batch, One};
 use self::report::Core;
 pub use self::report::Reporter;
 use self::run::Run;
 pub use self::source::{
-    Adapter, Event, Lane, Mode, Opening, Ordered, OrderedSettler, OrderedSource, Positioned,
-    Progress, Unordered, UnorderedSettler, UnorderedSource,
+    Adapter, DeadLetterRule, Event, Lane, Mode, Opening, Ordered, OrderedSettler, OrderedSource,
+    Positioned, Progress, Unordered, UnorderedSettler, UnorderedSource,
 };
 
 /// A consumer: an adapter's source of messages, driven by the core with one [`Metrics`], one
@@ -103,9 +108,10 @@ pub use self::source::{
 /// Built by the adapters ([`MemoryBroker::consumer`](crate::memory::MemoryBroker::consumer),
 /// `KafkaConsumer::from_config`, ...) or, for an adapter of your own, by
 /// [`from_adapter`](Self::from_adapter); the settings here are the same for every broker.
-pub struct Consumer<A, C = Classifier> {
+pub struct Consumer<A, C = Classifier, D = ()> {
     pub(crate) adapter: A,
     classifier: C,
+    dead_letters: D,
     metrics: Metrics,
     options: Options,
     spans: Spans,
@@ -142,11 +148,12 @@ impl Options {
     };
 }
 
-impl<A: fmt::Debug, C: fmt::Debug> fmt::Debug for Consumer<A, C> {
+impl<A: fmt::Debug, C: fmt::Debug, D: fmt::Debug> fmt::Debug for Consumer<A, C, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("adapter", &self.adapter)
             .field("classifier", &self.classifier)
+            .field("dead_letters", &self.dead_letters)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -165,6 +172,7 @@ impl<A> Consumer<A> {
         Self {
             adapter,
             classifier: Classifier::new(),
+            dead_letters: (),
             metrics: Metrics::new(),
             options,
             spans: Spans::default(),
@@ -175,7 +183,7 @@ impl<A> Consumer<A> {
     }
 }
 
-impl<A, C> Consumer<A, C> {
+impl<A, C, D> Consumer<A, C, D> {
     /// Most handler calls running at once, across partitions (default 16).
     pub fn max_concurrency(mut self, max: usize) -> Self {
         self.options.max_concurrency = max.max(1);
@@ -219,10 +227,11 @@ impl<A, C> Consumer<A, C> {
 
     /// Uses `classifier` for the `error.type` and the settle [`Decision`] of handler failures
     /// (default [`Classifier::new`]: every failure stops its partition).
-    pub fn classify_errors<C2>(self, classifier: C2) -> Consumer<A, C2> {
+    pub fn classify_errors<C2>(self, classifier: C2) -> Consumer<A, C2, D> {
         Consumer {
             adapter: self.adapter,
             classifier,
+            dead_letters: self.dead_letters,
             metrics: self.metrics,
             options: self.options,
             spans: self.spans,
@@ -274,12 +283,83 @@ impl<A, C> Consumer<A, C> {
     }
 }
 
-impl<A: Adapter, C: Clone> Consumer<A, C> {
-    /// Takes the consumer apart into its adapter, the core's settings and the process layer
-    /// every handler is wrapped in.
-    fn into_parts(self) -> (A, Core, ProcessLayer<C>, bool) {
+impl<A: Adapter, C> Consumer<A, C>
+where
+    A::Message: Republish,
+{
+    /// Publishes messages that fail for good to a dead-letter destination through `publisher`
+    /// (wrapped in the consumer's publish layer: a `send` span, publish metrics), then settles
+    /// them (SPEC §7, §8): those whose failure the classifier decides
+    /// [`Decision::DeadLetter`], and, by default, those whose [retry
+    /// policy](crate::classify::RetryPolicy) ran out of attempts.
+    ///
+    /// The copy keeps the payload, key and headers with a fresh `message-id`, `causation-id`
+    /// = the failed message's id, its `correlation-id`, the SPEC §8 `dlq-*` headers, and a
+    /// `send` span that is a child of the failed attempt's `process` span. The original is
+    /// settled only once the copy is acknowledged; a publish that fails is logged, counted in
+    /// the publish metrics and tried again after a backoff, the original left unsettled.
+    /// `messaging_consumer_dead_lettered_messages_total` counts each copy.
+    ///
+    /// The destination is the adapter's default (`{destination}.dlq`; RabbitMQ `{queue}.dlq`)
+    /// unless [`dead_letter_destination`](Consumer::dead_letter_destination) names another.
+    /// Where the broker can tell, a missing destination is an error when the consumer starts
+    /// ([`check_dead_letters`](Consumer::check_dead_letters)).
+    pub fn dead_letter<P>(
+        self,
+        publisher: P,
+    ) -> Consumer<A, C, DeadLetters<<A::Message as Republish>::Record>>
+    where
+        P: Service<<A::Message as Republish>::Record> + Clone + Send + Sync + 'static,
+        P::Response: Receipt + Send + 'static,
+        P::Error: Into<BoxError> + 'static,
+        P::Future: Send + 'static,
+        <A::Message as Republish>::Record: Send + 'static,
+    {
+        Consumer {
+            adapter: self.adapter,
+            classifier: self.classifier,
+            dead_letters: DeadLetters::new(publisher),
+            metrics: self.metrics,
+            options: self.options,
+            spans: self.spans,
+            propagation: self.propagation,
+            policy: self.policy,
+            bare: self.bare,
+        }
+    }
+}
+
+impl<A, C, R: crate::message::OutgoingMessage + Send + 'static> Consumer<A, C, DeadLetters<R>> {
+    /// Names the dead-letter destination of messages consumed from a destination (a topic, a
+    /// queue, a subject) instead of the adapter's default.
+    pub fn dead_letter_destination(
+        mut self,
+        rule: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.dead_letters = self.dead_letters.destination(rule);
+        self
+    }
+
+    /// Whether the consumer checks at startup that its dead-letter destinations exist (default
+    /// `true`; see [`Adapter::check_dead_letters`]). The adapter checks on the broker it
+    /// consumes from: switch it off when the dead-letter publisher writes to another cluster.
+    pub fn check_dead_letters(mut self, check: bool) -> Self {
+        self.dead_letters = self.dead_letters.checked(check);
+        self
+    }
+}
+
+impl<A: Adapter, C: Clone, D: Configured<A::Message>> Consumer<A, C, D> {
+    /// Takes the consumer apart into its adapter, the core's settings, the process layer
+    /// every handler is wrapped in, and the dead-letter sink.
+    fn into_parts(self) -> Parts<A, C, D::Sink> {
         let group: Arc<str> = Arc::from(self.adapter.group());
         let system = self.adapter.system();
+        let sink = self.dead_letters.sink(
+            PublishLayer::new(self.metrics.clone())
+                .propagation(self.propagation.clone())
+                .with_tracer(self.spans.tracer.clone()),
+        );
         let layer = ProcessLayer::new(self.metrics.clone())
             .classify_errors(self.classifier)
             .propagation(self.propagation)
@@ -293,7 +373,14 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
             options: self.options,
             spans: self.spans,
         };
-        (self.adapter, core, layer, self.bare)
+        Parts {
+            check: self.dead_letters.destination(),
+            adapter: self.adapter,
+            core,
+            layer,
+            bare: self.bare,
+            sink,
+        }
     }
 
     /// Consumes until `shutdown` resolves, calling `handler` with one message at a time (at
@@ -327,8 +414,16 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
         // Built here, outside the future: the future is `Send` by this signature, so callers
         // that spawn it never have to prove it for their concrete handler types (rustc cannot
         // always, for errors such as `BoxError` behind a higher-ranked bound).
-        let (adapter, core, layer, bare) = self.into_parts();
+        let Parts {
+            adapter,
+            core,
+            layer,
+            bare,
+            sink,
+            check,
+        } = self.into_parts();
         let handler = One {
+            dead_letters: sink,
             classifier: layer.classifier.clone(),
             service: if bare {
                 Either::Right(handler)
@@ -341,6 +436,9 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
             options: core.options,
         };
         async move {
+            if let Some(rule) = check {
+                adapter.check_dead_letters(rule).await?;
+            }
             let mode = adapter.open(opening).await?;
             mode.run(handler, 1, core, shutdown).await
         }
@@ -366,9 +464,17 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
         S::Error: Into<BoxError> + Send,
         C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
     {
-        let (adapter, core, layer, bare) = self.into_parts();
+        let Parts {
+            adapter,
+            core,
+            layer,
+            bare,
+            sink,
+            check,
+        } = self.into_parts();
         let max_batch = core.options.max_batch;
         let handler = Batch {
+            dead_letters: sink,
             classifier: layer.classifier.clone(),
             service: if bare {
                 Either::Right(handler)
@@ -381,10 +487,34 @@ impl<A: Adapter, C: Clone> Consumer<A, C> {
             options: core.options,
         };
         async move {
+            if let Some(rule) = check {
+                adapter.check_dead_letters(rule).await?;
+            }
             let mode = adapter.open(opening).await?;
             mode.run(handler, max_batch, core, shutdown).await
         }
     }
+}
+
+/// A consumer taken apart to run: its adapter, the core's settings, the process layer every
+/// handler is wrapped in, the dead-letter sink, and whether (and by which rule) dead-letter
+/// destinations are checked at startup.
+struct Parts<A, C, S> {
+    adapter: A,
+    core: Core,
+    layer: ProcessLayer<C>,
+    bare: bool,
+    sink: S,
+    check: Option<Option<DeadLetterRule>>,
+}
+
+/// How long to wait before trying a failed dead-letter publish again: the shape of a retry
+/// policy's backoff (100 ms doubling, at most 30 s, full jitter).
+pub(crate) fn dead_letter_backoff(tries: u32) -> Duration {
+    crate::classify::RetryPolicy::exponential(Duration::from_millis(100))
+        .max_delay(Duration::from_secs(30))
+        .delay_bound(tries)
+        .mul_f64(fastrand::f64())
 }
 
 /// Why a consumer stopped or reported a failure.

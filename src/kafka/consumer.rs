@@ -18,8 +18,8 @@ use super::error::ConfigError;
 use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
 use crate::classify::Classifier;
 use crate::consume::{
-    Adapter, ConsumeError, Consumer, Event, Lane, Opening, Options, Ordered, OrderedSettler,
-    OrderedSource, Positioned, Progress, Reporter,
+    Adapter, ConsumeError, Consumer, DeadLetterRule, Event, Lane, Opening, Options, Ordered,
+    OrderedSettler, OrderedSource, Positioned, Progress, Reporter,
 };
 use crate::message::system::KAFKA;
 use crate::BoxError;
@@ -154,6 +154,42 @@ impl<X: ConsumerContext + 'static> Adapter for KafkaSubscription<X> {
 
     fn group(&self) -> &str {
         self.consumer.context().group()
+    }
+
+    /// The dead-letter topic of every topic subscribed or assigned (not patterns) must exist on
+    /// the consumer's cluster (a dead-letter publisher to another cluster is not checked here).
+    async fn check_dead_letters(&self, rule: Option<DeadLetterRule>) -> Result<(), ConsumeError> {
+        let consumer = Arc::clone(&self.consumer);
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut topics = std::collections::BTreeSet::new();
+            if let Ok(list) = consumer.subscription() {
+                topics.extend(list.elements().iter().map(|e| e.topic().to_owned()));
+            }
+            if let Ok(list) = consumer.assignment() {
+                topics.extend(list.elements().iter().map(|e| e.topic().to_owned()));
+            }
+            for topic in topics.iter().filter(|t| !t.starts_with('^')) {
+                let dead_letters = match &rule {
+                    Some(rule) => rule(topic),
+                    None => format!("{topic}.dlq"),
+                };
+                let metadata = consumer
+                    .fetch_metadata(Some(&dead_letters), std::time::Duration::from_secs(10))
+                    .map_err(|e| ConsumeError::Broker(Box::new(e)))?;
+                let missing = metadata.topics().iter().any(|t| {
+                    t.name() == dead_letters && (t.error().is_some() || t.partitions().is_empty())
+                });
+                if missing || metadata.topics().is_empty() {
+                    return Err(ConsumeError::Broker(
+                        format!("dead-letter topic {dead_letters} (of {topic}) does not exist")
+                            .into(),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        checked.unwrap_or_else(|e| Err(ConsumeError::Broker(Box::new(e))))
     }
 
     async fn open(self, opening: Opening) -> Result<Self::Mode, ConsumeError> {
@@ -334,6 +370,7 @@ fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporte
         offset: message.offset(),
         timestamp: system_time_from_millis(message.timestamp().to_millis()),
         data: Arc::new(data),
+        attempt: 1,
     }
 }
 

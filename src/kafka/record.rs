@@ -151,6 +151,8 @@ pub struct KafkaMessage {
     pub(crate) offset: i64,
     pub(crate) timestamp: Option<SystemTime>,
     pub(crate) data: Arc<Data>,
+    /// Which attempt the consumer core hands it for (1 = the first).
+    pub(crate) attempt: u32,
 }
 
 /// What all messages of a partition share.
@@ -343,6 +345,20 @@ impl IncomingMessage for KafkaMessage {
         KafkaMessage::key(self)
     }
 
+    fn offset(&self) -> Option<i64> {
+        Some(self.offset)
+    }
+
+    /// The attempt the consumer core hands it for: Kafka counts no deliveries, so this is the
+    /// core's count of its retries in process (1 on the first delivery).
+    fn delivery_attempt(&self) -> Option<u32> {
+        Some(self.attempt)
+    }
+
+    fn set_delivery_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
+    }
+
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         key_attributes(KafkaMessage::key(self), self.data.payload.is_none(), attrs);
         attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
@@ -420,6 +436,7 @@ mod tests {
             offset: 9,
             timestamp: None,
             data: Arc::new(data),
+            attempt: 1,
         };
         let copy = message.republish("orders.dlq");
         assert_eq!(copy.topic(), "orders.dlq");
@@ -484,6 +501,7 @@ mod tests {
             offset: 7,
             timestamp: None,
             data: Arc::new(data),
+            attempt: 1,
         };
         assert_eq!(message.key(), Some(&[0xff, 0x01][..]));
         assert_eq!(message.payload(), &b"{}"[..]);
