@@ -205,6 +205,12 @@ where
             Event::Message(message) => self.route(message, source),
             Event::Assigned(lanes) => {
                 self.core.assigned();
+                if !lanes.is_empty() {
+                    tracing::info!(
+                        system = self.core.system, group = %self.core.group,
+                        partitions = %Lanes(&lanes), "partitions assigned"
+                    );
+                }
                 for lane in lanes {
                     match self.lanes.get(&lane).map(|s| &s.state) {
                         // A broker may keep or drop a pause across reassignment.
@@ -215,6 +221,10 @@ where
                 }
             }
             Event::Revoked(lanes) => {
+                tracing::info!(
+                    system = self.core.system, group = %self.core.group,
+                    partitions = %Lanes(&lanes), "partitions revoked"
+                );
                 // Commit what finished while the lanes are still ours.
                 self.commit(false);
                 for lane in lanes {
@@ -428,6 +438,32 @@ where
                 }
             }
         }
+    }
+}
+
+/// Lanes as `topic[0,1] other[2]`, for the log.
+struct Lanes<'a>(&'a [Lane]);
+
+impl std::fmt::Display for Lanes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+        for lane in self.0 {
+            by_topic
+                .entry(&lane.topic)
+                .or_default()
+                .push(lane.partition);
+        }
+        for (i, (topic, mut partitions)) in by_topic.into_iter().enumerate() {
+            partitions.sort_unstable();
+            let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+            write!(
+                f,
+                "{}{topic}[{}]",
+                if i > 0 { " " } else { "" },
+                list.join(",")
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -38,6 +38,12 @@ pub trait Adapter: Send + Sized + 'static {
         opening: Opening,
     ) -> impl Future<Output = Result<Self::Mode, ConsumeError>> + Send;
 
+    /// The smallest per-partition buffer worth having on this broker (default 2):
+    /// [`max_buffered`](super::Consumer::max_buffered) is raised to it.
+    fn min_buffered(&self) -> usize {
+        2
+    }
+
     /// Checks, before consuming, that the dead-letter destinations of what this consumer reads
     /// exist, where the broker can tell (SPEC §8): `rule` names the dead-letter destination of
     /// a destination when the consumer was given one, else the adapter's default naming

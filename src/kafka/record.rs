@@ -92,12 +92,15 @@ impl OutgoingMessage for KafkaRecord {
 }
 
 /// Where the broker stored a published record: the publish span's partition and offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KafkaReceipt {
     /// Partition.
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
+    /// The producer's broker and client id, for the span.
+    pub(crate) endpoint: Arc<super::config::Endpoint>,
 }
 
 impl Receipt for KafkaReceipt {
@@ -107,6 +110,7 @@ impl Receipt for KafkaReceipt {
 
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
+        self.endpoint.attributes(attrs);
     }
 }
 
@@ -160,7 +164,7 @@ pub struct KafkaMessage {
 pub(crate) struct Origin {
     pub(crate) topic: Arc<str>,
     pub(crate) group: Arc<str>,
-    pub(crate) server: Option<Arc<ServerAddress>>,
+    pub(crate) endpoint: Arc<super::config::Endpoint>,
 }
 
 /// Start and end of a field in [`Data::bytes`].
@@ -362,12 +366,7 @@ impl IncomingMessage for KafkaMessage {
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         key_attributes(KafkaMessage::key(self), self.data.payload.is_none(), attrs);
         attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
-        if let Some(server) = &self.origin.server {
-            attrs.string(semconv::SERVER_ADDRESS, &*server.host);
-            if let Some(port) = server.port {
-                attrs.int(semconv::SERVER_PORT, i64::from(port));
-            }
-        }
+        self.origin.endpoint.attributes(attrs);
     }
 }
 
@@ -430,7 +429,7 @@ mod tests {
             origin: Arc::new(Origin {
                 topic: Arc::from("orders"),
                 group: Arc::from("billing"),
-                server: None,
+                endpoint: Arc::new(crate::kafka::config::Endpoint::for_tests()),
             }),
             partition: 1,
             offset: 9,
@@ -495,7 +494,7 @@ mod tests {
             origin: Arc::new(Origin {
                 topic: Arc::from("orders"),
                 group: Arc::from(""),
-                server: None,
+                endpoint: Arc::new(crate::kafka::config::Endpoint::for_tests()),
             }),
             partition: 2,
             offset: 7,
@@ -524,7 +523,10 @@ mod tests {
         message.extra_attributes(&mut attrs);
         assert_eq!(
             attrs.drain().collect::<Vec<_>>(),
-            vec![KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7)]
+            vec![
+                KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7),
+                KeyValue::new(semconv::MESSAGING_CLIENT_ID, "rdkafka"),
+            ]
         );
     }
 

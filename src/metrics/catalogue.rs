@@ -54,6 +54,8 @@ pub mod name {
     pub const DROPPED_MESSAGES: &str = "messaging_consumer_dropped_messages_total";
     /// 1 while a partition is stopped at a failed message.
     pub const PARTITION_STOPPED: &str = "messaging_consumer_partition_stopped";
+    /// 1 while a consumer is connected to its broker, 0 while it is not.
+    pub const CONNECTED: &str = "messaging_consumer_connected";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
 }
@@ -212,6 +214,13 @@ pub(super) const PARTITION_STOPPED: MetricFamily = MetricFamily {
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
+/// Connected.
+pub(super) const CONNECTED: MetricFamily = MetricFamily {
+    name: name::CONNECTED,
+    help: "1 while the consumer is connected to its broker, 0 while it is not and its client is trying again (Kafka: some broker of the cluster is up); absent once the consumer returned.",
+    kind: Gauge,
+    labels: &[SYSTEM, GROUP],
+};
 /// Invalid trace context.
 pub(super) const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
@@ -238,5 +247,6 @@ pub const CATALOGUE: &[MetricFamily] = &[
     REBALANCES,
     DROPPED_MESSAGES,
     PARTITION_STOPPED,
+    CONNECTED,
     TRACE_CONTEXT_INVALID,
 ];

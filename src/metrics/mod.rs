@@ -84,6 +84,7 @@ struct Families {
     rebalances: IntCounterVec,
     dropped: IntCounterVec,
     partition_stopped: IntGaugeVec,
+    connected: IntGaugeVec,
     trace_invalid: IntCounterVec,
 }
 
@@ -198,6 +199,7 @@ impl Families {
             rebalances: counter(registry, c::REBALANCES)?,
             dropped: counter(registry, c::DROPPED_MESSAGES)?,
             partition_stopped: int_gauge(registry, c::PARTITION_STOPPED)?,
+            connected: int_gauge(registry, c::CONNECTED)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
         })
     }
@@ -352,6 +354,17 @@ impl Metrics {
         } else {
             // Absent series are fine: removal is idempotent for the caller.
             let _ = gauge.remove_label_values(&values);
+        }
+    }
+
+    /// Shows whether a consumer is connected (`Some`), or removes its series (`None`).
+    pub(crate) fn set_connected(&self, system: &str, group: &str, connected: Option<bool>) {
+        let gauge = &self.inner.families.connected;
+        match connected {
+            Some(up) => gauge.with_label_values(&[system, group]).set(i64::from(up)),
+            None => {
+                let _ = gauge.remove_label_values(&[system, group]);
+            }
         }
     }
 
