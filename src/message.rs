@@ -177,6 +177,7 @@ pub trait Republish: IncomingMessage {
 }
 
 /// The headers a republished copy leaves out: the ids of the message it copies.
+#[cfg_attr(not(any(feature = "kafka", feature = "memory")), allow(dead_code))]
 pub(crate) fn republished_header(name: &str) -> bool {
     matches!(
         crate::header::Known::of(name),

@@ -2,7 +2,6 @@
 //! to its dead-letter destination through the publish layer, and only then settled.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,7 +10,7 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::handle::Failure;
+use super::handle::{DeadLetter, Failure, NoDeadLetters};
 use crate::header;
 use crate::message::{OutgoingMessage, Receipt, Republish};
 use crate::publish::PublishLayer;
@@ -117,22 +116,6 @@ impl<R> fmt::Debug for Sink<R> {
     }
 }
 
-/// What the core needs of a dead-letter sink, for a message type `M`.
-pub trait DeadLetter<M>: Clone + Send + Sync + 'static {
-    /// Whether there is a destination at all.
-    fn configured(&self) -> bool;
-
-    /// Publishes the dead-letter copy of `message`; resolves once the broker acknowledged it.
-    fn send<'a>(
-        &'a self,
-        message: &'a M,
-        failure: &'a Failure,
-        attempts: u32,
-        group: &'a str,
-        failed: Option<&'a (opentelemetry::Context, MessageScope)>,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a;
-}
-
 /// A consumer's dead-letter setting, turned into the sink its core publishes through.
 pub trait Configured<M> {
     /// The sink.
@@ -170,27 +153,6 @@ where
 
     fn destination(&self) -> Option<Option<Rule>> {
         self.check.then(|| self.rule.clone())
-    }
-}
-
-/// A consumer without a dead-letter destination.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoDeadLetters;
-
-impl<M: Send + Sync + 'static> DeadLetter<M> for NoDeadLetters {
-    fn configured(&self) -> bool {
-        false
-    }
-
-    async fn send<'a>(
-        &'a self,
-        _message: &'a M,
-        _failure: &'a Failure,
-        _attempts: u32,
-        _group: &'a str,
-        _failed: Option<&'a (opentelemetry::Context, MessageScope)>,
-    ) -> Result<(), BoxError> {
-        Err("no dead-letter destination".into())
     }
 }
 

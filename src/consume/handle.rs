@@ -13,9 +13,9 @@ use futures_util::FutureExt;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::dead_letter::DeadLetter;
 use crate::classify::{ClassifyError, Decide, Decision, Failed, PANIC};
 use crate::message::IncomingMessage;
+use crate::scope::MessageScope;
 use crate::BoxError;
 
 /// A failed handler call, classified.
@@ -189,5 +189,42 @@ where
 
     fn sink(&self) -> D {
         self.dead_letters.clone()
+    }
+}
+
+/// What the core needs of a dead-letter sink, for a message type `M`.
+pub trait DeadLetter<M>: Clone + Send + Sync + 'static {
+    /// Whether there is a destination at all.
+    fn configured(&self) -> bool;
+
+    /// Publishes the dead-letter copy of `message`; resolves once the broker acknowledged it.
+    fn send<'a>(
+        &'a self,
+        message: &'a M,
+        failure: &'a Failure,
+        attempts: u32,
+        group: &'a str,
+        failed: Option<&'a (opentelemetry::Context, MessageScope)>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a;
+}
+
+/// A consumer without a dead-letter destination.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDeadLetters;
+
+impl<M: Send + Sync + 'static> DeadLetter<M> for NoDeadLetters {
+    fn configured(&self) -> bool {
+        false
+    }
+
+    async fn send<'a>(
+        &'a self,
+        _message: &'a M,
+        _failure: &'a Failure,
+        _attempts: u32,
+        _group: &'a str,
+        _failed: Option<&'a (opentelemetry::Context, MessageScope)>,
+    ) -> Result<(), BoxError> {
+        Err("no dead-letter destination".into())
     }
 }

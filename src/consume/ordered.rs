@@ -11,8 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::instrument::WithSubscriber;
 
-use super::dead_letter::DeadLetter;
-use super::handle::{Failure, Handle};
+use super::handle::{DeadLetter, Failure, Handle};
 use super::report::Core;
 use super::run::Run;
 use super::source::{Event, Lane, Ordered, OrderedSettler, OrderedSource, Positioned, Progress};

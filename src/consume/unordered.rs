@@ -10,8 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::instrument::WithSubscriber;
 
-use super::dead_letter::DeadLetter;
-use super::handle::{Failure, Handle};
+use super::handle::{DeadLetter, Failure, Handle};
 use super::report::Core;
 use super::run::Run;
 use super::source::{Unordered, UnorderedSettler, UnorderedSource};
@@ -574,7 +573,7 @@ mod tests {
             }
         };
         let handler = One {
-            dead_letters: crate::consume::dead_letter::NoDeadLetters,
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: classifier(),
         };
@@ -636,7 +635,7 @@ mod tests {
             Ok::<_, BoxError>(())
         });
         let handler = One {
-            dead_letters: crate::consume::dead_letter::NoDeadLetters,
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: Classifier::new(),
         };
@@ -687,7 +686,7 @@ mod tests {
             }
         };
         let handler = One {
-            dead_letters: crate::consume::dead_letter::NoDeadLetters,
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: classifier(),
         };
@@ -720,7 +719,7 @@ mod tests {
             Ok::<_, BoxError>(())
         });
         let handler = One {
-            dead_letters: crate::consume::dead_letter::NoDeadLetters,
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: Classifier::new(),
         };
