@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::future::{Future, IntoFuture};
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,7 @@ const GRACE: Duration = Duration::from_secs(2);
 ///
 /// When the messages are not settled within the timeout: the consumer is shut down and the
 /// panic message tells how far each partition got, and what the consumer returned.
+#[track_caller]
 pub fn run_until_settled<C, D, S>(
     consumer: Consumer<MemorySubscription, C, D>,
     handler: S,
@@ -51,6 +53,7 @@ pub fn run_until_settled<C, D, S>(
         handler,
         count,
         timeout: DEFAULT_TIMEOUT,
+        caller: Location::caller(),
     }
 }
 
@@ -62,6 +65,8 @@ pub struct UntilSettled<C, D, S> {
     handler: S,
     count: usize,
     timeout: Duration,
+    /// Named in the failure: an async panic cannot point at the test line itself.
+    caller: &'static Location<'static>,
 }
 
 impl<C, D, S> fmt::Debug for UntilSettled<C, D, S> {
@@ -100,6 +105,7 @@ where
             handler,
             count,
             timeout,
+            caller,
         } = self;
         let progress = Progress::start(
             consumer.adapter.broker().clone(),
@@ -144,7 +150,7 @@ where
                     ),
                 };
                 panic!(
-                    "run_until_settled: {} within {timeout:?}; {returned}",
+                    "run_until_settled (at {caller}): {} within {timeout:?}; {returned}",
                     progress.report(count)
                 );
             }

@@ -255,7 +255,7 @@ pub struct CapturedSpan<'a> {
 
 impl PartialEq for CapturedSpan<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.data.span_context == other.data.span_context
+        same_span(&self.data.span_context, &other.data.span_context)
     }
 }
 
@@ -378,7 +378,7 @@ impl<'a> CapturedSpan<'a> {
         self.data
             .links
             .iter()
-            .any(|l| l.span_context == other.data.span_context)
+            .any(|l| same_span(&l.span_context, &other.data.span_context))
     }
 
     fn trace(&self) -> TraceId {
@@ -454,6 +454,11 @@ impl<'a> CapturedLink<'a> {
     pub fn attribute(&self, key: &str) -> Option<String> {
         attribute(&self.link.attributes, key)
     }
+}
+
+/// The same span, whether seen from inside (exported) or from a message (a remote context).
+fn same_span(a: &otel::SpanContext, b: &otel::SpanContext) -> bool {
+    a.trace_id() == b.trace_id() && a.span_id() == b.span_id()
 }
 
 fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
