@@ -496,3 +496,124 @@ impl fmt::Display for SpanKind {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+    use opentelemetry::{Context, KeyValue};
+
+    use super::*;
+
+    /// `send orders` → `process orders` (declined, linked to the send) → `send payments`, and
+    /// a lone `send audit`.
+    fn captured() -> SpanCapture {
+        let capture = SpanCapture::new();
+        let tracer = capture.provider().tracer("test");
+        let send = tracer
+            .span_builder("send orders")
+            .with_kind(otel::SpanKind::Producer)
+            .start(&tracer);
+        let send_context = send.span_context().clone();
+        let parent = Context::new().with_remote_span_context(send_context.clone());
+        let mut process = tracer
+            .span_builder("process orders")
+            .with_kind(otel::SpanKind::Consumer)
+            .with_links(vec![otel::Link::with_context(send_context)])
+            .with_attributes([KeyValue::new(semconv::ERROR_TYPE, "Declined")])
+            .start_with_context(&tracer, &parent);
+        process.set_status(otel::Status::error("declined"));
+        let inside = Context::new().with_span(process);
+        tracer
+            .span_builder("send payments")
+            .with_kind(otel::SpanKind::Producer)
+            .with_attributes([KeyValue::new("eventscope.delivery_attempt", 2_i64)])
+            .start_with_context(&tracer, &inside)
+            .end();
+        inside.span().end();
+        let mut send = send;
+        send.end();
+        tracer.start("send audit").end();
+        capture
+    }
+
+    #[test]
+    fn a_chain_is_found_across_a_remote_parent_and_its_spans_answer() {
+        let spans = captured().spans();
+        let [send, process, follow_up] =
+            spans.assert_chain(["send orders", "process orders", "send payments"]);
+        assert!(send.is_root());
+        assert_eq!(process.parent(), Some(send));
+        assert_eq!(send.children(), vec![process]);
+        assert!(process.links_to(&send), "a link holds the remote context");
+        assert_eq!(process.links()[0].target(), Some(send));
+        assert_eq!(process.kind(), SpanKind::Consumer);
+        assert!(process.is_error() && !send.is_error());
+        process.assert_attribute(semconv::ERROR_TYPE, "Declined");
+        follow_up.assert_attribute("eventscope.delivery_attempt", 2);
+        assert_eq!(follow_up.trace_id(), send.trace_id());
+        assert_ne!(spans.one("send audit").trace_id(), send.trace_id());
+        assert_eq!(spans.len(), 4);
+    }
+
+    #[test]
+    fn the_display_draws_each_trace_as_a_tree() {
+        let tree = captured().spans().to_string();
+        let lines: Vec<&str> = tree.lines().filter(|l| !l.starts_with("trace ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "└─ send orders  producer",
+                "   └─ process orders  consumer  error.type=Declined  (error)  links: `send orders`",
+                "      └─ send payments  producer",
+                "└─ send audit  internal",
+            ],
+            "{tree}"
+        );
+        assert_eq!(tree.lines().filter(|l| l.starts_with("trace ")).count(), 2);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "expected the chain `send orders` → `process orders` → `send refunds`, found only `send orders` → `process orders` (`process orders` has no child `send refunds`); captured:\ntrace "
+    )]
+    fn a_missing_link_of_a_chain_is_named() {
+        captured()
+            .spans()
+            .assert_chain(["send orders", "process orders", "send refunds"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected one span `process refunds`, found 0; captured:\ntrace ")]
+    fn one_prints_what_was_captured() {
+        captured().spans().one("process refunds");
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "expected error.type=\"Timeout\", found \"Declined\"; its attributes: error.type=Declined; captured:"
+    )]
+    fn a_wrong_attribute_prints_the_span_and_the_traces() {
+        captured()
+            .spans()
+            .one("process orders")
+            .assert_attribute(semconv::ERROR_TYPE, "Timeout");
+    }
+
+    #[test]
+    fn clear_forgets_and_tracing_spans_are_captured_while_the_guard_lives() {
+        let capture = captured();
+        capture.clear();
+        assert!(capture.spans().is_empty());
+        assert_eq!(capture.spans().to_string(), "(no spans captured)\n");
+        {
+            let _guard = capture.set_tracing_default();
+            tracing::info_span!("poll loop").in_scope(|| {
+                tracing::info_span!("handle").in_scope(|| {});
+            });
+        }
+        tracing::info_span!("not captured").in_scope(|| {});
+        let spans = capture.spans();
+        spans.assert_chain(["poll loop", "handle"]);
+        assert_eq!(spans.len(), 2, "{spans}");
+    }
+}
