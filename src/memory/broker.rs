@@ -220,6 +220,7 @@ impl MemoryBroker {
     }
 
     /// The oldest offset a partition still holds, if the topic and partition exist.
+    #[cfg(feature = "testing")]
     pub(crate) fn log_start_of(&self, topic: &str, partition: i32) -> Option<i64> {
         let topic = self.existing(topic)?;
         usize::try_from(partition)

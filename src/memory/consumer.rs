@@ -89,6 +89,7 @@ impl<C> Consumer<MemorySubscription, C> {
     }
 }
 
+#[cfg(feature = "testing")]
 impl MemorySubscription {
     /// The broker consumed from (the test kit reads its committed offsets).
     pub(crate) fn broker(&self) -> &MemoryBroker {
