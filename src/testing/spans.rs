@@ -29,7 +29,9 @@ impl Default for SpanCapture {
 }
 
 impl SpanCapture {
-    /// An empty capture. Every span is sampled and exported the moment it ends.
+    /// An empty capture, with the SDK's default sampler (every span is recorded, unless its
+    /// parent was not sampled: a `traceparent` with flags `00`). A span is exported the moment
+    /// it ends.
     pub fn new() -> Self {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
