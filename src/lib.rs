@@ -58,6 +58,7 @@
 //! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, re-exported as `dedup::redis`; its releases from 1.4 on need Rust 1.88) |
 //! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
+//! | `testing` | no | `testing`: a test kit for your handlers (span capture, metric reads, a consumer run until its messages are settled); enables `memory`. For dev-dependencies |
 //!
 //! # Supported Rust versions
 //!
@@ -137,3 +138,5 @@ pub mod schema;
 pub mod server;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -4,22 +4,19 @@
 //! dead-lettered message; a replay stopped halfway and run again replays nothing twice; the
 //! consumer then processes each replayed message.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{capture, named};
 use eventscope::classify::{Classifier, Decision};
 use eventscope::header;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::metrics::Metrics;
 use eventscope::replay::{DeadLetter, Replay, Replayed};
 use eventscope::scope::MessageScope;
+use eventscope::testing::{run_until_settled, SpanCapture};
 use eventscope::{BoxError, PublishLayer};
-use tokio::sync::Notify;
 use tower::{service_fn, Layer, ServiceExt};
 
 #[derive(Debug)]
@@ -49,51 +46,58 @@ fn seen(message: &MemoryMessage) -> Seen {
     )
 }
 
-/// Runs a replay with `group` until `stop_after` records were sent (then shuts it down, which
-/// commits what it replayed) or until the dead-letter topic is done.
+/// Replays `orders.dlq` with `group` until `count` records are replayed and settled, then shuts
+/// the replay down. A send beyond `count` never completes: a replay stopped halfway has a call
+/// running when it is shut down, which is cancelled, so its record stays unsettled.
 async fn replay(
     broker: &MemoryBroker,
     group: &str,
     layer: PublishLayer,
-    stop_after: usize,
+    count: usize,
     sent: &Arc<Mutex<Vec<DeadLetter>>>,
 ) {
-    let count = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(Notify::new());
-    let replay = {
-        let (sent, count, enough) = (Arc::clone(sent), Arc::clone(&count), Arc::clone(&enough));
-        Replay::with_layer(layer, broker.publisher()).on_progress(move |event| {
-            if let Replayed::Sent(record) = event {
-                sent.lock().unwrap().push(record.clone());
-                if count.fetch_add(1, Ordering::SeqCst) + 1 >= stop_after {
-                    enough.notify_one();
+    let allowed = Arc::new(AtomicUsize::new(count));
+    let publisher = {
+        let broker = broker.clone();
+        service_fn(move |record: MemoryRecord| {
+            let (broker, allowed) = (broker.clone(), Arc::clone(&allowed));
+            async move {
+                let go = allowed
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if !go {
+                    std::future::pending::<()>().await;
                 }
+                broker.publisher().oneshot(record).await
             }
         })
     };
-    let idle = async move {
-        tokio::select! {
-            () = enough.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
+    let replay = {
+        let sent = Arc::clone(sent);
+        Replay::with_layer(layer, publisher).on_progress(move |event| {
+            if let Replayed::Sent(record) = event {
+                sent.lock().unwrap().push(record.clone());
+            }
+        })
     };
-    broker
+    let consumer = broker
         .consumer(group)
         .subscribe(["orders.dlq"])
         .max_concurrency(1)
-        .run(replay, idle)
+        .drain_deadline(Duration::from_millis(100));
+    run_until_settled(consumer, replay, count)
         .await
         .expect("the replay runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_replayed_once_each_and_processed_again() {
-    let capture = capture();
+    let capture = SpanCapture::new();
     let broker = MemoryBroker::new();
     broker.create_topic("orders", 1).unwrap();
     let metrics = Metrics::new();
     let publisher = PublishLayer::new(metrics.clone())
-        .tracer_provider(&capture.provider)
+        .tracer_provider(capture.provider())
         .layer(broker.publisher());
     for i in 0..BAD {
         publisher
@@ -130,40 +134,27 @@ async fn dead_letters_are_replayed_once_each_and_processed_again() {
             }
         })
     };
-    let committed = {
-        let broker = broker.clone();
-        async move {
-            while broker.committed("payments", "orders", 0) != Some(2 * BAD as i64) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    broker
+    let consumer = broker
         .consumer("payments")
         .subscribe(["orders"])
         .metrics(metrics.clone())
-        .tracer_provider(&capture.provider)
+        .tracer_provider(capture.provider())
         .classify_errors(
             Classifier::new()
                 .on::<Declined>("Declined")
                 .decision("Declined", Decision::DeadLetter),
         )
-        .dead_letter(broker.publisher())
-        .run(handler, committed)
-        .await
-        .unwrap();
+        .dead_letter(broker.publisher());
+    run_until_settled(consumer, handler, 2 * BAD).await.unwrap();
     assert_eq!(failed.lock().unwrap().len(), BAD);
 
     // A replay stopped after two, then run again with the same group: five in all, none twice.
     let sent: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
-    let layer = PublishLayer::new(metrics.clone()).tracer_provider(&capture.provider);
+    let layer = PublishLayer::new(metrics.clone()).tracer_provider(capture.provider());
     replay(&broker, "replay", layer.clone(), 2, &sent).await;
     let first_run = sent.lock().unwrap().len();
-    assert!(
-        (2..BAD).contains(&first_run),
-        "stopped halfway: {first_run}"
-    );
-    replay(&broker, "replay", layer, BAD, &sent).await;
+    assert_eq!(first_run, 2, "stopped halfway");
+    replay(&broker, "replay", layer, BAD - first_run, &sent).await;
     let ids: Vec<String> = sent.lock().unwrap().iter().map(|d| d.id.clone()).collect();
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(ids.len(), BAD, "every record replayed: {ids:?}");
@@ -178,22 +169,12 @@ async fn dead_letters_are_replayed_once_each_and_processed_again() {
             async { Ok::<_, BoxError>(()) }
         })
     };
-    let all = {
-        let again = Arc::clone(&again);
-        async move {
-            while again.lock().unwrap().len() < BAD {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    broker
+    let consumer = broker
         .consumer("payments")
         .subscribe(["orders"])
         .metrics(metrics.clone())
-        .tracer_provider(&capture.provider)
-        .run(handler, all)
-        .await
-        .unwrap();
+        .tracer_provider(capture.provider());
+    run_until_settled(consumer, handler, BAD).await.unwrap();
     let again = again.lock().unwrap().clone();
     let failed = failed.lock().unwrap().clone();
     let sent = sent.lock().unwrap().clone();
@@ -236,17 +217,13 @@ async fn dead_letters_are_replayed_once_each_and_processed_again() {
 
     // Each replay send links to the dead-lettered message (the record's `send orders.dlq`).
     let spans = capture.spans();
-    let dead_letter_sends = named(&spans, "send orders.dlq");
-    assert_eq!(dead_letter_sends.len(), BAD);
-    let linked: std::collections::HashSet<_> = named(&spans, "send orders")
-        .iter()
-        .flat_map(|s| s.links.iter().map(|l| l.span_context.span_id()))
-        .collect();
+    let dead_letter_sends = spans.named("send orders.dlq");
+    assert_eq!(dead_letter_sends.len(), BAD, "{spans}");
+    let replay_sends = spans.named("send orders");
     for send in dead_letter_sends {
         assert!(
-            linked.contains(&send.span_context.span_id()),
-            "a replay send links to {:?}",
-            send.span_context.span_id()
+            replay_sends.iter().any(|replay| replay.links_to(&send)),
+            "no replay send links to {send:?}; captured:\n{spans}"
         );
     }
 }

@@ -91,7 +91,7 @@ mod run;
 mod source;
 mod unordered;
 
-use self::dead_letter::Configured;
+pub(crate) use self::dead_letter::Configured;
 pub use self::dead_letter::DeadLetters;
 use self::handle::{Batch, One};
 use self::report::Core;
@@ -112,7 +112,8 @@ pub struct Consumer<A, C = Classifier, D = ()> {
     pub(crate) adapter: A,
     classifier: C,
     dead_letters: D,
-    metrics: Metrics,
+    /// Read by the test kit, which watches for stopped partitions.
+    pub(crate) metrics: Metrics,
     options: Options,
     spans: Spans,
     propagation: Propagation,

@@ -89,6 +89,19 @@ impl<C> Consumer<MemorySubscription, C> {
     }
 }
 
+#[cfg(feature = "testing")]
+impl MemorySubscription {
+    /// The broker consumed from (the test kit reads its committed offsets).
+    pub(crate) fn broker(&self) -> &MemoryBroker {
+        &self.broker
+    }
+
+    /// The topics subscribed to.
+    pub(crate) fn topics(&self) -> &[String] {
+        &self.topics
+    }
+}
+
 impl Adapter for MemorySubscription {
     type Message = MemoryMessage;
     type Mode = Ordered<MemorySource, MemorySettler>;
