@@ -83,11 +83,11 @@ impl Headers for Msg {
 }
 
 impl HeadersMut for Msg {
-    fn set_header(&mut self, name: &str, value: String) {
+    fn set_header(&mut self, name: &str, value: &str) {
         self.headers.set_header(name, value);
     }
 
-    fn set_static_header(&mut self, name: &'static str, value: String) {
+    fn set_static_header(&mut self, name: &'static str, value: &str) {
         self.headers.set_static_header(name, value);
     }
 

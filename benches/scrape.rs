@@ -35,7 +35,7 @@ impl Headers for Record {
 }
 
 impl HeadersMut for Record {
-    fn set_header(&mut self, name: &str, value: String) {
+    fn set_header(&mut self, name: &str, value: &str) {
         self.headers.set_header(name, value);
     }
 }

@@ -115,32 +115,42 @@ pub(crate) fn usable_id(value: &[u8]) -> Option<&str> {
 }
 
 /// Room for one generated id (a hyphenated UUID), so generating one allocates nothing.
-pub(crate) struct IdBuffer([u8; uuid::fmt::Hyphenated::LENGTH]);
+pub(crate) struct IdBuffer([u8; 36]);
 
 impl IdBuffer {
     pub(crate) fn new() -> Self {
-        Self([0; uuid::fmt::Hyphenated::LENGTH])
+        Self([b'-'; 36])
     }
 
-    /// A new UUIDv7, written into this buffer.
+    /// A new UUIDv7, written into this buffer as lower-case hyphenated text.
     pub(crate) fn new_id(&mut self) -> &str {
-        new_uuid_v7().hyphenated().encode_lower(&mut self.0)
+        let (high, low) = new_uuid_v7();
+        // 8-4-4-4-12 digits: the high word's sixteen digits around two hyphens, then the low
+        // word's, each written eight at a time.
+        let [a, b] = [(high >> 32) as u32, high as u32].map(crate::hex::encode_u32);
+        let [c, d] = [(low >> 32) as u32, low as u32].map(crate::hex::encode_u32);
+        let out = &mut self.0;
+        out[..8].copy_from_slice(&a);
+        out[9..13].copy_from_slice(&b[..4]);
+        out[14..18].copy_from_slice(&b[4..]);
+        out[19..23].copy_from_slice(&c[..4]);
+        out[24..28].copy_from_slice(&c[4..]);
+        out[28..36].copy_from_slice(&d);
+        crate::text::ascii(out)
     }
 }
 
-/// A UUIDv7: the Unix time in milliseconds and 74 random bits.
+/// A UUIDv7 as its two big-endian words: the Unix time in milliseconds (48 bits), the version
+/// (7), 12 random bits, the variant (`10`) and 62 random bits (RFC 9562 §5.7).
 ///
 /// The random bits come from `fastrand`'s per-thread generator: ids need to be unique, not
 /// unpredictable, and this is several times cheaper than `uuid`'s own v7 path (a shared clock
 /// sequence and a cryptographic generator).
-pub(crate) fn new_uuid_v7() -> uuid::Uuid {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    // Two words from the generator, of which the builder takes 74 bits.
-    let random = fastrand::u128(..).to_le_bytes();
-    let random: &[u8; 10] = random[..10].try_into().unwrap_or(&[0; 10]);
-    uuid::Builder::from_unix_timestamp_millis(millis, random).into_uuid()
+fn new_uuid_v7() -> (u64, u64) {
+    let millis = crate::clock::unix_nanos_now() / 1_000_000;
+    let high = (millis << 16) | 0x7000 | (fastrand::u64(..) & 0x0fff);
+    let low = (1 << 63) | (fastrand::u64(..) >> 2);
+    (high, low)
 }
 
 #[cfg(test)]

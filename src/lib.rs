@@ -78,6 +78,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classify;
+mod clock;
 pub mod consume;
 pub mod header;
 mod hex;

@@ -60,15 +60,25 @@ pub trait Headers {
 }
 
 /// Write access to a message's headers.
+///
+/// Values are borrowed: a carrier copies them into whatever it stores (a [`HeaderList`] keeps
+/// ids and `traceparent` inline, without an allocation of their own).
 pub trait HeadersMut {
     /// Sets `name` to `value`, removing every other header of the same name (ASCII
     /// case-insensitive) so that a republished message never carries two.
-    fn set_header(&mut self, name: &str, value: String);
+    fn set_header(&mut self, name: &str, value: &str);
 
     /// [`set_header`](Self::set_header) for a name known at compile time (the headers eventscope
     /// writes), so that a carrier can store the name without copying it. The default forwards.
-    fn set_static_header(&mut self, name: &'static str, value: String) {
+    fn set_static_header(&mut self, name: &'static str, value: &str) {
         self.set_header(name, value);
+    }
+
+    /// Adds `name: value` where the caller knows there is no header of that name (the publish
+    /// layer looked, in its one pass over the headers), so that a carrier can append without
+    /// looking again. The default is [`set_static_header`](Self::set_static_header).
+    fn append_static_header(&mut self, name: &'static str, value: &str) {
+        self.set_static_header(name, value);
     }
 
     /// Removes every header called `name` (ASCII case-insensitive). Injection uses it so a
@@ -199,7 +209,7 @@ pub trait OutgoingMessage: Headers + HeadersMut {
             .map(Cow::Borrowed)
     }
     /// Stores a generated message id; the default writes the `message-id` header.
-    fn set_message_id(&mut self, id: String) {
+    fn set_message_id(&mut self, id: &str) {
         self.set_static_header(crate::header::MESSAGE_ID, id);
     }
     /// Partition chosen by the caller, if any.
@@ -238,8 +248,63 @@ impl Receipt for () {}
 
 /// An ordered, owned list of headers with byte values: what the embedded broker stores and
 /// what publisher records carry until they are handed to a client.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HeaderList(Vec<(Cow<'static, str>, Vec<u8>)>);
+///
+/// Values up to 55 bytes (an id, a `traceparent`) are kept in place, so the headers eventscope
+/// writes cost the list one allocation, not one each.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeaderList(Vec<(Cow<'static, str>, Value)>);
+
+/// The longest value kept in place: a `traceparent`.
+const INLINE_VALUE: usize = 55;
+
+/// A header value, in place when it fits.
+#[derive(Clone)]
+enum Value {
+    Inline(arrayvec::ArrayVec<u8, INLINE_VALUE>),
+    Heap(Vec<u8>),
+}
+
+impl Value {
+    fn copy(bytes: &[u8]) -> Self {
+        match arrayvec::ArrayVec::try_from(bytes) {
+            Ok(inline) => Self::Inline(inline),
+            Err(_) => Self::Heap(bytes.to_vec()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline(bytes) => bytes,
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Self::Inline(bytes) => bytes.to_vec(),
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Value {}
+
+impl std::fmt::Debug for HeaderList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(name, value)| (name, String::from_utf8_lossy(value))),
+            )
+            .finish()
+    }
+}
 
 impl HeaderList {
     /// An empty list.
@@ -248,14 +313,28 @@ impl HeaderList {
     }
 
     /// Appends a text header, keeping any existing header of the same name.
-    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.push_bytes(name, value.into().into_bytes())
+    pub fn push(&mut self, name: impl Into<String>, value: impl AsRef<str>) -> &mut Self {
+        self.append(
+            Cow::Owned(name.into()),
+            Value::copy(value.as_ref().as_bytes()),
+        );
+        self
     }
 
     /// Appends a header with a raw value, keeping any existing header of the same name.
     pub fn push_bytes(&mut self, name: impl Into<String>, value: Vec<u8>) -> &mut Self {
-        self.0.push((Cow::Owned(name.into()), value));
+        let value = match value.len() {
+            0..=INLINE_VALUE => Value::copy(&value),
+            _ => Value::Heap(value),
+        };
+        self.append(Cow::Owned(name.into()), value);
         self
+    }
+
+    /// Appends a copy of `value` (kept in place when it fits).
+    #[cfg_attr(not(any(feature = "kafka", feature = "memory")), allow(dead_code))]
+    pub(crate) fn push_copy(&mut self, name: &str, value: &[u8]) {
+        self.append(Cow::Owned(name.to_owned()), Value::copy(value));
     }
 
     /// The first value of `name` (ASCII case-insensitive).
@@ -293,12 +372,20 @@ impl HeaderList {
     pub fn into_vec(self) -> Vec<(String, Vec<u8>)> {
         self.0
             .into_iter()
-            .map(|(k, v)| (k.into_owned(), v))
+            .map(|(k, v)| (k.into_owned(), v.into_vec()))
             .collect()
     }
 
-    fn replace(&mut self, name: Cow<'static, str>, value: String) {
-        let value = value.into_bytes();
+    fn append(&mut self, name: Cow<'static, str>, value: Value) {
+        // Publishing adds a handful of headers: grow once, not header by header.
+        if self.0.capacity() == self.0.len() {
+            self.0.reserve(4);
+        }
+        self.0.push((name, value));
+    }
+
+    fn replace(&mut self, name: Cow<'static, str>, value: &str) {
+        let value = Value::copy(value.as_bytes());
         // Overwrite the first of the same name in place; drop any later duplicates.
         match self
             .0
@@ -318,22 +405,18 @@ impl HeaderList {
                 }
                 self.0[first] = (name, value);
             }
-            None => {
-                // Publishing adds a handful of headers: grow once, not header by header.
-                if self.0.capacity() == 0 {
-                    self.0 = Vec::with_capacity(4);
-                } else if self.0.capacity() == self.0.len() {
-                    self.0.reserve(4);
-                }
-                self.0.push((name, value));
-            }
+            None => self.append(name, value),
         }
     }
 }
 
 impl From<Vec<(String, Vec<u8>)>> for HeaderList {
     fn from(pairs: Vec<(String, Vec<u8>)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect())
+        let mut list = Self(Vec::with_capacity(pairs.len()));
+        for (name, value) in pairs {
+            list.push_bytes(name, value);
+        }
+        list
     }
 }
 
@@ -344,12 +427,16 @@ impl Headers for HeaderList {
 }
 
 impl HeadersMut for HeaderList {
-    fn set_header(&mut self, name: &str, value: String) {
+    fn set_header(&mut self, name: &str, value: &str) {
         self.replace(Cow::Owned(name.to_owned()), value);
     }
 
-    fn set_static_header(&mut self, name: &'static str, value: String) {
+    fn set_static_header(&mut self, name: &'static str, value: &str) {
         self.replace(Cow::Borrowed(name), value);
+    }
+
+    fn append_static_header(&mut self, name: &'static str, value: &str) {
+        self.append(Cow::Borrowed(name), Value::copy(value.as_bytes()));
     }
 
     fn remove_header(&mut self, name: &str) {
@@ -371,7 +458,7 @@ macro_rules! record_builders {
             }
 
             /// Adds a text header (kept alongside any of the same name).
-            pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            pub fn header(mut self, name: impl Into<String>, value: impl AsRef<str>) -> Self {
                 self.headers.push(name, value);
                 self
             }
@@ -416,12 +503,16 @@ macro_rules! header_list_carrier {
         }
 
         impl $crate::message::HeadersMut for $record {
-            fn set_header(&mut self, name: &str, value: String) {
+            fn set_header(&mut self, name: &str, value: &str) {
                 $crate::message::HeadersMut::set_header(&mut self.headers, name, value);
             }
 
-            fn set_static_header(&mut self, name: &'static str, value: String) {
+            fn set_static_header(&mut self, name: &'static str, value: &str) {
                 $crate::message::HeadersMut::set_static_header(&mut self.headers, name, value);
+            }
+
+            fn append_static_header(&mut self, name: &'static str, value: &str) {
+                $crate::message::HeadersMut::append_static_header(&mut self.headers, name, value);
             }
 
             fn remove_header(&mut self, name: &str) {

@@ -85,8 +85,8 @@ impl<H: HeadersMut + ?Sized> Injector for HeaderInjector<'_, H> {
             .into_iter()
             .find(|known| known.eq_ignore_ascii_case(key))
         {
-            Some(known) => self.0.set_static_header(known, value),
-            None => self.0.set_header(key, value),
+            Some(known) => self.0.set_static_header(known, &value),
+            None => self.0.set_header(key, &value),
         }
     }
 }
@@ -136,12 +136,18 @@ impl Propagation {
             propagator.inject_context(cx, &mut HeaderInjector(headers));
             return;
         }
-        self.inject_w3c(cx.span().span_context(), cx, headers);
+        self.inject_w3c(cx.span().span_context(), cx, headers, false);
     }
 
     /// Writes a started span's context, without building an OpenTelemetry `Context` for a span
-    /// that does not record.
-    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(&self, span: &ActiveSpan, headers: &mut H) {
+    /// that does not record. `fresh`: the caller knows there is no `traceparent` or
+    /// `tracestate` header yet, so the W3C ones are appended without looking.
+    pub(crate) fn inject_span<H: HeadersMut + ?Sized>(
+        &self,
+        span: &ActiveSpan,
+        headers: &mut H,
+        fresh: bool,
+    ) {
         match (&self.custom, span.built_context()) {
             (Some(_), Some(cx)) => self.inject(cx, headers),
             (Some(_), None) => self.inject(
@@ -150,7 +156,7 @@ impl Propagation {
                     .with_remote_span_context(span.span_context().clone()),
                 headers,
             ),
-            (None, _) => self.inject_w3c(span.span_context(), span.parent(), headers),
+            (None, _) => self.inject_w3c(span.span_context(), span.parent(), headers, fresh),
         }
     }
 
@@ -160,10 +166,16 @@ impl Propagation {
         sc: &SpanContext,
         baggage: &Context,
         headers: &mut H,
+        fresh: bool,
     ) {
         let cx = baggage;
         if sc.is_valid() {
-            headers.set_static_header(header::TRACEPARENT, traceparent(sc));
+            let parent = traceparent(sc);
+            if fresh {
+                headers.append_static_header(header::TRACEPARENT, crate::text::ascii(&parent));
+            } else {
+                headers.set_static_header(header::TRACEPARENT, crate::text::ascii(&parent));
+            }
             let state = match sc.trace_state() {
                 // The usual case, without building an empty string.
                 state if *state == TraceState::NONE => String::new(),
@@ -171,9 +183,13 @@ impl Propagation {
             };
             if state.is_empty() {
                 // A stale `tracestate` must not outlive the `traceparent` it belonged to.
-                headers.remove_header(header::TRACESTATE);
+                if !fresh {
+                    headers.remove_header(header::TRACESTATE);
+                }
+            } else if fresh {
+                headers.append_static_header(header::TRACESTATE, &state);
             } else {
-                headers.set_static_header(header::TRACESTATE, state);
+                headers.set_static_header(header::TRACESTATE, &state);
             }
         }
         if !cx.baggage().is_empty() {
@@ -259,8 +275,9 @@ impl Extracted {
     }
 }
 
-/// `00-{trace id}-{span id}-{flags}`, written without the formatting machinery.
-fn traceparent(sc: &SpanContext) -> String {
+/// `00-{trace id}-{span id}-{flags}`, written without the formatting machinery (and without an
+/// allocation: the carrier copies it).
+fn traceparent(sc: &SpanContext) -> [u8; 55] {
     let mut out = [b'-'; 55];
     out[..2].copy_from_slice(b"00");
     let trace = u128::from_be_bytes(sc.trace_id().to_bytes());
@@ -272,7 +289,7 @@ fn traceparent(sc: &SpanContext) -> String {
     out[53..55].copy_from_slice(&hex::encode_u8(
         (sc.trace_flags() & TraceFlags::SAMPLED).to_u8(),
     ));
-    crate::text::ascii(&out).to_owned()
+    out
 }
 
 /// W3C Trace Context `traceparent`: exactly the version-00 layout, or a later version's with
@@ -368,11 +385,11 @@ mod tests {
     #[test]
     fn traceparent_round_trips_through_the_fast_path() {
         let sc = parse_traceparent(PARENT.as_bytes()).expect("valid");
-        assert_eq!(traceparent(&sc), PARENT);
+        assert_eq!(crate::text::ascii(&traceparent(&sc)), PARENT);
         let unsampled = PARENT.replace("-01", "-00");
         let sc = parse_traceparent(unsampled.as_bytes()).expect("valid");
         assert!(!sc.is_sampled());
-        assert_eq!(traceparent(&sc), unsampled);
+        assert_eq!(crate::text::ascii(&traceparent(&sc)), unsampled);
         // A later version's extra fields are ignored, but must be ASCII.
         assert!(parse_traceparent(format!("01{}-x", &PARENT[2..]).as_bytes()).is_some());
         assert!(parse_traceparent(format!("01{}-\u{e9}", &PARENT[2..]).as_bytes()).is_none());

@@ -20,8 +20,9 @@
 //! ```
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,9 +33,10 @@ use crate::header::{id_ok, usable_id, IdBuffer, Known};
 use crate::message::IncomingMessage;
 
 thread_local! {
-    /// The scopes entered on this thread, innermost last (a handler polled inside another's
-    /// poll nests). A stack, so entering and leaving move one scope, not two.
-    static CURRENT: RefCell<Vec<MessageScope>> = const { RefCell::new(Vec::new()) };
+    /// The scope entered last on this thread, or null. Entering keeps the one before in the
+    /// guard, so a handler polled inside another's poll nests; no scope is copied, and the
+    /// access is a plain thread-local read (no lazy initialisation, nothing to drop).
+    static CURRENT: Cell<*const MessageScope> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Correlation id and message id of the message whose processing is under way.
@@ -112,12 +114,17 @@ impl MessageScope {
 
     /// The scope set on this thread by the innermost handler being polled.
     pub fn current() -> Option<Self> {
-        CURRENT.with(|current| current.borrow().last().cloned())
+        Self::with_current(|scope| scope.cloned())
     }
 
     /// Runs `f` with the current scope, without cloning it.
+    #[allow(unsafe_code)]
     pub(crate) fn with_current<T>(f: impl FnOnce(Option<&MessageScope>) -> T) -> T {
-        CURRENT.with(|current| f(current.borrow().last()))
+        // SAFETY: a non-null pointer was set by a `ScopeGuard` that is still alive: the guard
+        // borrows the scope for its whole life (so the scope is neither moved, changed nor
+        // dropped), it cannot leave this thread, and guards are dropped innermost first, each
+        // restoring the pointer it found. Guards are crate-private and never forgotten.
+        f(unsafe { CURRENT.get().as_ref() })
     }
 
     /// The business flow id.
@@ -147,10 +154,10 @@ impl MessageScope {
     }
 
     /// Sets this scope until the guard drops.
-    pub(crate) fn enter(&self) -> ScopeGuard {
-        CURRENT.with(|current| current.borrow_mut().push(self.clone()));
+    pub(crate) fn enter(&self) -> ScopeGuard<'_> {
         ScopeGuard {
-            _thread_bound: std::marker::PhantomData,
+            previous: CURRENT.replace(self),
+            _scope: PhantomData,
         }
     }
 }
@@ -231,11 +238,22 @@ impl<'a> IdScan<'a> {
     /// message's ids was unusable.
     pub(crate) fn scope<M: IncomingMessage + ?Sized>(self, message: &'a M) -> (MessageScope, bool) {
         let (correlation, message_id, invalid) = self.resolve(message);
-        let (mut fresh, mut fresh_message) = (IdBuffer::new(), IdBuffer::new());
-        let correlation_id = correlation.unwrap_or_else(|| fresh.new_id());
-        let message_id = message_id
-            .as_deref()
-            .unwrap_or_else(|| fresh_message.new_id());
+        // Buffers only for the ids that are generated.
+        let (mut fresh, mut fresh_message);
+        let correlation_id = match correlation {
+            Some(id) => id,
+            None => {
+                fresh = IdBuffer::new();
+                fresh.new_id()
+            }
+        };
+        let message_id = match message_id.as_deref() {
+            Some(id) => id,
+            None => {
+                fresh_message = IdBuffer::new();
+                fresh_message.new_id()
+            }
+        };
         (
             MessageScope::from_parts(correlation_id, Some(message_id)),
             invalid,
@@ -243,15 +261,16 @@ impl<'a> IdScan<'a> {
     }
 }
 
-/// Leaves the scope on drop, making the previous one current again. Not `Send`: it must be
-/// dropped on the thread whose stack it pushed to.
-pub(crate) struct ScopeGuard {
-    _thread_bound: std::marker::PhantomData<*const ()>,
+/// Leaves the scope on drop, making the previous one current again. Not `Send` (it holds a
+/// raw pointer): it must be dropped on the thread whose current scope it set.
+pub(crate) struct ScopeGuard<'a> {
+    previous: *const MessageScope,
+    _scope: PhantomData<&'a MessageScope>,
 }
 
-impl Drop for ScopeGuard {
+impl Drop for ScopeGuard<'_> {
     fn drop(&mut self) {
-        CURRENT.with(|current| drop(current.borrow_mut().pop()));
+        CURRENT.set(self.previous);
     }
 }
 

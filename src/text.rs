@@ -21,11 +21,33 @@ pub(crate) fn utf8(bytes: &[u8]) -> Option<&str> {
 /// `bytes` as an id's text: UTF-8 without control characters (U+0000 to U+001F and U+007F; a
 /// CR/LF would forge headers on text-header brokers and lines in logs, SPEC §2).
 #[inline]
+#[allow(unsafe_code)]
 pub(crate) fn id_text(bytes: &[u8]) -> Option<&str> {
+    if is_printable_ascii(bytes) {
+        // SAFETY: every byte is between 0x20 and 0x7e (checked just above): ASCII, which is
+        // valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    // Not the common case: non-ASCII text, or a control character.
     if has_control(bytes) {
         return None;
     }
-    utf8(bytes)
+    std::str::from_utf8(bytes).ok()
+}
+
+/// Every byte is printable ASCII (0x20 to 0x7e), eight at a time: one pass where checking for
+/// control characters and then for UTF-8 made two.
+#[inline]
+fn is_printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of 0x80 or more has its high bit set; 0x7f gains it by adding one; one below 0x20
+    // gains it by subtracting 0x20. A carry or borrow crosses into the next byte only out of a
+    // byte that is itself flagged, so a clean word is never flagged.
+    let flagged = |x: u64| (x | x.wrapping_add(ONES) | x.wrapping_sub(ONES * 0x20)) & HIGH;
+    let mut any = 0u64;
+    for_words(bytes, |word| any |= flagged(word));
+    any == 0
 }
 
 /// Some byte is below 0x20 or is 0x7f, eight bytes at a time. Bytes of multi-byte UTF-8
@@ -59,6 +81,47 @@ fn has_control(bytes: &[u8]) -> bool {
     }
     any |= flagged(word(bytes.len() - 8));
     any != 0
+}
+
+/// Calls `f` with every byte of `bytes` in some little-endian word, eight at a time: whole
+/// words, then the last eight bytes again (overlapping) for a tail. Fewer than eight bytes
+/// make one word, of two overlapping halves or padded with `a` (printable, not a control
+/// byte, not high). No variable-length copy, which would be a `memcpy` call.
+#[inline]
+pub(crate) fn for_words(bytes: &[u8], mut f: impl FnMut(u64)) {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    if bytes.len() < 8 {
+        let half = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|w| <[u8; 4]>::try_from(w).ok())
+                .map_or(0, u32::from_le_bytes)
+        };
+        return f(match bytes.len() {
+            // Two halves that overlap cover every byte.
+            4.. => u64::from(half(0)) | (u64::from(half(bytes.len() - 4)) << 32),
+            _ => {
+                let mut padded = [b'a'; 8];
+                for (to, byte) in padded.iter_mut().zip(bytes) {
+                    *to = *byte;
+                }
+                u64::from_le_bytes(padded)
+            }
+        });
+    }
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        f(word(at));
+        at += 8;
+    }
+    if at < bytes.len() {
+        f(word(bytes.len() - 8));
+    }
 }
 
 /// `bytes`, which the caller wrote and knows to be ASCII (hex digits and dashes), as text.
@@ -121,6 +184,33 @@ mod tests {
                 assert!(is_ascii(&bytes));
                 bytes[high] = 0x80;
                 assert!(!is_ascii(&bytes), "{len} {high}");
+            }
+        }
+    }
+
+    #[test]
+    fn printable_ascii_agrees_with_a_byte_loop() {
+        let slow = |bytes: &[u8]| bytes.iter().all(|b| (0x20..=0x7e).contains(b));
+        for len in 0..40 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        is_printable_ascii(&bytes),
+                        slow(&bytes),
+                        "{len} {at} {byte}"
+                    );
+                    // Two odd bytes side by side, for carries and borrows between them.
+                    if at + 1 < len {
+                        bytes[at + 1] = byte.wrapping_add(0x41);
+                        assert_eq!(
+                            is_printable_ascii(&bytes),
+                            slow(&bytes),
+                            "{len} {at} {byte}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -78,7 +78,7 @@ impl Headers for QueueRecord {
 }
 
 impl HeadersMut for QueueRecord {
-    fn set_header(&mut self, name: &str, value: String) {
+    fn set_header(&mut self, name: &str, value: &str) {
         self.headers.set_header(name, value);
     }
     fn remove_header(&mut self, name: &str) {

@@ -33,7 +33,7 @@ impl Headers for Msg {
 }
 
 impl HeadersMut for Msg {
-    fn set_header(&mut self, name: &str, value: String) {
+    fn set_header(&mut self, name: &str, value: &str) {
         self.headers.set_header(name, value);
     }
 }
@@ -181,7 +181,7 @@ async fn log_lines_in_the_handler_carry_the_trace_id_of_an_unsampled_message() {
         topic: "orders",
         ..Msg::default()
     };
-    message.set_header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-00"));
+    message.set_header("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-00"));
     let handler = ProcessLayer::new(metrics)
         .tracer_provider(&provider)
         .layer(service_fn(|_m: Msg| async {

@@ -26,7 +26,7 @@ impl Headers for Event {
 }
 
 impl HeadersMut for Event {
-    fn set_header(&mut self, name: &str, value: String) {
+    fn set_header(&mut self, name: &str, value: &str) {
         self.headers.set_header(name, value);
     }
     fn remove_header(&mut self, name: &str) {

@@ -209,7 +209,7 @@ fn record<M: Republish>(
 ) -> M::Record {
     use crate::message::HeadersMut;
     let mut record = message.republish(destination);
-    let mut set = |name: &'static str, value: String| record.set_static_header(name, value);
+    let mut set = |name: &'static str, value: String| record.set_static_header(name, &value);
     set(
         header::DLQ_ORIGINAL_DESTINATION,
         message.origin().into_owned(),

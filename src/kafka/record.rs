@@ -287,7 +287,7 @@ impl Republish for KafkaMessage {
         let mut headers = HeaderList::new();
         for (name, value) in KafkaMessage::headers(self) {
             if !crate::message::republished_header(name) {
-                headers.push_bytes(name, value.to_vec());
+                headers.push_copy(name, value);
             }
         }
         KafkaRecord {
@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn message_id_lives_in_a_single_header() {
         let mut record = KafkaRecord::new("t", b"x".to_vec()).header("Message-Id", "old");
-        record.set_message_id("new".into());
+        record.set_message_id("new");
         assert_eq!(record.message_id().as_deref(), Some("new"));
         assert_eq!(record.headers().len(), 1);
     }

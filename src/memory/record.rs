@@ -187,7 +187,7 @@ impl Republish for MemoryMessage {
         let mut headers = HeaderList::new();
         for (name, value) in self.headers.iter() {
             if !crate::message::republished_header(name) {
-                headers.push_bytes(name, value.to_vec());
+                headers.push_copy(name, value);
             }
         }
         MemoryRecord {

@@ -135,12 +135,14 @@ mod tests {
         assert_eq!(gauge(&m, "messaging_consumer_lag_seconds"), Some(30.0));
 
         // A processed message created at t=35 moves the base forward.
-        m.partition("kafka", "t", "g", Some(0)).processed(at(35));
+        m.partition("kafka", "t", "g", Some(0))
+            .processed(unix_nanos(at(35)));
         m.record_lag_at("kafka", "t", "g", Some(0), 2, at(45));
         assert_eq!(gauge(&m, "messaging_consumer_lag_seconds"), Some(10.0));
 
         // Clock skew: creation in the future never gives a negative value.
-        m.partition("kafka", "t", "g", Some(0)).processed(at(100));
+        m.partition("kafka", "t", "g", Some(0))
+            .processed(unix_nanos(at(100)));
         m.record_lag_at("kafka", "t", "g", Some(0), 1, at(50));
         assert_eq!(gauge(&m, "messaging_consumer_lag_seconds"), Some(0.0));
 

@@ -23,7 +23,6 @@ mod lag;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -550,8 +549,8 @@ impl<T> Memo<T> {
             if last.generation == generation
                 && last.partition == partition
                 && std::ptr::eq(last.system, system)
-                && *last.destination == *destination
-                && *last.group == *group
+                && same_text(&last.destination, destination)
+                && same_text(&last.group, group)
             {
                 return Arc::clone(&last.value);
             }
@@ -566,6 +565,46 @@ impl<T> Memo<T> {
             value: Arc::clone(&value),
         });
         value
+    }
+}
+
+/// `a == b` for the short label texts a memo compares on every message, inline and a word at
+/// a time (the slice compare calls `memcmp`, which costs more than the compare for a topic
+/// name).
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    // Words at `at`, of both; always in bounds where called.
+    let u64_at = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let u32_at = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map(u32::from_ne_bytes)
+    };
+    match len {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        // Two words that overlap cover every byte.
+        4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, len - 4) == u32_at(b, len - 4),
+        _ => {
+            let mut at = 0;
+            while at + 8 <= len {
+                if u64_at(a, at) != u64_at(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            at == len || u64_at(a, len - 8) == u64_at(b, len - 8)
+        }
     }
 }
 
@@ -645,21 +684,15 @@ pub(crate) struct PartitionState {
 }
 
 impl PartitionState {
-    /// Records that a message created at `created` was processed.
-    pub(crate) fn processed(&self, created: SystemTime) {
-        let nanos = unix_nanos(created);
+    /// Records that a message created at `nanos` (since the epoch) was processed.
+    pub(crate) fn processed(&self, nanos: u64) {
         self.last_created_nanos
             .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
         self.last_timestamp.set(nanos as f64 / 1e9);
     }
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos()
-        .min(u128::from(u64::MAX)) as u64
-}
+pub(crate) use crate::clock::unix_nanos;
 
 /// Bounds the distinct destination label values.
 struct DestinationLimit {
@@ -701,6 +734,24 @@ impl DestinationLimit {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn same_text_is_equality() {
+        let texts = [
+            "",
+            "a",
+            "orders",
+            "orders.",
+            "orders-eu-west-1",
+            "orders-eu-west-2",
+            "ordérs",
+        ];
+        for a in texts {
+            for b in texts {
+                assert_eq!(super::same_text(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -1,7 +1,6 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::KeyValue;
@@ -164,7 +163,7 @@ where
             opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
         span.describe(&start, |_| {});
 
-        let now = SystemTime::now();
+        let now = crate::clock::unix_nanos_now();
         let mut processed = Vec::new();
         // The scope only names a message on its link; without a recording span the ids are
         // only checked (for the invalid count).
@@ -190,8 +189,10 @@ where
             );
             entry.consumer.consumed.inc();
             if let Some(created) = message.created_at() {
-                let waited = now.duration_since(created).unwrap_or_default();
-                entry.consumer.queue_time.observe(waited.as_secs_f64());
+                let created = crate::clock::unix_nanos(created);
+                // Saturating: a creation time in the future (clock skew) reads as no wait.
+                let waited = now.saturating_sub(created) as f64 / 1e9;
+                entry.consumer.queue_time.observe(waited);
                 processed.push((Arc::clone(&entry.partition), created));
             }
             if let Some(scope) = &scope {

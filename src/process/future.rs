@@ -5,11 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
 
 use pin_project_lite::pin_project;
 
 use crate::classify::{ClassifyError, CANCELLED};
+use crate::clock::Monotonic;
 use crate::metrics::{ConsumerInstruments, ConsumerPartition, PartitionState};
 use crate::scope::MessageScope;
 use crate::span::ActiveSpan;
@@ -23,14 +23,11 @@ pub(crate) struct Outcome {
 /// Where a handler call's outcome goes.
 pub(crate) enum Recorded {
     /// One message: the layer's memoised instruments and partition state (held as the one
-    /// `Arc` the memo handed out), and the message's creation time.
-    One(Arc<ConsumerPartition>, Option<SystemTime>),
+    /// `Arc` the memo handed out), and the message's creation time (ns since the epoch).
+    One(Arc<ConsumerPartition>, Option<u64>),
     /// A batch: the instruments of its first message, and every message's partition state and
-    /// creation time.
-    Batch(
-        Arc<ConsumerInstruments>,
-        Vec<(Arc<PartitionState>, SystemTime)>,
-    ),
+    /// creation time (ns since the epoch).
+    Batch(Arc<ConsumerInstruments>, Vec<(Arc<PartitionState>, u64)>),
 }
 
 impl Recorded {
@@ -45,7 +42,7 @@ impl Recorded {
 /// A handler call under way: counted in `messaging_consumer_in_flight_messages` from
 /// [`new`](Self::new) until it drops, whether the call finished, failed or was dropped.
 pub(crate) struct Pending {
-    start: Instant,
+    start: Monotonic,
     recorded: Recorded,
     in_flight: i64,
 }
@@ -54,7 +51,7 @@ impl Pending {
     pub(crate) fn new(recorded: Recorded, in_flight: i64) -> Self {
         recorded.instruments().in_flight.add(in_flight);
         Self {
-            start: Instant::now(),
+            start: Monotonic::now(),
             recorded,
             in_flight,
         }
@@ -79,7 +76,7 @@ impl Outcome {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        let seconds = pending.start.elapsed().as_secs_f64();
+        let seconds = pending.start.elapsed_seconds();
         let instruments = pending.recorded.instruments();
         match error_type {
             None => {
@@ -182,14 +179,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _cx = this
-            .outcome
-            .span
-            .as_mut()
-            .and_then(|span| span.attachable().map(|cx| cx.clone().attach()));
-        let _scope = this.scope.as_ref().map(MessageScope::enter);
-        // A panic is recorded as such (SPEC §3), then goes on to the consumer core.
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.inner.poll(cx)));
+        let polled = {
+            let _cx = this
+                .outcome
+                .span
+                .as_mut()
+                .and_then(|span| span.attachable().map(|cx| cx.clone().attach()));
+            let _scope = this.scope.as_ref().map(MessageScope::enter);
+            // A panic is recorded as such (SPEC §3), then goes on to the consumer core.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.inner.poll(cx)))
+        };
         let result = match polled {
             Ok(poll) => std::task::ready!(poll),
             Err(panic) => {

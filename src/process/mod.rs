@@ -111,9 +111,11 @@ impl Drop for Calling {
 
 thread_local! {
     /// The process span of the attempt before, while the consumer core polls a retry in
-    /// process: a message that brought no trace context continues that attempt's trace.
-    static RETRY_OF: std::cell::RefCell<Option<opentelemetry::trace::SpanContext>> =
-        const { std::cell::RefCell::new(None) };
+    /// process: a message that brought no trace context continues that attempt's trace. A
+    /// pointer into the pinned `Retrying` future (null when none), so that the check every
+    /// message makes is a plain thread-local read.
+    static RETRY_OF: std::cell::Cell<*const opentelemetry::trace::SpanContext> =
+        const { std::cell::Cell::new(std::ptr::null()) };
     /// The last handler call on this thread that failed inside a process layer: the context of
     /// its process span and the message scope it ran in. The consumer core takes it right
     /// after the failure (same task, same poll) for the dead-letter publish.
@@ -132,8 +134,13 @@ pub(crate) fn take_failed() -> Option<(opentelemetry::Context, crate::scope::Mes
 }
 
 /// The span a retry in process continues, if the core is polling one.
+#[allow(unsafe_code)]
 pub(crate) fn retry_of() -> Option<opentelemetry::trace::SpanContext> {
-    RETRY_OF.with(|retry| retry.borrow().clone())
+    // SAFETY: a non-null pointer was set by `Retrying::poll` for the duration of its inner
+    // poll, on this thread, pointing into the pinned future (neither moved nor changed while
+    // pinned and polled); `RestoreRetry` puts the previous pointer back when that poll ends,
+    // unwinding included.
+    unsafe { RETRY_OF.get().as_ref() }.cloned()
 }
 
 pin_project_lite::pin_project! {
@@ -159,10 +166,19 @@ impl<F: std::future::Future> std::future::Future for Retrying<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
-        let before = RETRY_OF.with(|retry| retry.replace(this.of.clone()));
-        let polled = this.inner.poll(cx);
-        RETRY_OF.with(|retry| *retry.borrow_mut() = before);
-        polled
+        let of: &Option<opentelemetry::trace::SpanContext> = this.of;
+        let _restore =
+            RestoreRetry(RETRY_OF.replace(of.as_ref().map_or(std::ptr::null(), |sc| sc)));
+        this.inner.poll(cx)
+    }
+}
+
+/// Puts back the `RETRY_OF` a `Retrying` poll found, when the poll ends or unwinds.
+struct RestoreRetry(*const opentelemetry::trace::SpanContext);
+
+impl Drop for RestoreRetry {
+    fn drop(&mut self) {
+        RETRY_OF.set(self.0);
     }
 }
 

@@ -1,6 +1,5 @@
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
@@ -120,12 +119,11 @@ where
         }
 
         instruments.consumed.inc();
-        let created = message.created_at();
+        let created = message.created_at().map(crate::clock::unix_nanos);
         if let Some(created) = created {
-            let waited = SystemTime::now()
-                .duration_since(created)
-                .unwrap_or_default();
-            instruments.queue_time.observe(waited.as_secs_f64());
+            // Saturating: a creation time in the future (clock skew) reads as no wait.
+            let waited = crate::clock::unix_nanos_now().saturating_sub(created);
+            instruments.queue_time.observe(waited as f64 / 1e9);
         }
         let pending = Pending::new(Recorded::One(entry, created), 1);
         let called = {

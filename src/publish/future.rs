@@ -4,11 +4,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use pin_project_lite::pin_project;
 
 use crate::classify::{ClassifyError, CANCELLED};
+use crate::clock::Monotonic;
 use crate::message::Receipt;
 use crate::metrics::PublishInstruments;
 use crate::span::ActiveSpan;
@@ -32,7 +32,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 
 /// Records the outcome exactly once: on completion, or as cancelled on drop.
 struct Outcome {
-    pending: Option<(Instant, Arc<PublishInstruments>)>,
+    pending: Option<(Monotonic, Arc<PublishInstruments>)>,
     span: ActiveSpan,
 }
 
@@ -41,7 +41,7 @@ impl Outcome {
         let Some((start, instruments)) = self.pending.take() else {
             return;
         };
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = start.elapsed_seconds();
         match error_type {
             None => {
                 instruments.ok_duration.observe(seconds);
@@ -66,7 +66,7 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(
         inner: F,
         span: ActiveSpan,
-        start: Instant,
+        start: Monotonic,
         instruments: Arc<PublishInstruments>,
         classifier: C,
     ) -> Self {

@@ -1,6 +1,5 @@
 use std::borrow::Cow;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use opentelemetry::trace::SpanKind;
 use tower_service::Service;
@@ -9,7 +8,7 @@ use super::future::ResponseFuture;
 use super::PublishLayer;
 use crate::classify::{ClassifyError, TypeNameClassifier};
 use crate::header::{self, id_ok, usable_id, IdBuffer, Known};
-use crate::message::{new_id, Headers, OutgoingMessage, Receipt};
+use crate::message::{Headers, OutgoingMessage, Receipt};
 use crate::metrics::{Memo, PublishInstruments};
 use crate::scope::MessageScope;
 use crate::span::{self, SpanStart};
@@ -67,26 +66,32 @@ where
         );
 
         let mut generated = IdBuffer::new();
-        // One pass: the caller's correlation id, and whether an id header stands twice (a
-        // message republished with its headers must leave with one of each).
+        // One pass: the caller's correlation id, whether an id header stands twice (a message
+        // republished with its headers must leave with one of each), and which of the headers
+        // written below are absent (those are appended without looking again).
         let ids = IdHeaders::of(&message);
-        let duplicate_message_id = ids.message_ids > 1;
         let explicit = ids
             .correlation
             .and_then(usable_id)
-            .map(|id| (ids.correlations > 1).then(|| id.to_owned()));
+            .map(|id| (ids.counts.correlations > 1).then(|| id.to_owned()));
+        let Counts {
+            correlations,
+            message_ids,
+            causations,
+            trace_headers,
+        } = ids.counts;
         let usable_message_id = message.message_id().is_some_and(|id| id_ok(&id));
         let new_message_id = if !usable_message_id {
             let id = generated.new_id();
-            message.set_message_id(id.to_owned());
+            message.set_message_id(id);
             Some(id)
         } else {
-            if duplicate_message_id {
+            if message_ids > 1 {
                 let id = message
                     .message_id()
                     .map(Cow::into_owned)
                     .unwrap_or_default();
-                message.set_message_id(id);
+                message.set_message_id(&id);
             }
             None
         };
@@ -94,7 +99,7 @@ where
         // whose correlation id is the id of its first message.
         let explicit = match explicit {
             Some(Some(collapsed)) => {
-                message.set_static_header(header::CORRELATION_ID, collapsed);
+                message.set_static_header(header::CORRELATION_ID, &collapsed);
                 true
             }
             Some(None) => true,
@@ -102,15 +107,27 @@ where
         };
         MessageScope::with_current(|scope| {
             if !explicit {
+                let mut fallback = IdBuffer::new();
                 let correlation_id = match (scope, new_message_id) {
-                    (Some(scope), _) => scope.correlation_id().to_owned(),
-                    (None, Some(id)) => id.to_owned(),
-                    (None, None) => message.message_id().map_or_else(new_id, Cow::into_owned),
+                    (Some(scope), _) => Cow::Borrowed(scope.correlation_id()),
+                    (None, Some(id)) => Cow::Borrowed(id),
+                    (None, None) => message
+                        .message_id()
+                        .map(|id| Cow::Owned(id.into_owned()))
+                        .unwrap_or_else(|| Cow::Borrowed(fallback.new_id())),
                 };
-                message.set_static_header(header::CORRELATION_ID, correlation_id);
+                if correlations == 0 {
+                    message.append_static_header(header::CORRELATION_ID, &correlation_id);
+                } else {
+                    message.set_static_header(header::CORRELATION_ID, &correlation_id);
+                }
             }
             if let Some(cause) = scope.and_then(MessageScope::message_id) {
-                message.set_static_header(header::CAUSATION_ID, cause.to_owned());
+                if causations == 0 {
+                    message.append_static_header(header::CAUSATION_ID, cause);
+                } else {
+                    message.set_static_header(header::CAUSATION_ID, cause);
+                }
             }
         });
 
@@ -145,37 +162,48 @@ where
             }
         }
         if config.inject {
-            config.propagation.inject_span(&span, &mut message);
+            config
+                .propagation
+                .inject_span(&span, &mut message, trace_headers == 0);
         }
 
-        let started = Instant::now();
+        let started = crate::clock::Monotonic::now();
         let inner = self.inner.call(message);
         ResponseFuture::new(inner, span, started, instruments, config.classifier.clone())
     }
 }
 
-/// The first `correlation-id` header and how many of it and of `message-id` a message carries.
+/// The first `correlation-id` header, and how many of it, of `message-id`, of `causation-id`
+/// and of the W3C trace headers a message carries.
 struct IdHeaders<'a> {
     correlation: Option<&'a [u8]>,
+    counts: Counts,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
     correlations: usize,
     message_ids: usize,
+    causations: usize,
+    trace_headers: usize,
 }
 
 impl<'a> IdHeaders<'a> {
     fn of<H: Headers + ?Sized>(headers: &'a H) -> Self {
         let mut ids = Self {
             correlation: None,
-            correlations: 0,
-            message_ids: 0,
+            counts: Counts::default(),
         };
         for (key, value) in headers.headers() {
             match Known::of(key) {
                 Some(Known::CorrelationId) => {
                     ids.correlation.get_or_insert(value);
-                    ids.correlations += 1;
+                    ids.counts.correlations += 1;
                 }
-                Some(Known::MessageId) => ids.message_ids += 1,
-                _ => {}
+                Some(Known::MessageId) => ids.counts.message_ids += 1,
+                Some(Known::CausationId) => ids.counts.causations += 1,
+                Some(Known::Traceparent | Known::Tracestate) => ids.counts.trace_headers += 1,
+                Some(Known::Baggage) | None => {}
             }
         }
         ids
