@@ -52,9 +52,12 @@ fn missing(text: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// Label pairs a sample must carry.
+type Labels = &'static [(&'static str, &'static str)];
+
 /// What `--forever` shows of the failure path, as (what, series name, labels); each must be
 /// above 0.
-const FAILURE_PATH: &[(&str, &str, &[(&str, &str)])] = &[
+const FAILURE_PATH: &[(&str, &str, Labels)] = &[
     (
         "declined payments retried by the policy",
         name::RETRIES,
@@ -123,7 +126,8 @@ fn unmet(text: &str) -> Vec<&'static str> {
 }
 
 #[tokio::test]
-async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_promtool_accepts_it() {
+async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_promtool_accepts_it(
+) {
     let port = free_port();
     let _demo = Child(
         Command::new(demo_binary())
