@@ -6,7 +6,7 @@
 //! Starts the example (`target/debug/examples/order_pipeline --forever`) and `prometheus` (Debian
 //! package `prometheus`; `PROMETHEUS` overrides the path) on free loopback ports, with a 1 s
 //! scrape and evaluation interval and `alerts/*.yml` loaded. Build the example first:
-//! `cargo build --example order_pipeline`.
+//! `cargo build --features dedup,schema --example order_pipeline`.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -88,7 +88,7 @@ fn demo_binary() -> PathBuf {
     let path = deps.join("../examples/order_pipeline");
     assert!(
         path.is_file(),
-        "the example binary {} is missing; run `cargo build --example order_pipeline` first",
+        "the example binary {} is missing; run `cargo build --features dedup,schema --example order_pipeline` first",
         path.display()
     );
     path
