@@ -4,7 +4,7 @@
 //! A [`Replay`] is a handler: run it with a consumer of the dead-letter destination, in a
 //! consumer group of the replay's own, and every record it is handed is
 //!
-//! - published through your publisher (wrapped in a [`PublishLayer`](crate::PublishLayer)) to
+//! - published through your publisher (wrapped in a [`PublishLayer`]) to
 //!   the destination it came from, with its payload, key and headers, but without its
 //!   `dlq-*` headers and its ids: it gets a fresh `message-id`, keeps its `correlation-id`, and
 //!   its `causation-id` is the dead-letter record's id (the consumer's process layer makes the
