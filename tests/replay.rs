@@ -51,6 +51,10 @@ fn seen(message: &MemoryMessage) -> Seen {
 
 /// Runs a replay with `group` until `stop_after` records were sent (then shuts it down, which
 /// commits what it replayed) or until the dead-letter topic is done.
+///
+/// The stop is exact: once `stop_after` records were sent, the next call never finishes, and the
+/// shutdown's drain deadline cancels it, unsettled (the replay handler is fast enough to finish
+/// the whole topic between the stop signal and the moment the consumer sees it).
 async fn replay(
     broker: &MemoryBroker,
     group: &str,
@@ -71,6 +75,19 @@ async fn replay(
             }
         })
     };
+    let handler = {
+        let count = Arc::clone(&count);
+        service_fn(move |message: MemoryMessage| {
+            let stopped = count.load(Ordering::SeqCst) >= stop_after;
+            let replay = replay.clone();
+            async move {
+                if stopped {
+                    std::future::pending::<()>().await;
+                }
+                replay.oneshot(message).await
+            }
+        })
+    };
     let idle = async move {
         tokio::select! {
             () = enough.notified() => {}
@@ -81,7 +98,8 @@ async fn replay(
         .consumer(group)
         .subscribe(["orders.dlq"])
         .max_concurrency(1)
-        .run(replay, idle)
+        .drain_deadline(Duration::from_millis(200))
+        .run(handler, idle)
         .await
         .expect("the replay runs");
 }
