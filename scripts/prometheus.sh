@@ -4,7 +4,7 @@
 #
 #   scripts/prometheus.sh [TARGET] [LISTEN]
 #
-# TARGET defaults to 127.0.0.1:9464 (the demo: cargo run --example order_pipeline -- --forever),
+# TARGET defaults to 127.0.0.1:9464 (the demo: cargo run --features dedup,schema --example order_pipeline -- --forever),
 # LISTEN to 127.0.0.1:9090. Data lives in a temporary directory removed on exit.
 set -euo pipefail
 

@@ -25,6 +25,19 @@ scripts/kafka.sh start
 # The demo's traces must not leak to a collector the developer happens to run.
 unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT OTEL_SDK_DISABLED
 
+# Redis on 127.0.0.1:6379 for the dedup tests (tests/dedup_redis*.rs, kafka_dedup, the demo's
+# --redis run): started when the port is closed, as the machine starts it (nothing kept on
+# disk); a running server is never restarted.
+redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; }
+if ! redis_up; then
+    echo "test.sh: starting redis-server on 127.0.0.1:6379"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 100); do redis_up && break; sleep 0.1; done
+    redis_up || { echo "test.sh: Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
+fi
+
 # tests/kafka_hostile.rs runs this probe: a consumer built with `panic = "abort"`.
 cargo build --profile panic-abort --features kafka --example kafka_abort_probe
 cargo test --all-features "$@"

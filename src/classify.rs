@@ -8,7 +8,9 @@
 //! both are decided like any other failure.
 //!
 //! [`Classifier`] is the default and does both: errors are named by downcast (through a
-//! [`BoxError`] and its `source()` chain too), each name can be given a decision
+//! [`BoxError`] and its `source()` chain too), with one name per type
+//! ([`on`](Classifier::on)) or the name each error gives itself
+//! ([`on_with`](Classifier::on_with)), each name can be given a decision
 //! ([`decision`](Classifier::decision)), and everything else gets the fallback decision
 //! ([`Decision::Stop`] unless told otherwise). A closure `Fn(&E) -> Cow<'static, str>` and
 //! [`TypeNameClassifier`] name errors too (the latter also decides: [`Decision::Stop`]).
@@ -331,6 +333,52 @@ fn short_type_name(full: &'static str) -> &'static str {
 
 type Probe = fn(&(dyn std::error::Error + 'static)) -> bool;
 
+/// How errors of one registered type are named: one name for all, or the name each error
+/// gives itself.
+#[derive(Clone)]
+enum Name {
+    Fixed(Cow<'static, str>),
+    Own(Arc<dyn OwnName>),
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fixed(name) => fmt::Debug::fmt(name, f),
+            Self::Own(own) => write!(f, "<named by {}>", own.type_name()),
+        }
+    }
+}
+
+/// A name function over one error type, reached through `Any` (the error itself) or through
+/// `dyn Error` (a boxed error and its `source()` chain).
+trait OwnName: Send + Sync {
+    fn of_any(&self, error: &dyn Any) -> Option<Cow<'static, str>>;
+    fn of_error(&self, error: &(dyn std::error::Error + 'static)) -> Option<Cow<'static, str>>;
+    fn type_name(&self) -> &'static str;
+}
+
+struct NameBy<T, F>(F, std::marker::PhantomData<fn(&T)>);
+
+impl<T, F, N> OwnName for NameBy<T, F>
+where
+    T: std::error::Error + 'static,
+    F: Fn(&T) -> N + Send + Sync,
+    N: Into<Cow<'static, str>>,
+{
+    fn of_any(&self, error: &dyn Any) -> Option<Cow<'static, str>> {
+        error.downcast_ref::<T>().map(|e| (self.0)(e).into())
+    }
+
+    fn of_error(&self, error: &(dyn std::error::Error + 'static)) -> Option<Cow<'static, str>> {
+        error.downcast_ref::<T>().map(|e| (self.0)(e).into())
+    }
+
+    fn type_name(&self) -> &'static str {
+        short_type_name(std::any::type_name::<T>())
+    }
+}
+
 /// The default classifier: error types named by downcast, decisions by name; see the
 /// [module docs](self).
 ///
@@ -345,7 +393,7 @@ pub struct Classifier {
 
 #[derive(Clone, Default)]
 struct Table {
-    types: Vec<(TypeId, Probe, Cow<'static, str>)>,
+    types: Vec<(TypeId, Probe, Name)>,
     decisions: Vec<(Cow<'static, str>, Rule)>,
     otherwise: Option<Rule>,
 }
@@ -375,7 +423,48 @@ impl Classifier {
         T: std::error::Error + 'static,
     {
         let probe: Probe = |e| e.is::<T>();
-        self.edit(|t| t.types.push((TypeId::of::<T>(), probe, error_type.into())))
+        let name = Name::Fixed(error_type.into());
+        self.edit(|t| t.types.push((TypeId::of::<T>(), probe, name)))
+    }
+
+    /// Names errors of type `T` by `name(error)`: for errors that carry their own
+    /// low-cardinality name, such as those of the schema layer
+    /// (`.on_with(SchemaError::error_type)`: `schema`, `decode` or `unknown_schema`) and of the
+    /// idempotency layer (`.on_with(DedupError::error_type)`), so that each kind gets its own
+    /// `error.type`, decision and `dlq-error-type`.
+    ///
+    /// ```
+    /// use eventscope::classify::{Classifier, ClassifyError};
+    /// use eventscope::BoxError;
+    ///
+    /// #[derive(Debug)]
+    /// enum Gateway { Declined, Timeout }
+    /// impl Gateway {
+    ///     fn error_type(&self) -> &'static str {
+    ///         match self { Self::Declined => "declined", Self::Timeout => "timeout" }
+    ///     }
+    /// }
+    /// impl std::fmt::Display for Gateway {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str(self.error_type())
+    ///     }
+    /// }
+    /// impl std::error::Error for Gateway {}
+    ///
+    /// let classifier = Classifier::new().on_with(Gateway::error_type);
+    /// let error: BoxError = Box::new(Gateway::Timeout);
+    /// assert_eq!(classifier.classify(&error), "timeout");
+    /// assert_eq!(classifier.classify(&Gateway::Declined), "declined");
+    /// ```
+    pub fn on_with<T, F, N>(self, name: F) -> Self
+    where
+        T: std::error::Error + 'static,
+        F: Fn(&T) -> N + Send + Sync + 'static,
+        N: Into<Cow<'static, str>> + 'static,
+    {
+        let probe: Probe = |e| e.is::<T>();
+        let name = Name::Own(Arc::new(NameBy(name, std::marker::PhantomData)));
+        self.edit(|t| t.types.push((TypeId::of::<T>(), probe, name)))
     }
 
     /// Failures named `error_type` (by [`on`](Self::on), a type name, [`PANIC`] or
@@ -405,19 +494,23 @@ impl Classifier {
         self
     }
 
-    fn by_type(&self, id: TypeId) -> Option<&Cow<'static, str>> {
-        self.inner
-            .types
-            .iter()
-            .find(|(t, _, _)| *t == id)
-            .map(|(_, _, name)| name)
+    fn by_type(&self, error: &dyn Any) -> Option<Cow<'static, str>> {
+        let id = error.type_id();
+        let (_, _, name) = self.inner.types.iter().find(|(t, _, _)| *t == id)?;
+        match name {
+            Name::Fixed(name) => Some(name.clone()),
+            Name::Own(own) => own.of_any(error),
+        }
     }
 
-    fn by_chain(&self, error: &(dyn std::error::Error + 'static)) -> Option<&Cow<'static, str>> {
+    fn by_chain(&self, error: &(dyn std::error::Error + 'static)) -> Option<Cow<'static, str>> {
         let mut next = Some(error);
         while let Some(error) = next {
             if let Some((_, _, name)) = self.inner.types.iter().find(|(_, probe, _)| probe(error)) {
-                return Some(name);
+                return match name {
+                    Name::Fixed(name) => Some(name.clone()),
+                    Name::Own(own) => own.of_error(error),
+                };
             }
             next = error.source();
         }
@@ -427,10 +520,10 @@ impl Classifier {
 
 impl<E: 'static> ClassifyError<E> for Classifier {
     fn classify(&self, error: &E) -> Cow<'static, str> {
-        if let Some(name) = self.by_type(TypeId::of::<E>()) {
-            return name.clone();
-        }
         let any: &dyn Any = error;
+        if let Some(name) = self.by_type(any) {
+            return name;
+        }
         let boxed: Option<&(dyn std::error::Error + 'static)> =
             if let Some(boxed) = any.downcast_ref::<BoxError>() {
                 Some(&**boxed)
@@ -443,7 +536,7 @@ impl<E: 'static> ClassifyError<E> for Classifier {
                     })
             };
         if let Some(name) = boxed.and_then(|e| self.by_chain(e)) {
-            return name.clone();
+            return name;
         }
         TypeNameClassifier.classify(error)
     }
@@ -509,6 +602,57 @@ mod tests {
         assert_eq!(c.classify(&other), OTHER);
         // Unregistered concrete types keep their type name.
         assert_eq!(c.classify(&Wrapper(Declined)), "Wrapper");
+    }
+
+    #[derive(Debug)]
+    enum Kinds {
+        Slow,
+        Broken,
+    }
+    impl fmt::Display for Kinds {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Debug::fmt(self, f)
+        }
+    }
+    impl std::error::Error for Kinds {}
+    impl Kinds {
+        fn error_type(&self) -> &'static str {
+            match self {
+                Self::Slow => "slow",
+                Self::Broken => "broken",
+            }
+        }
+    }
+
+    #[test]
+    fn errors_named_by_themselves_directly_boxed_and_as_a_source() {
+        let c = Classifier::new()
+            .on::<Declined>("Declined")
+            .on_with(Kinds::error_type)
+            .decision("slow", Decision::retry(Duration::from_secs(1)))
+            .decision("broken", Decision::DeadLetter);
+        assert_eq!(c.classify(&Kinds::Slow), "slow");
+        let boxed: BoxError = Box::new(Kinds::Broken);
+        assert_eq!(c.classify(&boxed), "broken");
+        #[derive(Debug)]
+        struct Outer(Kinds);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let nested: BoxError = Box::new(Outer(Kinds::Slow));
+        assert_eq!(c.classify(&nested), "slow");
+        // Fixed names still work beside them.
+        let declined: BoxError = Box::new(Declined);
+        assert_eq!(c.classify(&declined), "Declined");
+        assert_eq!(c.decide(&Failed::new("broken", 1)), Decision::DeadLetter);
+        assert!(format!("{c:?}").contains("named by Kinds"));
     }
 
     #[test]

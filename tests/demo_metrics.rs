@@ -1,5 +1,8 @@
 //! The demo's `/metrics` exposition holds every family of the catalogue with exactly the SPEC
-//! §4 labels, and `promtool check metrics` accepts it.
+//! §4 labels, and `promtool check metrics` accepts it; and its failure path is eventscope's:
+//! declined payments retried then dead-lettered by the core, duplicates skipped by the
+//! idempotency layer, undecodable and invalid payloads refused by the schema layer and
+//! dead-lettered.
 
 mod common;
 
@@ -8,8 +11,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{demo_binary, free_port, Child};
-use eventscope::metrics::{MetricKind, CATALOGUE};
+use common::{demo_binary, free_port, sample, Child};
+use eventscope::metrics::{label, name, MetricKind, CATALOGUE};
+use eventscope::schema::error::{DECODE, SCHEMA};
 
 fn label_names(line: &str) -> BTreeSet<String> {
     let Some(start) = line.find('{') else {
@@ -48,8 +52,82 @@ fn missing(text: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// Label pairs a sample must carry.
+type Labels = &'static [(&'static str, &'static str)];
+
+/// What `--forever` shows of the failure path, as (what, series name, labels); each must be
+/// above 0.
+const FAILURE_PATH: &[(&str, &str, Labels)] = &[
+    (
+        "declined payments retried by the policy",
+        name::RETRIES,
+        &[
+            (label::ERROR_TYPE, "PaymentDeclined"),
+            (label::GROUP, "payment-service"),
+        ],
+    ),
+    (
+        "declined payments dead-lettered by the core",
+        name::DEAD_LETTERED,
+        &[
+            (label::ERROR_TYPE, "PaymentDeclined"),
+            (label::GROUP, "payment-service"),
+            (label::DESTINATION, "orders"),
+        ],
+    ),
+    (
+        "undecodable payloads dead-lettered",
+        name::DEAD_LETTERED,
+        &[(label::ERROR_TYPE, DECODE)],
+    ),
+    (
+        "payloads the schema rejects dead-lettered",
+        name::DEAD_LETTERED,
+        &[(label::ERROR_TYPE, SCHEMA)],
+    ),
+    (
+        "undecodable payloads counted invalid",
+        name::INVALID_MESSAGES,
+        &[(label::REASON, DECODE), (label::GROUP, "inventory-service")],
+    ),
+    (
+        "payloads the schema rejects counted invalid",
+        name::INVALID_MESSAGES,
+        &[(label::REASON, SCHEMA), (label::GROUP, "inventory-service")],
+    ),
+    (
+        "duplicates skipped by the payment service",
+        name::DUPLICATES,
+        &[(label::GROUP, "payment-service")],
+    ),
+    (
+        "duplicates skipped by the inventory service",
+        name::DUPLICATES,
+        &[(label::GROUP, "inventory-service")],
+    ),
+    (
+        "duplicates skipped by the notification service",
+        name::DUPLICATES,
+        &[(label::GROUP, "notification-service")],
+    ),
+    (
+        "dead letters sent to orders.dlq through the publish layer",
+        name::SENT_MESSAGES,
+        &[(label::DESTINATION, "orders.dlq"), (label::ERROR_TYPE, "")],
+    ),
+];
+
+fn unmet(text: &str) -> Vec<&'static str> {
+    FAILURE_PATH
+        .iter()
+        .filter(|(_, name, labels)| sample(text, name, labels).unwrap_or(0.0) <= 0.0)
+        .map(|(what, _, _)| *what)
+        .collect()
+}
+
 #[tokio::test]
-async fn the_demo_exposes_every_family_with_its_labels_and_promtool_accepts_it() {
+async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_promtool_accepts_it(
+) {
     let port = free_port();
     let _demo = Child(
         Command::new(demo_binary())
@@ -76,13 +154,13 @@ async fn the_demo_exposes_every_family_with_its_labels_and_promtool_accepts_it()
             Ok(response) => response.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let absent = missing(&text);
-        if absent.is_empty() {
+        let (absent, unmet) = (missing(&text), unmet(&text));
+        if absent.is_empty() && unmet.is_empty() {
             break text;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "families never appeared: {absent:?}"
+            "families never appeared: {absent:?}; failure path not shown: {unmet:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -1,10 +1,12 @@
 //! Every dashboard query returns data, and every shipped rule evaluates cleanly, against a real
-//! Prometheus scraping the running `order_pipeline` example.
+//! Prometheus scraping the running `order_pipeline` example; and what its failure path does shows
+//! there: the dead-letter alert fires for the declined payments, and the dead-letter, invalid and
+//! duplicate series carry the error types and reasons the layers give them.
 //!
 //! Starts the example (`target/debug/examples/order_pipeline --forever`) and `prometheus` (Debian
 //! package `prometheus`; `PROMETHEUS` overrides the path) on free loopback ports, with a 1 s
 //! scrape and evaluation interval and `alerts/*.yml` loaded. Build the example first:
-//! `cargo build --example order_pipeline`.
+//! `cargo build --features dedup,schema --example order_pipeline`.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use eventscope::metrics::{label, name};
+use eventscope::schema::error::{DECODE, SCHEMA};
 use serde_json::Value;
 
 const JOB: &str = "eventscope-demo";
@@ -84,7 +88,7 @@ fn demo_binary() -> PathBuf {
     let path = deps.join("../examples/order_pipeline");
     assert!(
         path.is_file(),
-        "the example binary {} is missing; run `cargo build --example order_pipeline` first",
+        "the example binary {} is missing; run `cargo build --features dedup,schema --example order_pipeline` first",
         path.display()
     );
     path
@@ -135,6 +139,44 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     }
     assert!(!out.is_empty(), "no dashboard queries found");
     out
+}
+
+/// Queries about the demo's failure path that must return data, with what each shows.
+fn failure_path_queries() -> Vec<(String, String)> {
+    let group = label::GROUP;
+    let error_type = label::ERROR_TYPE;
+    let reason = label::REASON;
+    vec![
+        (
+            "the dead-letter alert fires for the declined payments".to_owned(),
+            format!(
+                r#"ALERTS{{alertname="DeadLettersIncreasing",alertstate="firing",{group}="payment-service"}}"#
+            ),
+        ),
+        (
+            "the core dead-letters declined payments".to_owned(),
+            format!(
+                r#"{}{{{error_type}="PaymentDeclined",{group}="payment-service"}} > 0"#,
+                name::DEAD_LETTERED
+            ),
+        ),
+        (
+            "undecodable payloads are dead-lettered as decode".to_owned(),
+            format!(r#"{}{{{error_type}="{DECODE}"}} > 0"#, name::DEAD_LETTERED),
+        ),
+        (
+            "invalid payloads are dead-lettered as schema".to_owned(),
+            format!(r#"{}{{{error_type}="{SCHEMA}"}} > 0"#, name::DEAD_LETTERED),
+        ),
+        (
+            "undecodable payloads are counted invalid".to_owned(),
+            format!(r#"{}{{{reason}="{DECODE}"}} > 0"#, name::INVALID_MESSAGES),
+        ),
+        (
+            "duplicates are counted".to_owned(),
+            format!(r#"{}{{{group}="payment-service"}} > 0"#, name::DUPLICATES),
+        ),
+    ]
 }
 
 /// What Grafana would send with this job and instance selected and "All" groups and
@@ -266,6 +308,17 @@ async fn dashboards_and_rules_work_against_the_running_example() {
                         }
                     }
                     Err(e) => unhealthy.push(e),
+                }
+                for (what, q) in failure_path_queries() {
+                    match instant_query(&client, &base, &q).await {
+                        Ok(n) if n > 0 => {}
+                        Ok(_) => {
+                            empty.insert(format!("{what}: {q}"), "no series".to_owned());
+                        }
+                        Err(e) => {
+                            empty.insert(format!("{what}: {q}"), e);
+                        }
+                    }
                 }
                 if empty.is_empty() && unhealthy.is_empty() {
                     break;

@@ -8,7 +8,7 @@ use eventscope::message::{HeaderList, Headers, HeadersMut, OutgoingMessage};
 use eventscope::metrics::{label, name, Metrics};
 use eventscope::publish::PublishLayer;
 use eventscope::schema::{SchemaError, SchemaErrorKind, Schemas, ValidateOutgoingLayer};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 const V2: &str = include_str!("../examples/schemas/order-created.v2.json");
 
@@ -119,4 +119,26 @@ async fn an_event_its_schema_rejects_is_not_sent() {
     assert!(!text
         .lines()
         .any(|l| l.starts_with(name::INVALID_MESSAGES) && !l.starts_with('#')));
+}
+
+#[tokio::test]
+async fn the_embedded_brokers_own_records_are_validated_by_their_payload() {
+    let broker = MemoryBroker::new();
+    broker.create_topic("orders", 1).unwrap();
+    let schemas = Schemas::builder()
+        .schema("OrderCreated", 2, V2)
+        .build()
+        .unwrap();
+    let publisher = ValidateOutgoingLayer::new(schemas).layer(broker.publisher());
+
+    let valid = MemoryRecord::new("orders", event("EUR").payload);
+    let sent = publisher.clone().oneshot(valid).await;
+    assert!(sent.is_ok(), "{:?}", sent.err());
+    let invalid = MemoryRecord::new("orders", event("euro").payload);
+    let error = publisher.oneshot(invalid).await.unwrap_err();
+    assert_eq!(
+        error.downcast::<SchemaError>().unwrap().kind(),
+        SchemaErrorKind::Schema
+    );
+    assert_eq!(broker.high_watermark("orders", 0), Some(1));
 }

@@ -38,7 +38,7 @@ pub trait Bus: Clone + Send + Sync + 'static {
     fn raw_publisher(&self) -> Publisher<Self::Record>;
     fn payload(message: &Self::Message) -> &[u8];
     /// Runs `handler` wrapped in the consumer's process layer, which shares the consumer's
-    /// metrics and classifier.
+    /// metrics and classifier; what fails for good goes to `{topic}.dlq`.
     #[allow(clippy::too_many_arguments)] // the demo's one seam between a service and its broker
     fn consume(
         &self,
@@ -114,7 +114,8 @@ impl Bus for Memory {
             .consumer(group)
             .subscribe([topic])
             .metrics(metrics.clone())
-            .classify_errors(classifier);
+            .classify_errors(classifier)
+            .dead_letter(self.0.publisher());
         if let Some(provider) = provider {
             consumer = consumer.tracer_provider(provider);
         }
@@ -240,7 +241,8 @@ mod kafka_bus {
             };
             let mut driver = KafkaConsumer::new(consumer)
                 .metrics(metrics.clone())
-                .classify_errors(classifier);
+                .classify_errors(classifier)
+                .dead_letter(KafkaPublisher::new(self.producer.clone()));
             if let Some(provider) = provider {
                 driver = driver.tracer_provider(provider);
             }

@@ -21,6 +21,9 @@ pub struct OrderCreated {
     pub order_id: String,
     pub customer_id: String,
     pub amount_cents: u64,
+    /// ISO 4217; OrderCreated v2 only (v1 events leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     pub items: Vec<Item>,
 }
 
@@ -54,6 +57,12 @@ impl<T: Serialize> Envelope<T> {
             causation_id,
             data,
         }
+    }
+
+    /// The event's schema version (default 1).
+    pub fn version(mut self, version: u32) -> Self {
+        self.event_version = version;
+        self
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

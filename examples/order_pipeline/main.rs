@@ -1,19 +1,25 @@
 //! The order pipeline: an order service publishes `OrderCreated`; payment, inventory and
 //! notification services consume it and publish their follow-ups. Every hop is traced and
-//! measured by eventscope.
+//! measured by eventscope, and the failure path is eventscope's too: each consumer validates
+//! the events against their JSON Schemas (`examples/schemas/`), skips redeliveries through the
+//! idempotency layer, retries declined payments with backoff and dead-letters what cannot be
+//! processed to `orders.dlq`.
 //!
 //! ```text
-//! cargo run --example order_pipeline                   # 5 orders on the embedded broker, then exit
-//! cargo run --example order_pipeline -- --orders 20
-//! cargo run --example order_pipeline -- --forever      # steady stream, /metrics on 127.0.0.1:9464
-//! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 cargo run --example order_pipeline
+//! F=dedup,schema
+//! cargo run --features $F --example order_pipeline                   # 5 orders on the embedded broker, then exit
+//! cargo run --features $F --example order_pipeline -- --orders 20
+//! cargo run --features $F --example order_pipeline -- --forever      # steady stream, /metrics on 127.0.0.1:9464
+//! cargo run --features $F,redis --example order_pipeline -- --forever --redis redis://127.0.0.1:6379
+//! cargo run --features $F,kafka --example order_pipeline -- --kafka 127.0.0.1:9092 --forever
+//! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 cargo run --features $F --example order_pipeline
 //! ```
 
 mod bus;
 mod envelope;
 mod tree;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,11 +27,14 @@ use std::time::Duration;
 
 use bus::{Bus, Handler, Publisher};
 use envelope::{Envelope, FollowUp, Item, OrderCreated};
-use eventscope::classify::{Classifier, Decision};
+use eventscope::classify::{Classifier, Decision, RetryPolicy};
+use eventscope::dedup::{DedupError, DedupLayer, DedupStore, MemoryStore, Processed};
 use eventscope::memory::MemoryBroker;
-use eventscope::message::{new_id, IncomingMessage};
+use eventscope::message::new_id;
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
+use eventscope::schema::error::{DECODE, SCHEMA, UNKNOWN_SCHEMA};
+use eventscope::schema::{SchemaError, Schemas, ValidateIncomingLayer, ValidateOutgoingLayer};
 use eventscope::scope::MessageScope;
 use eventscope::server::{MetricsServer, DEFAULT_ADDR};
 use eventscope::telemetry::{otlp_configured, OtlpExport, TelemetryBuilder, TelemetryGuard};
@@ -33,15 +42,26 @@ use eventscope::BoxError;
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, ServiceExt};
+use tower::{service_fn, Layer, ServiceExt};
 use tracing::instrument::WithSubscriber;
 use tracing::{Dispatch, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const ORDERS: &str = "orders";
+/// Where the consumers of `orders` dead-letter: the default, `{topic}.dlq`.
 const DEAD_LETTERS: &str = "orders.dlq";
 /// Chaos mode only: a ledger whose consumer meets an entry it cannot handle.
 const LEDGER: &str = "ledger";
+const FOLLOW_UPS: [&str; 3] = ["payments", "inventory", "notifications"];
+
+/// `OrderCreated` v1 and v2 side by side: the services know both, the order service publishes
+/// both.
+const ORDER_CREATED_V1: &str = include_str!("../schemas/order-created.v1.json");
+const ORDER_CREATED_V2: &str = include_str!("../schemas/order-created.v2.json");
+
+/// How long the idempotency layer remembers a processed event: the demo's duplicates arrive
+/// within seconds, and an hour bounds what a long run leaves in Redis.
+const DEDUP_RETENTION: Duration = Duration::from_secs(60 * 60);
 
 struct Args {
     orders: usize,
@@ -49,10 +69,19 @@ struct Args {
     metrics_addr: SocketAddr,
     rate: f64,
     kafka: Option<String>,
+    redis: Option<String>,
+    prefix: String,
+}
+
+impl Args {
+    /// A topic or consumer-group name with the run's `--prefix`.
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
 }
 
 fn usage() -> &'static str {
-    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP]"
+    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP] [--redis URL] [--prefix PREFIX]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +91,8 @@ fn parse_args() -> Result<Args, String> {
         metrics_addr: DEFAULT_ADDR,
         rate: 10.0,
         kafka: None,
+        redis: None,
+        prefix: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +118,8 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--metrics-addr: {e}"))?
             }
             "--kafka" => args.kafka = Some(value("--kafka")?),
+            "--redis" => args.redis = Some(value("--redis")?),
+            "--prefix" => args.prefix = value("--prefix")?,
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -108,12 +141,44 @@ impl std::fmt::Display for PaymentDeclined {
 
 impl std::error::Error for PaymentDeclined {}
 
-/// Names a declined payment for metrics and spans, and retries every failure after a pause:
-/// the consumer and its process layer share this one classifier.
+/// What the services do with a failure (the consumer and its process layer share this one
+/// classifier):
+/// - a declined payment is tried 3 times in all, with backoff, then dead-lettered;
+/// - an event the schema layer refuses (`schema`, `decode`, `unknown_schema`) will never
+///   pass: dead-lettered at once;
+/// - the idempotency layer's `dedup_in_flight` (another delivery of the event is running) and
+///   `dedup_unavailable` (Redis is away) are retried until the store answers: fail closed;
+/// - anything else (a follow-up that could not be published) is retried after a pause.
 fn classifier() -> Classifier {
+    let declined = RetryPolicy::exponential(Duration::from_millis(50))
+        .max_delay(Duration::from_secs(1))
+        .max_attempts(3);
     Classifier::new()
         .on::<PaymentDeclined>("PaymentDeclined")
-        .otherwise(Decision::retry(std::time::Duration::from_millis(100)))
+        .on_with(SchemaError::error_type)
+        .on_with(DedupError::error_type)
+        .on::<serde_json::Error>(DECODE)
+        .decision("PaymentDeclined", declined)
+        .decision(SCHEMA, Decision::DeadLetter)
+        .decision(DECODE, Decision::DeadLetter)
+        .decision(UNKNOWN_SCHEMA, Decision::DeadLetter)
+        .decision(
+            eventscope::dedup::error::IN_FLIGHT,
+            Decision::retry(Duration::from_millis(200)),
+        )
+        .decision(
+            eventscope::dedup::error::UNAVAILABLE,
+            Decision::retry(Duration::from_secs(1)),
+        )
+        .otherwise(Decision::retry(Duration::from_millis(100)))
+}
+
+/// The schemas every service validates against, compiled once.
+fn schemas() -> Result<Schemas, BoxError> {
+    Ok(Schemas::builder()
+        .schema("OrderCreated", 1, ORDER_CREATED_V1)
+        .schema("OrderCreated", 2, ORDER_CREATED_V2)
+        .build()?)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -141,11 +206,6 @@ impl Role {
             Role::Notification => ("notifications", "NotificationSent"),
         }
     }
-
-    /// Payment and notification must not act twice on one event.
-    fn idempotent(self) -> bool {
-        matches!(self, Role::Payment | Role::Notification)
-    }
 }
 
 /// A small xorshift generator: the demo needs dice, not cryptography.
@@ -160,35 +220,12 @@ impl Dice {
     }
 }
 
-/// Event ids a service already handled, bounded.
-#[derive(Default)]
-struct Seen {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl Seen {
-    const KEEP: usize = 100_000;
-
-    fn insert(&mut self, id: &str) {
-        if self.ids.insert(id.to_owned()) {
-            self.order.push_back(id.to_owned());
-            if self.order.len() > Self::KEEP {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 struct Shared<B: Bus> {
     bus: B,
-    metrics: Metrics,
+    args: Arc<Args>,
     chaos: bool,
-    seen: Mutex<HashMap<Role, Seen>>,
-    attempts: Mutex<HashMap<String, u32>>,
     dice: Mutex<Dice>,
+    /// Events each service processed to the end (duplicates and dead letters not counted).
     handled: HashMap<Role, AtomicUsize>,
 }
 
@@ -196,59 +233,17 @@ impl<B: Bus> Shared<B> {
     fn roll(&self) -> f64 {
         self.dice.lock().unwrap().roll()
     }
-
-    /// Records that `role` is done with an event, whatever the outcome.
-    fn finish(&self, role: Role, event_id: &str) {
-        if role.idempotent() {
-            let mut seen = self.seen.lock().unwrap();
-            seen.entry(role).or_default().insert(event_id);
-        }
-        self.attempts.lock().unwrap().remove(event_id);
-        self.handled[&role].fetch_add(1, Ordering::Relaxed);
-    }
 }
 
+/// The event is valid when it gets here: the schema layer refused the others, and the
+/// idempotency layer skipped those already processed.
 async fn handle<B: Bus>(
     role: Role,
     shared: Arc<Shared<B>>,
     publisher: Publisher<B::Record>,
     message: B::Message,
 ) -> Result<(), BoxError> {
-    let (system, topic, group) = (
-        message.system(),
-        message.destination().to_owned(),
-        role.service(),
-    );
-
-    let Ok(order) = serde_json::from_slice::<Envelope<OrderCreated>>(B::payload(&message)) else {
-        shared
-            .metrics
-            .record_invalid(system, &topic, group, "decode");
-        tracing::info!(%topic, "skipping a message that is not an OrderCreated envelope");
-        shared.handled[&role].fetch_add(1, Ordering::Relaxed);
-        return Ok(());
-    };
-    if order.data.items.is_empty() || order.data.items.iter().any(|i| i.quantity == 0) {
-        shared
-            .metrics
-            .record_invalid(system, &topic, group, "schema");
-        tracing::info!(order = %order.data.order_id, "skipping an order without items");
-        shared.finish(role, &order.event_id);
-        return Ok(());
-    }
-    if role.idempotent() {
-        let seen = shared.seen.lock().unwrap();
-        if seen
-            .get(&role)
-            .is_some_and(|s| s.ids.contains(&order.event_id))
-        {
-            drop(seen);
-            shared.metrics.record_duplicate(system, &topic, group);
-            tracing::info!(event = %order.event_id, "duplicate delivery skipped");
-            return Ok(());
-        }
-    }
-
+    let order: Envelope<OrderCreated> = serde_json::from_slice(B::payload(&message))?;
     let work_ms = match role {
         Role::Payment => 2.0 + 8.0 * shared.roll(),
         Role::Inventory => 5.0 + 35.0 * shared.roll(),
@@ -256,32 +251,12 @@ async fn handle<B: Bus>(
     };
     tokio::time::sleep(Duration::from_secs_f64(work_ms / 1e3)).await;
 
+    // Some cards are always declined; the gateway also has bad moments. The consumer retries
+    // (RetryPolicy) and, when the attempts run out, dead-letters the event.
     if role == Role::Payment && shared.chaos {
-        // Some cards are always declined; the gateway also has bad moments.
         let poison = order.data.amount_cents % 37 == 0;
         if poison || shared.roll() < 0.08 {
-            let attempts = {
-                let mut attempts = shared.attempts.lock().unwrap();
-                let n = attempts.entry(order.event_id.clone()).or_default();
-                *n += 1;
-                *n
-            };
-            if attempts < 3 {
-                return Err(PaymentDeclined.into());
-            }
-            let record = shared.bus.record(
-                DEAD_LETTERS,
-                &order.data.customer_id,
-                B::payload(&message).to_vec(),
-                &[("dead-letter-reason", "PaymentDeclined")],
-            );
-            publisher.oneshot(record).await?;
-            shared
-                .metrics
-                .record_dead_letter(system, &topic, group, "PaymentDeclined");
-            tracing::info!(order = %order.data.order_id, "payment declined 3 times, dead-lettered");
-            shared.finish(role, &order.event_id);
-            return Ok(());
+            return Err(PaymentDeclined.into());
         }
     }
 
@@ -300,27 +275,37 @@ async fn handle<B: Bus>(
         },
     );
     let record = shared.bus.record(
-        follow_topic,
+        &shared.args.name(follow_topic),
         &order.data.order_id,
         follow.to_bytes(),
         &[("message-id", &follow.event_id)],
     );
     publisher.oneshot(record).await?;
-    shared.finish(role, &order.event_id);
+    shared.handled[&role].fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
-fn handler<B: Bus>(
+/// What every service stacks around its handler: the idempotency layer outside, the schema
+/// layer inside it (a refused event is dead-lettered, never marked processed).
+struct Reliability<St> {
+    dedup: DedupLayer<St>,
+    validate: ValidateIncomingLayer,
+}
+
+fn handler<B: Bus, St: DedupStore>(
     role: Role,
     shared: &Arc<Shared<B>>,
     publisher: Publisher<B::Record>,
+    layers: &Reliability<St>,
 ) -> Handler<B::Message> {
     let shared = Arc::clone(shared);
     let inner = service_fn(move |message: B::Message| {
         handle(role, shared.clone(), publisher.clone(), message)
     });
-    // The consumer wraps it in its own process layer (its metrics, its classifier).
-    BoxCloneSyncService::new(inner)
+    // The consumer wraps the stack in its own process layer (its metrics, its classifier),
+    // so the layers run inside the `process orders` span.
+    let stack = layers.dedup.layer(layers.validate.layer(inner));
+    BoxCloneSyncService::new(stack.map_response(|_: Processed<()>| ()))
 }
 
 /// One service's telemetry: its subscriber, its tracer provider, and the guard that flushes.
@@ -370,6 +355,7 @@ async fn place_orders<B: Bus>(
     mut stop: watch::Receiver<bool>,
 ) -> usize {
     let raw = shared.bus.raw_publisher();
+    let orders = shared.args.name(ORDERS);
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut placed = 0usize;
     let started = tokio::time::Instant::now();
@@ -384,18 +370,23 @@ async fn place_orders<B: Bus>(
             order_id: format!("order-{placed}"),
             customer_id: customer.clone(),
             amount_cents: 500 + (shared.roll() * 20_000.0) as u64,
+            // Every other order is an OrderCreated v2, with a currency.
+            currency: (placed % 2 == 0).then(|| "EUR".to_owned()),
             items: vec![Item {
                 sku: format!("sku-{}", (shared.roll() * 100.0) as u32),
                 quantity: 1 + (shared.roll() * 3.0) as u32,
             }],
         };
+        // A bug in the order form: an order without items, which the order service's own
+        // schema check refuses to publish.
         if shared.chaos && shared.roll() < 0.02 {
             order.items.clear();
         }
-        let envelope = Envelope::new("OrderCreated", new_id(), None, order);
+        let version = if order.currency.is_some() { 2 } else { 1 };
+        let envelope = Envelope::new("OrderCreated", new_id(), None, order).version(version);
         let record = || {
             shared.bus.record(
-                ORDERS,
+                &orders,
                 &customer,
                 envelope.to_bytes(),
                 &[
@@ -414,20 +405,34 @@ async fn place_orders<B: Bus>(
             .oneshot(record())
             .instrument(span.clone())
             .await;
-        if let Err(e) = sent {
-            tracing::error!(error = %e, "publishing an order failed");
+        match sent {
+            Ok(()) => {}
+            Err(e) if e.is::<SchemaError>() => tracing::warn!(
+                order.id = %envelope.data.order_id,
+                error = %e,
+                "the order service refused to publish an invalid order"
+            ),
+            Err(e) => tracing::error!(error = %e, "publishing an order failed"),
         }
         if shared.chaos {
             // An at-least-once producer sometimes sends the same event twice.
             if shared.roll() < 0.03 {
                 let _ = publisher.clone().oneshot(record()).instrument(span).await;
             }
-            // A legacy client without tracing, with a broken traceparent and a payload of its own.
+            // A legacy client without tracing, with a broken traceparent and payloads of its
+            // own: a line of text (refused as `decode`) or JSON of another shape (`schema`).
             if shared.roll() < 0.02 {
+                let payload = if shared.roll() < 0.5 {
+                    format!("ORDER|{placed}|{customer}")
+                } else {
+                    format!(
+                        r#"{{"eventType":"OrderCreated","eventVersion":1,"order":"legacy-{placed}","customer":"{customer}"}}"#
+                    )
+                };
                 let legacy = shared.bus.record(
-                    ORDERS,
+                    &orders,
                     &customer,
-                    format!("ORDER|{placed}|{customer}").into_bytes(),
+                    payload.into_bytes(),
                     &[("traceparent", "00-legacy-client")],
                 );
                 let _ = raw.clone().oneshot(legacy).await;
@@ -461,8 +466,13 @@ async fn main() -> Result<(), BoxError> {
             std::process::exit(2);
         }
     };
+    let topics: Vec<String> = [ORDERS, DEAD_LETTERS, LEDGER, "ledger.dlq"]
+        .into_iter()
+        .chain(FOLLOW_UPS)
+        .map(|topic| args.name(topic))
+        .collect();
     match args.kafka.clone() {
-        Some(bootstrap) => run_kafka(args, bootstrap).await,
+        Some(bootstrap) => run_kafka(args, bootstrap, &topics).await,
         None => {
             let metrics = Metrics::new();
             // The broker counts what a group never received (none, with the default Overflow).
@@ -470,43 +480,77 @@ async fn main() -> Result<(), BoxError> {
                 .default_partitions(3)
                 .metrics(metrics.clone())
                 .build();
-            for topic in [
-                ORDERS,
-                DEAD_LETTERS,
-                "payments",
-                "inventory",
-                "notifications",
-            ] {
+            for topic in &topics {
                 broker.create_topic(topic, 3)?;
             }
-            run(bus::Memory(broker), args, metrics).await
+            with_store(bus::Memory(broker), args, metrics).await
         }
     }
 }
 
 #[cfg(not(feature = "kafka"))]
-async fn run_kafka(_args: Arc<Args>, _bootstrap: String) -> Result<(), BoxError> {
+async fn run_kafka(
+    _args: Arc<Args>,
+    _bootstrap: String,
+    _topics: &[String],
+) -> Result<(), BoxError> {
     Err("this build has no Kafka support: run with `--features kafka`".into())
 }
 
 #[cfg(feature = "kafka")]
-async fn run_kafka(args: Arc<Args>, bootstrap: String) -> Result<(), BoxError> {
-    let bus = bus::Kafka::connect(
-        &bootstrap,
-        &[
-            ORDERS,
-            DEAD_LETTERS,
-            LEDGER,
-            "payments",
-            "inventory",
-            "notifications",
-        ],
-    )
-    .await?;
-    run(bus, args, Metrics::new()).await
+async fn run_kafka(args: Arc<Args>, bootstrap: String, topics: &[String]) -> Result<(), BoxError> {
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let bus = bus::Kafka::connect(&bootstrap, &topics).await?;
+    with_store(bus, args, Metrics::new()).await
 }
 
-async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), BoxError> {
+/// Runs the pipeline with the idempotency store `--redis` asks for, else in memory.
+async fn with_store<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), BoxError> {
+    match args.redis.clone() {
+        None => {
+            run(
+                bus,
+                args,
+                metrics,
+                MemoryStore::default(),
+                "in memory".into(),
+            )
+            .await
+        }
+        Some(url) => run_redis(bus, args, metrics, url).await,
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn run_redis<B: Bus>(
+    _bus: B,
+    _args: Arc<Args>,
+    _metrics: Metrics,
+    _url: String,
+) -> Result<(), BoxError> {
+    Err("this build has no Redis support: run with `--features redis`".into())
+}
+
+#[cfg(feature = "redis")]
+async fn run_redis<B: Bus>(
+    bus: B,
+    args: Arc<Args>,
+    metrics: Metrics,
+    url: String,
+) -> Result<(), BoxError> {
+    let store = eventscope::dedup::RedisStore::connect(&url)
+        .await
+        .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+    run(bus, args, metrics, store, format!("in Redis at {url}")).await
+}
+
+async fn run<B: Bus, St: DedupStore>(
+    bus: B,
+    args: Arc<Args>,
+    metrics: Metrics,
+    store: St,
+    store_name: String,
+) -> Result<(), BoxError> {
     let collected = tree::Collected::default();
     let server = match MetricsServer::bind(metrics.registry().clone(), args.metrics_addr).await {
         Ok(server) => Some(server),
@@ -528,10 +572,8 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
 
     let shared = Arc::new(Shared {
         bus: bus.clone(),
-        metrics: metrics.clone(),
+        args: Arc::clone(&args),
         chaos: args.forever,
-        seen: Mutex::default(),
-        attempts: Mutex::default(),
         dice: Mutex::new(Dice(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64)),
         handled: Role::ALL
             .iter()
@@ -539,6 +581,10 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
             .collect(),
     });
     println!("eventscope order pipeline on {}", bus.describe());
+    println!(
+        "processed events remembered {store_name}; dead letters go to {}",
+        args.name(DEAD_LETTERS)
+    );
     if let Some(server) = &server {
         println!("metrics:  http://{}/metrics", server.local_addr());
     }
@@ -546,13 +592,18 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
         println!("traces:   exported over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT); open Jaeger at http://localhost:16686");
     }
 
+    let schemas = schemas()?;
+    let layers = Reliability {
+        dedup: DedupLayer::new(store, metrics.clone()).retention(DEDUP_RETENTION),
+        validate: ValidateIncomingLayer::new(schemas.clone(), metrics.clone()),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut guards = Vec::new();
     let mut consumers = Vec::new();
     for role in Role::ALL {
         let service = telemetry(role.service(), &collected)?;
         let publisher = bus.publisher(service.publish_layer(&metrics));
-        let handler = handler(role, &shared, publisher);
+        let handler = handler(role, &shared, publisher, &layers);
         let ServiceTelemetry {
             dispatch,
             guard,
@@ -564,8 +615,8 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
             let _ = stop.wait_for(|s| *s).await;
         });
         let run = bus.consume(
-            role.service(),
-            ORDERS,
+            &args.name(role.service()),
+            &args.name(ORDERS),
             handler,
             &metrics,
             classifier(),
@@ -590,15 +641,15 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
                 }
             }
         }));
-        let record = bus.record(LEDGER, "entry-1", b"unbalanced".to_vec(), &[]);
+        let record = bus.record(&args.name(LEDGER), "entry-1", b"unbalanced".to_vec(), &[]);
         bus.raw_publisher().oneshot(record).await?;
         let mut stop = stop_rx.clone();
         let stop = Box::pin(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
         let run = bus.consume(
-            "ledger-service",
-            LEDGER,
+            &args.name("ledger-service"),
+            &args.name(LEDGER),
             handler,
             &metrics,
             Classifier::new(),
@@ -609,7 +660,10 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
     }
 
     let orders = telemetry("order-service", &collected)?;
-    let order_publisher = bus.publisher(orders.publish_layer(&metrics));
+    // The order service checks its own events against the schemas before they are sent.
+    let order_publisher = BoxCloneSyncService::new(
+        ValidateOutgoingLayer::new(schemas).layer(bus.publisher(orders.publish_layer(&metrics))),
+    );
     let ServiceTelemetry {
         dispatch: order_dispatch,
         guard: order_guard,
@@ -629,7 +683,12 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
     );
 
     if args.forever {
-        println!("placing ~{} orders/s until Ctrl-C (some payments fail, some events repeat, a legacy client sends junk)", args.rate);
+        println!(
+            "placing ~{} orders/s until Ctrl-C: some payments are declined (retried, then \
+             dead-lettered), some events are sent twice (skipped as duplicates), a legacy \
+             client sends payloads the schemas refuse (dead-lettered)",
+            args.rate
+        );
         let every = tokio::time::interval(Duration::from_secs(10));
         tokio::pin!(every);
         let ctrl_c = tokio::signal::ctrl_c();
@@ -705,6 +764,8 @@ async fn run<B: Bus>(bus: B, args: Arc<Args>, metrics: Metrics) -> Result<(), Bo
             l.starts_with("messaging_client_sent_messages_total")
                 || l.starts_with("messaging_client_consumed_messages_total")
                 || l.starts_with("messaging_consumer_dead_lettered_messages_total")
+                || l.starts_with("messaging_consumer_duplicates_total")
+                || l.starts_with("messaging_consumer_invalid_messages_total")
         }) {
             println!("  {line}");
         }

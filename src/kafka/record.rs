@@ -86,6 +86,11 @@ impl OutgoingMessage for KafkaRecord {
         self.payload.as_ref().map(Vec::len)
     }
 
+    /// The payload; empty for a tombstone.
+    fn payload(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or_default()
+    }
+
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         key_attributes(self.key.as_deref(), self.payload.is_none(), attrs);
     }
@@ -394,6 +399,13 @@ mod tests {
         let mut attrs = SpanAttributes::new();
         message.extra_attributes(&mut attrs);
         attrs.drain().collect()
+    }
+
+    #[test]
+    fn outgoing_layers_see_the_payload() {
+        let record = KafkaRecord::new("t", b"{}".to_vec());
+        assert_eq!(OutgoingMessage::payload(&record), b"{}");
+        assert_eq!(OutgoingMessage::payload(&KafkaRecord::tombstone("t")), b"");
     }
 
     #[test]

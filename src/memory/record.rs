@@ -47,6 +47,10 @@ impl OutgoingMessage for MemoryRecord {
     fn body_size(&self) -> Option<usize> {
         Some(self.payload.len())
     }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// Where the broker stored a published record.

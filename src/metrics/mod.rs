@@ -242,7 +242,7 @@ impl Metrics {
     }
 
     /// A message was routed to its dead-letter destination.
-    pub fn record_dead_letter(
+    pub(crate) fn record_dead_letter(
         &self,
         system: &str,
         destination: &str,

@@ -21,7 +21,9 @@
 //!
 //! A refused message never reaches the handler, and counts in
 //! `messaging_consumer_invalid_messages_total` with `reason` = its `error.type`. None of these
-//! failures goes away on a retry: map them to a dead letter in the consumer's classifier.
+//! failures goes away on a retry: map them to a dead letter in the consumer's classifier, named
+//! by their kind with [`Classifier::on_with`](crate::classify::Classifier::on_with) so that the
+//! dead letter's `dlq-error-type` says which (as below).
 //!
 //! [`ValidateOutgoingLayer`] wraps a publisher the same way, so a producer cannot emit an
 //! event its own schema rejects: the error goes back to the caller and nothing is sent. Put
@@ -45,6 +47,7 @@
 //! use eventscope::classify::{Classifier, Decision};
 //! use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 //! use eventscope::metrics::Metrics;
+//! use eventscope::schema::error::{DECODE, SCHEMA, UNKNOWN_SCHEMA};
 //! use eventscope::schema::{SchemaError, Schemas, ValidateIncomingLayer};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
@@ -64,22 +67,27 @@
 //!     broker.publisher().oneshot(MemoryRecord::new("orders", payload)).await?;
 //! }
 //!
-//! // A refused message is settled past (the consumer's dead-letter decision is the better home).
+//! // A refused message is dead-lettered to `orders.dlq`, its kind in `dlq-error-type`.
 //! let classifier = Classifier::new()
-//!     .on::<SchemaError>("schema")
-//!     .decision("schema", Decision::Reject);
+//!     .on_with(SchemaError::error_type)
+//!     .decision(SCHEMA, Decision::DeadLetter)
+//!     .decision(DECODE, Decision::DeadLetter)
+//!     .decision(UNKNOWN_SCHEMA, Decision::DeadLetter);
 //! let consumer = broker
 //!     .consumer("billing")
 //!     .subscribe(["orders"])
 //!     .metrics(metrics.clone())
-//!     .classify_errors(classifier);
+//!     .classify_errors(classifier)
+//!     .dead_letter(broker.publisher());
 //! let validate = ValidateIncomingLayer::new(schemas, metrics.clone());
 //! let handler = validate.layer(service_fn(
 //!     |_m: MemoryMessage| async { Ok::<_, std::io::Error>(()) },
 //! ));
 //! consumer.run(handler, tokio::time::sleep(std::time::Duration::from_millis(200))).await?;
 //!
-//! assert!(metrics.encode().contains(r#"reason="decode""#));
+//! let text = metrics.encode();
+//! assert!(text.contains(r#"reason="decode""#));
+//! assert!(text.contains(r#"messaging_consumer_dead_lettered_messages_total{error_type="decode""#));
 //! # Ok(())
 //! # }
 //! ```

@@ -94,7 +94,7 @@ pub fn demo_binary() -> std::path::PathBuf {
     let demo = debug.join("examples").join("order_pipeline");
     assert!(
         demo.exists(),
-        "{} is missing: build it with `cargo build --example order_pipeline` (cargo test does)",
+        "{} is missing: build it with `cargo build --features dedup,schema --example order_pipeline` (cargo test does)",
         demo.display()
     );
     demo
