@@ -91,6 +91,10 @@ impl HeadersMut for Msg {
         self.headers.set_static_header(name, value);
     }
 
+    fn append_static_header(&mut self, name: &'static str, value: &str) {
+        self.headers.append_static_header(name, value);
+    }
+
     fn remove_header(&mut self, name: &str) {
         self.headers.remove(name);
     }

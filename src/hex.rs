@@ -46,32 +46,37 @@ pub(crate) fn encode_u8(byte: u8) -> [u8; 2] {
 }
 
 /// The value of eight lower-case hex digits; `None` when any byte is not one.
-#[inline]
-pub(crate) fn decode_u32(digits: [u8; 8]) -> Option<u32> {
+#[cfg(test)]
+fn decode_u32(digits: [u8; 8]) -> Option<u32> {
+    let (value, bad) = decode_word(digits);
+    (bad == 0).then_some(value)
+}
+
+/// The value of eight hex digits and a mask that is non-zero when any byte is not a lower-case
+/// hex digit (the value is then meaningless). A caller decoding several words ORs the masks and
+/// checks once.
+#[inline(always)]
+pub(crate) fn decode_word(digits: [u8; 8]) -> (u32, u64) {
     let v = u64::from_be_bytes(digits);
-    if v & HIGH_BITS != 0 {
-        return None;
-    }
-    // Every byte is below 0x80, so adding at most 0x7f to each cannot carry into the next:
-    // the high bit of `byte + (0x80 - lo)` says `byte >= lo`.
-    let at_least = |lo: u8| v + ONES * u64::from(0x80 - lo);
-    let digit = at_least(b'0') & !at_least(b'9' + 1) & HIGH_BITS;
+    // For bytes below 0x80, adding at most 0x7f to each cannot carry into the next: the high
+    // bit of `byte + (0x80 - lo)` says `byte >= lo`. A byte of 0x80 or more is flagged by `v`
+    // itself, and whatever its carries did to the other bytes no longer matters.
+    let at_least = |lo: u8| v.wrapping_add(ONES * u64::from(0x80 - lo));
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
     let letter = at_least(b'a') & !at_least(b'f' + 1) & HIGH_BITS;
-    if digit | letter != HIGH_BITS {
-        return None;
-    }
+    let bad = (v | !(digit | letter)) & HIGH_BITS;
     // `'0'..='9'` and `'a'..='f'` end in their value and their value minus 9.
     let mut n = (v & (ONES * 0x0f)) + (letter >> 7) * 9;
     // Gather the nibbles: byte pairs, then pairs of pairs, then the two halves.
     n = (n | (n >> 4)) & 0x00ff_00ff_00ff_00ff;
     n = (n | (n >> 8)) & 0x0000_ffff_0000_ffff;
     n = (n | (n >> 16)) & 0x0000_0000_ffff_ffff;
-    Some(n as u32)
+    (n as u32, bad)
 }
 
 /// The value of sixteen lower-case hex digits.
-#[inline]
-pub(crate) fn decode_u64(digits: &[u8; 16]) -> Option<u64> {
+#[cfg(test)]
+fn decode_u64(digits: &[u8; 16]) -> Option<u64> {
     let (high, low) = digits.split_at(8);
     let high = decode_u32(high.try_into().ok()?)?;
     let low = decode_u32(low.try_into().ok()?)?;

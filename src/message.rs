@@ -377,8 +377,11 @@ impl HeaderList {
     }
 
     fn append(&mut self, name: Cow<'static, str>, value: Value) {
-        // Publishing adds a handful of headers: grow once, not header by header.
-        if self.0.capacity() == self.0.len() {
+        // Publishing adds a handful of headers: grow once, not header by header (and an empty
+        // list by a plain allocation, cheaper than the general growth path).
+        if self.0.capacity() == 0 {
+            self.0 = Vec::with_capacity(4);
+        } else if self.0.capacity() == self.0.len() {
             self.0.reserve(4);
         }
         self.0.push((name, value));

@@ -213,7 +213,17 @@ impl<'a> IdScan<'a> {
             id
         };
         let correlation = check(self.correlation);
-        let message_id = match check(self.message) {
+        // The first message of a flow carries its own id as correlation id: checked once.
+        let same = match (self.correlation, self.message) {
+            (Some(c), Some(m)) => crate::text::same(c, m),
+            _ => false,
+        };
+        let header_id = if same {
+            correlation
+        } else {
+            check(self.message)
+        };
+        let message_id = match header_id {
             Some(id) => Some(Cow::Borrowed(id)),
             None => match message.message_id() {
                 Some(id) if id_ok(&id) => Some(id),

@@ -124,6 +124,44 @@ pub(crate) fn for_words(bytes: &[u8], mut f: impl FnMut(u64)) {
     }
 }
 
+/// `a == b` for the short texts compared per message (a memo's labels, a message's two ids),
+/// inline and a word at a time: the slice compare calls `memcmp`, which costs more than the
+/// compare itself at these lengths.
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    let u64_at = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let u32_at = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map(u32::from_ne_bytes)
+    };
+    match len {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        // Two words that overlap cover every byte.
+        4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, len - 4) == u32_at(b, len - 4),
+        _ => {
+            let mut at = 0;
+            while at + 8 <= len {
+                if u64_at(a, at) != u64_at(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            at == len || u64_at(a, len - 8) == u64_at(b, len - 8)
+        }
+    }
+}
+
 /// `bytes`, which the caller wrote and knows to be ASCII (hex digits and dashes), as text.
 #[inline]
 pub(crate) fn ascii(bytes: &[u8]) -> &str {

@@ -549,8 +549,8 @@ impl<T> Memo<T> {
             if last.generation == generation
                 && last.partition == partition
                 && std::ptr::eq(last.system, system)
-                && same_text(&last.destination, destination)
-                && same_text(&last.group, group)
+                && crate::text::same(last.destination.as_bytes(), destination.as_bytes())
+                && crate::text::same(last.group.as_bytes(), group.as_bytes())
             {
                 return Arc::clone(&last.value);
             }
@@ -565,46 +565,6 @@ impl<T> Memo<T> {
             value: Arc::clone(&value),
         });
         value
-    }
-}
-
-/// `a == b` for the short label texts a memo compares on every message, inline and a word at
-/// a time (the slice compare calls `memcmp`, which costs more than the compare for a topic
-/// name).
-#[inline]
-fn same_text(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let len = a.len();
-    if len != b.len() {
-        return false;
-    }
-    // Words at `at`, of both; always in bounds where called.
-    let u64_at = |bytes: &[u8], at: usize| {
-        bytes
-            .get(at..at + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map(u64::from_ne_bytes)
-    };
-    let u32_at = |bytes: &[u8], at: usize| {
-        bytes
-            .get(at..at + 4)
-            .and_then(|w| <[u8; 4]>::try_from(w).ok())
-            .map(u32::from_ne_bytes)
-    };
-    match len {
-        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
-        // Two words that overlap cover every byte.
-        4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, len - 4) == u32_at(b, len - 4),
-        _ => {
-            let mut at = 0;
-            while at + 8 <= len {
-                if u64_at(a, at) != u64_at(b, at) {
-                    return false;
-                }
-                at += 8;
-            }
-            at == len || u64_at(a, len - 8) == u64_at(b, len - 8)
-        }
     }
 }
 
@@ -747,7 +707,11 @@ mod tests {
         ];
         for a in texts {
             for b in texts {
-                assert_eq!(super::same_text(a, b), a == b, "{a:?} {b:?}");
+                assert_eq!(
+                    crate::text::same(a.as_bytes(), b.as_bytes()),
+                    a == b,
+                    "{a:?} {b:?}"
+                );
             }
         }
     }
