@@ -301,11 +301,7 @@ impl ActiveSpan {
         let Some(span) = self.recording_span() else {
             return;
         };
-        let mut name = String::with_capacity(start.operation.len() + 1 + start.destination.len());
-        name.push_str(start.operation);
-        name.push(' ');
-        name.push_str(start.destination);
-        span.update_name(name);
+        span.update_name(start.name());
         let mut attributes = SpanAttributes::new();
         start.recording_attributes(&mut attributes);
         extra(&mut attributes);
@@ -449,6 +445,34 @@ pub(crate) fn partition_id(partition: i32) -> StringValue {
     }
 }
 
+/// Span names (`send orders`) made once and kept for the life of the process, so a recording
+/// span's name is not an allocation of its own. Bounded: past [`MAX_KEPT_NAMES`] names (far
+/// more than the destination labels the metrics admit) each span formats its own again.
+static NAMES: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> =
+    std::sync::Mutex::new(None);
+const MAX_KEPT_NAMES: usize = 4096;
+
+/// `{operation} {destination}`, kept (see `NAMES`); `None` once the bound is reached.
+fn kept_name(operation: &str, destination: &str) -> Option<&'static str> {
+    use crate::sync::Recover;
+    let name = format!("{operation} {destination}");
+    let mut names = NAMES.locked();
+    let names = names.get_or_insert_with(Default::default);
+    if let Some(kept) = names.get(name.as_str()) {
+        return Some(kept);
+    }
+    if names.len() >= MAX_KEPT_NAMES {
+        return None;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(kept);
+    Some(kept)
+}
+
+/// Where a layer keeps the name of its spans for one destination (in its memoised metric
+/// handles): filled on the first recording span.
+pub(crate) type NameSlot = std::sync::OnceLock<Option<&'static str>>;
+
 /// What a messaging span starts with.
 pub(crate) struct SpanStart<'a> {
     pub(crate) operation: &'static str,
@@ -466,9 +490,26 @@ pub(crate) struct SpanStart<'a> {
     /// The metric handles' group label, shared as the attribute value when it is the group.
     pub(crate) group_label: Option<&'a Arc<str>>,
     pub(crate) batch_size: Option<usize>,
+    /// The kept name of `{operation} {destination}`, shared by the spans of one destination
+    /// label (used only when the label is the destination, not the bound's `_other`).
+    pub(crate) name_slot: Option<&'a NameSlot>,
 }
 
 impl SpanStart<'_> {
+    /// The span's name, `{operation} {destination}`: the kept one when there is one.
+    fn name(&self) -> Cow<'static, str> {
+        let kept = match (self.name_slot, self.label) {
+            (Some(slot), Some(label)) if **label == *self.destination => {
+                *slot.get_or_init(|| kept_name(self.operation, self.destination))
+            }
+            _ => None,
+        };
+        match kept {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(format!("{} {}", self.operation, self.destination)),
+        }
+    }
+
     /// What samplers may look at (SPEC §3).
     fn sampler_attributes(&self) -> Vec<KeyValue> {
         // The SDK keeps this vector as the span's attributes: room for the ones `describe` adds
@@ -507,11 +548,21 @@ impl SpanStart<'_> {
                 label_or_copy(self.group_label, group),
             );
         }
-        if let Some(id) = self.message_id {
-            attributes.string(semconv::MESSAGING_MESSAGE_ID, id);
-        }
-        if let Some(id) = self.conversation_id {
-            attributes.string(semconv::MESSAGING_MESSAGE_CONVERSATION_ID, id);
+        match (self.message_id, self.conversation_id) {
+            // The first message of a flow: its id is the flow's, one shared copy for both.
+            (Some(id), Some(flow)) if crate::text::same(id.as_bytes(), flow.as_bytes()) => {
+                let shared = StringValue::from(Arc::<str>::from(id));
+                attributes.value(semconv::MESSAGING_MESSAGE_ID, shared.clone());
+                attributes.value(semconv::MESSAGING_MESSAGE_CONVERSATION_ID, shared);
+            }
+            (id, flow) => {
+                if let Some(id) = id {
+                    attributes.string(semconv::MESSAGING_MESSAGE_ID, id);
+                }
+                if let Some(flow) = flow {
+                    attributes.string(semconv::MESSAGING_MESSAGE_CONVERSATION_ID, flow);
+                }
+            }
         }
         if let Some(size) = self.body_size {
             attributes.int(semconv::MESSAGING_MESSAGE_BODY_SIZE, size as i64);

@@ -61,6 +61,7 @@ impl Core {
             group: Some(&self.group),
             group_label: None,
             batch_size: None,
+            name_slot: None,
         };
         let span = opentelemetry::Context::map_current(|parent| {
             self.spans.tracer.start_at(&start, parent, started)

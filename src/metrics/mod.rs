@@ -406,6 +406,7 @@ impl Metrics {
                 .with_label_values(&[system, destination, ""]),
             durations: inner.families.operation_duration.clone(),
             sent: inner.families.sent.clone(),
+            span_name: crate::span::NameSlot::new(),
         };
         if let Some(hit) = inner.publishers.get(&[system, destination], 0) {
             return hit;
@@ -441,6 +442,7 @@ impl Metrics {
                     .process_duration
                     .with_label_values(&[system, &label, group, ""]),
                 durations: f.process_duration.clone(),
+                span_name: crate::span::NameSlot::new(),
             }
         })
     }
@@ -589,6 +591,8 @@ pub(crate) struct PublishInstruments {
     /// handle of the whole `Metrics`).
     durations: HistogramVec,
     sent: IntCounterVec,
+    /// The `send` spans' name for this destination, kept by the span module.
+    pub(crate) span_name: crate::span::NameSlot,
 }
 
 impl PublishInstruments {
@@ -616,6 +620,8 @@ pub(crate) struct ConsumerInstruments {
     pub(crate) ok_duration: Histogram,
     /// The family, for a failure's `error_type` child.
     durations: HistogramVec,
+    /// The `process` spans' name for this destination, kept by the span module.
+    pub(crate) span_name: crate::span::NameSlot,
 }
 
 impl ConsumerInstruments {

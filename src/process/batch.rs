@@ -158,6 +158,7 @@ where
             group: first.consumer_group(),
             group_label: Some(&instruments.group),
             batch_size: Some(batch.len()),
+            name_slot: Some(&instruments.span_name),
         };
         let mut span =
             opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));

@@ -101,6 +101,7 @@ where
             group: message.consumer_group(),
             group_label: Some(&instruments.group),
             batch_size: None,
+            name_slot: Some(&instruments.span_name),
         };
         let mut span = start_process(
             &config.tracer,

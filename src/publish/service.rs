@@ -144,15 +144,22 @@ where
             group: None,
             group_label: None,
             batch_size: None,
+            name_slot: Some(&instruments.span_name),
         };
         let span =
             opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
         if span.is_recording() {
-            let message_id = message.message_id();
+            // The ids as written above, found in one pass (a protocol with a native id field
+            // is asked for it).
+            let written = IdHeaders::of(&message);
+            let message_id = match written.message_id.and_then(crate::text::utf8) {
+                Some(id) => Some(Cow::Borrowed(id)),
+                None => message.message_id(),
+            };
             span.describe(
                 &SpanStart {
                     message_id: message_id.as_deref(),
-                    conversation_id: message.header_str(header::CORRELATION_ID),
+                    conversation_id: written.correlation.and_then(crate::text::utf8),
                     ..start
                 },
                 |attributes| message.extra_attributes(attributes),
@@ -173,10 +180,11 @@ where
     }
 }
 
-/// The first `correlation-id` header, and how many of it, of `message-id`, of `causation-id`
-/// and of the W3C trace headers a message carries.
+/// The first `correlation-id` and `message-id` headers, and how many of them, of
+/// `causation-id` and of the W3C trace headers a message carries.
 struct IdHeaders<'a> {
     correlation: Option<&'a [u8]>,
+    message_id: Option<&'a [u8]>,
     counts: Counts,
 }
 
@@ -192,6 +200,7 @@ impl<'a> IdHeaders<'a> {
     fn of<H: Headers + ?Sized>(headers: &'a H) -> Self {
         let mut ids = Self {
             correlation: None,
+            message_id: None,
             counts: Counts::default(),
         };
         for (key, value) in headers.headers() {
@@ -200,7 +209,10 @@ impl<'a> IdHeaders<'a> {
                     ids.correlation.get_or_insert(value);
                     ids.counts.correlations += 1;
                 }
-                Some(Known::MessageId) => ids.counts.message_ids += 1,
+                Some(Known::MessageId) => {
+                    ids.message_id.get_or_insert(value);
+                    ids.counts.message_ids += 1;
+                }
                 Some(Known::CausationId) => ids.counts.causations += 1,
                 Some(Known::Traceparent | Known::Tracestate) => ids.counts.trace_headers += 1,
                 Some(Known::Baggage) | None => {}
