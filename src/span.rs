@@ -499,7 +499,9 @@ impl SpanStart<'_> {
     /// The span's name, `{operation} {destination}`: the kept one when there is one.
     fn name(&self) -> Cow<'static, str> {
         let kept = match (self.name_slot, self.label) {
-            (Some(slot), Some(label)) if **label == *self.destination => {
+            (Some(slot), Some(label))
+                if crate::text::same(label.as_bytes(), self.destination.as_bytes()) =>
+            {
                 *slot.get_or_init(|| kept_name(self.operation, self.destination))
             }
             _ => None,
@@ -577,7 +579,9 @@ impl SpanStart<'_> {
 /// (not the cardinality bound's `_other`), else a copy.
 fn label_or_copy(label: Option<&Arc<str>>, text: &str) -> StringValue {
     match label {
-        Some(label) if **label == *text => StringValue::from(Arc::clone(label)),
+        Some(label) if crate::text::same(label.as_bytes(), text.as_bytes()) => {
+            StringValue::from(Arc::clone(label))
+        }
         _ => StringValue::from(text.to_owned()),
     }
 }
