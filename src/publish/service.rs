@@ -80,7 +80,12 @@ where
             causations,
             trace_headers,
         } = ids.counts;
-        let usable_message_id = message.message_id().is_some_and(|id| id_ok(&id));
+        // A `message-id` header comes first (SPEC §2); only without one is the message asked
+        // (a protocol's native id).
+        let usable_message_id = match ids.message_id {
+            Some(header) => usable_id(header).is_some(),
+            None => message.message_id().is_some_and(|id| id_ok(&id)),
+        };
         let new_message_id = if !usable_message_id {
             let id = generated.new_id();
             message.set_message_id(id);
