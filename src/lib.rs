@@ -55,6 +55,7 @@
 //! | `otlp` | yes | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
 //! | `server` | yes | [`server`]: a `/metrics` HTTP endpoint |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
+//! | `nats` | no | `nats`: core NATS and JetStream publishers, consumers and lag for `async-nats` 0.52 (re-exported as `nats::async_nats`; needs Rust 1.89) |
 //!
 //! # Supported Rust versions
 //!
@@ -120,6 +121,8 @@ impl<P> SharedTracerProvider for P where
 pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

@@ -54,6 +54,10 @@ pub mod name {
     pub const DROPPED_MESSAGES: &str = "messaging_consumer_dropped_messages_total";
     /// 1 while a partition is stopped at a failed message.
     pub const PARTITION_STOPPED: &str = "messaging_consumer_partition_stopped";
+    /// Delivered but not yet settled, as the broker counts them.
+    pub const UNACKED_MESSAGES: &str = "messaging_consumer_unacked_messages";
+    /// A consumer's connection re-established after it was lost.
+    pub const RECONNECTS: &str = "messaging_consumer_reconnects_total";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
 }
@@ -212,6 +216,20 @@ pub(super) const PARTITION_STOPPED: MetricFamily = MetricFamily {
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
+/// Unacked messages.
+pub(super) const UNACKED_MESSAGES: MetricFamily = MetricFamily {
+    name: name::UNACKED_MESSAGES,
+    help: "Messages delivered to the consumer but not yet settled, as the broker counts them (JetStream num_ack_pending).",
+    kind: Gauge,
+    labels: SYS_DEST_GROUP,
+};
+/// Reconnects.
+pub(super) const RECONNECTS: MetricFamily = MetricFamily {
+    name: name::RECONNECTS,
+    help: "Times a consumer's broker connection was re-established after it was lost; the consumer resumed by itself.",
+    kind: Counter,
+    labels: &[SYSTEM, GROUP],
+};
 /// Invalid trace context.
 pub(super) const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
@@ -238,5 +256,7 @@ pub const CATALOGUE: &[MetricFamily] = &[
     REBALANCES,
     DROPPED_MESSAGES,
     PARTITION_STOPPED,
+    UNACKED_MESSAGES,
+    RECONNECTS,
     TRACE_CONTEXT_INVALID,
 ];

@@ -84,6 +84,8 @@ struct Families {
     rebalances: IntCounterVec,
     dropped: IntCounterVec,
     partition_stopped: IntGaugeVec,
+    unacked: IntGaugeVec,
+    reconnects: IntCounterVec,
     trace_invalid: IntCounterVec,
 }
 
@@ -198,6 +200,8 @@ impl Families {
             rebalances: counter(registry, c::REBALANCES)?,
             dropped: counter(registry, c::DROPPED_MESSAGES)?,
             partition_stopped: int_gauge(registry, c::PARTITION_STOPPED)?,
+            unacked: int_gauge(registry, c::UNACKED_MESSAGES)?,
+            reconnects: counter(registry, c::RECONNECTS)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
         })
     }
@@ -353,6 +357,38 @@ impl Metrics {
             // Absent series are fine: removal is idempotent for the caller.
             let _ = gauge.remove_label_values(&values);
         }
+    }
+
+    /// Messages of `destination` delivered to `group` and not yet settled, as the broker counts
+    /// them.
+    pub(crate) fn record_unacked(&self, system: &str, destination: &str, group: &str, count: i64) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .unacked
+            .with_label_values(&[system, &destination, group])
+            .set(count.max(0));
+    }
+
+    /// Removes the unacked series of a destination (its consumer returned).
+    pub(crate) fn remove_unacked(&self, system: &str, destination: &str, group: &str) {
+        let destination = self.inner.destinations.admit(destination);
+        // Absent series are fine: removal is idempotent for the caller.
+        let _ = self
+            .inner
+            .families
+            .unacked
+            .remove_label_values(&[system, &destination, group]);
+    }
+
+    /// `count` reconnects of a consumer's connection (0 creates the series, so a dashboard
+    /// shows that none happened).
+    pub(crate) fn record_reconnects(&self, system: &str, group: &str, count: u64) {
+        self.inner
+            .families
+            .reconnects
+            .with_label_values(&[system, group])
+            .inc_by(count);
     }
 
     /// An incoming trace context was unusable.
