@@ -9,6 +9,9 @@
 //! expires. The task only touches the messages in flight (at most `max_concurrency` of them);
 //! a handler that never returns would be kept for ever, which
 //! [`max_in_progress`](super::JetStreamConsumer::max_in_progress) bounds.
+//!
+//! When the consumer is gone (shut down past its drain deadline, or dropped), the messages
+//! still armed are handed back at once (`-NAK`) rather than after their `ack_wait`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,11 +24,14 @@ use tokio::time::Instant;
 
 use crate::sync::Recover;
 
-/// The armed messages and the task that keeps them; the task stops when this is dropped.
+/// The messages in flight and the task that keeps them in progress; the task stops when this
+/// is dropped, and what is still in flight is handed back.
 #[derive(Debug)]
 pub(crate) struct Progress {
     armed: Arc<Mutex<HashMap<u64, Armed>>>,
-    task: tokio::task::JoinHandle<()>,
+    /// `None` when in-progress replies are off.
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: async_nats::Client,
 }
 
 #[derive(Debug)]
@@ -37,15 +43,20 @@ struct Armed {
 
 impl Progress {
     /// Keeps messages of a consumer with `ack_wait`, each for at most `limit` (`None`: for as
-    /// long as its handler runs).
+    /// long as its handler runs; zero: never).
     pub(crate) fn start(
         client: async_nats::Client,
         ack_wait: Duration,
         limit: Option<Duration>,
     ) -> Self {
         let armed: Arc<Mutex<HashMap<u64, Armed>>> = Arc::default();
-        let task = tokio::spawn(keep(client, Arc::clone(&armed), ack_wait, limit));
-        Self { armed, task }
+        let task = (limit != Some(Duration::ZERO))
+            .then(|| tokio::spawn(keep(client.clone(), Arc::clone(&armed), ack_wait, limit)));
+        Self {
+            armed,
+            task,
+            client,
+        }
     }
 
     /// A handler is about to get the delivery `key` whose ack subject is `subject`.
@@ -69,7 +80,28 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        let back: Vec<Subject> = self
+            .armed
+            .locked()
+            .drain()
+            .map(|(_, armed)| armed.subject)
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        let client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for subject in back {
+                    let _ = client
+                        .publish(subject, Bytes::from(AckKind::Nak(None)))
+                        .await;
+                }
+            });
+        }
     }
 }
 

@@ -201,10 +201,11 @@ impl Adapter for JetStreamSubscription {
                 interval: self.lag_interval,
             }),
         );
-        let progress = match self.max_in_progress {
-            Some(limit) if limit.is_zero() => None,
-            limit => Some(Arc::new(Progress::start(client.clone(), ack_wait, limit))),
-        };
+        let progress = Arc::new(Progress::start(
+            client.clone(),
+            ack_wait,
+            self.max_in_progress,
+        ));
         let stop = Arc::new(Stop::default());
         Ok(Unordered {
             source: JetStreamSource {
@@ -244,7 +245,7 @@ pub struct JetStreamSource {
     messages: Option<PullStream>,
     origin: Arc<Origin>,
     stop: Arc<Stop>,
-    progress: Option<Arc<Progress>>,
+    progress: Arc<Progress>,
     client: async_nats::Client,
     _monitor: Monitor,
 }
@@ -271,9 +272,8 @@ impl UnorderedSource for JetStreamSource {
             let error = match next {
                 Some(Ok(message)) => {
                     let message = JetStreamMessage::new(message.message, Arc::clone(&self.origin));
-                    if let (Some(progress), Some(subject)) = (&self.progress, message.ack_subject())
-                    {
-                        progress.arm(message.consumer_sequence(), subject);
+                    if let Some(subject) = message.ack_subject() {
+                        self.progress.arm(message.consumer_sequence(), subject);
                     }
                     return Some(Ok(message));
                 }
@@ -341,7 +341,7 @@ impl Drop for JetStreamSource {
 /// Acks, naks and terms JetStream messages.
 pub struct JetStreamSettler {
     client: async_nats::Client,
-    progress: Option<Arc<Progress>>,
+    progress: Arc<Progress>,
     stop: Arc<Stop>,
 }
 
@@ -364,9 +364,7 @@ pub(crate) fn ack_kind(decision: Decision) -> AckKind {
 
 impl UnorderedSettler<JetStreamMessage> for JetStreamSettler {
     async fn settle(&self, message: &JetStreamMessage, decision: Decision) -> Result<(), BoxError> {
-        if let Some(progress) = &self.progress {
-            progress.disarm(message.consumer_sequence());
-        }
+        self.progress.disarm(message.consumer_sequence());
         if decision == Decision::Stop {
             self.stop.raise();
         }
