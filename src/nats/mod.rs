@@ -56,6 +56,12 @@
 //! such headers from any publisher. The client reconnects at once. On core NATS the message is
 //! lost; on JetStream it is delivered again every `ack_wait` and drops the connection each
 //! time, until the consumer's `max_deliver` is used up; [`consumer_config`] bounds it at ten.
+//! Whatever the client read together with it is lost with it each time, so messages pulled in
+//! the same batch share its fate and may use up their deliveries too: where publishers you do
+//! not control write to a stream, pull one message at a time
+//! ([`pull_batch(1)`](JetStreamConsumer::pull_batch)), which keeps its neighbours apart.
+//! JetStream itself refuses header blocks over 64 KiB (error 10097, a publish error of kind
+//! `Other`); core NATS carries headers up to `max_payload`.
 //! What eventscope shows of it: the reconnects (`messaging_consumer_reconnects_total` and a
 //! warning each time) and a lag that does not shrink while it lasts. Everything the client
 //! does deliver is read without a panic: an unusable trace header gives a fresh root and
