@@ -49,10 +49,11 @@ struct Args {
     metrics_addr: SocketAddr,
     rate: f64,
     kafka: Option<String>,
+    nats: Option<String>,
 }
 
 fn usage() -> &'static str {
-    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP]"
+    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP] [--nats URL]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         metrics_addr: DEFAULT_ADDR,
         rate: 10.0,
         kafka: None,
+        nats: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--metrics-addr: {e}"))?
             }
             "--kafka" => args.kafka = Some(value("--kafka")?),
+            "--nats" => args.nats = Some(value("--nats")?),
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -461,6 +464,9 @@ async fn main() -> Result<(), BoxError> {
             std::process::exit(2);
         }
     };
+    if let Some(url) = args.nats.clone() {
+        return run_nats(args, url).await;
+    }
     match args.kafka.clone() {
         Some(bootstrap) => run_kafka(args, bootstrap).await,
         None => {
@@ -493,6 +499,29 @@ async fn run_kafka(_args: Arc<Args>, _bootstrap: String) -> Result<(), BoxError>
 async fn run_kafka(args: Arc<Args>, bootstrap: String) -> Result<(), BoxError> {
     let bus = bus::Kafka::connect(
         &bootstrap,
+        &[
+            ORDERS,
+            DEAD_LETTERS,
+            LEDGER,
+            "payments",
+            "inventory",
+            "notifications",
+        ],
+    )
+    .await?;
+    run(bus, args, Metrics::new()).await
+}
+
+#[cfg(not(feature = "nats"))]
+async fn run_nats(_args: Arc<Args>, _url: String) -> Result<(), BoxError> {
+    Err("this build has no NATS support: run with `--features nats`".into())
+}
+
+/// The same flow on JetStream (`--nats nats://127.0.0.1:4222`): a stream per topic.
+#[cfg(feature = "nats")]
+async fn run_nats(args: Arc<Args>, url: String) -> Result<(), BoxError> {
+    let bus = bus::Nats::connect(
+        &url,
         &[
             ORDERS,
             DEAD_LETTERS,
