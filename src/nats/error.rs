@@ -162,7 +162,7 @@ impl ClassifyError<PublishError> for NatsErrorClassifier {
     }
 }
 
-/// Why [`JetStreamConsumer::new`](super::JetStreamConsumer::new) refused a pull consumer.
+/// Why `JetStreamConsumer::new` refused a pull consumer (see [`JetStreamConsumer`](crate::nats::JetStreamConsumer)).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ConfigError {
