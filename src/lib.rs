@@ -60,7 +60,8 @@
 //! # Supported Rust versions
 //!
 //! eventscope is built and tested with the latest stable Rust; the minimum supported version is
-//! the `rust-version` in `Cargo.toml` (1.85). Raising it is a minor-version change.
+//! the `rust-version` in `Cargo.toml` (1.85); the `nats` feature needs 1.89 (async-nats 0.52's
+//! own minimum). Raising it is a minor-version change.
 
 #![warn(
     missing_docs,
