@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Environment: `BENCH_MESSAGES` (default 20 000), `BENCH_REPS` (default 5), `BENCH_WINDOW`
-//! (acknowledgements in flight while publishing, default 256), `EVENTSCOPE_NATS_URL`. Messages
+//! (acknowledgements in flight while publishing, default 256), `BENCH_CONCURRENCY` (handlers,
+//! default 16), `BENCH_PULL_BATCH` (default: the consumer's own), `BENCH_RUNTIME=current` (a
+//! current-thread runtime instead of the multi-thread one), `EVENTSCOPE_NATS_URL`. Messages
 //! are 256 bytes, in memory streams (the disk of a shared machine only adds noise). Each
 //! repetition publishes into a fresh stream per side, the order of the sides rotating, then
 //! consumes the wrapped side's stream (which carries the headers the layer writes) with a fresh
@@ -19,6 +21,9 @@
 //! - adapter publish: `JetStreamPublisher` (`ready` + `call`), the same window;
 //! - wrapped publish: `publish_layer` over it, with an SDK tracer provider that samples nothing
 //!   (ids, trace context and metrics are written, no span is recorded);
+//! - adapter+headers publish: the adapter sending the three headers the layer writes (a
+//!   `Nats-Msg-Id`, a `correlation-id`, a `traceparent`), without the layer: what carrying them
+//!   costs the client and the server;
 //! - raw consume: `PullConsumer::messages()` (200 per pull), `ack()` after each message;
 //! - adapter consume: `JetStreamConsumer::run` without the process layer (16 handlers, its
 //!   default pull of twice that);
@@ -78,9 +83,12 @@ enum Side {
     Raw,
     Adapter,
     Wrapped,
+    /// Publishing only: the adapter sending the three headers the layer writes (two ids and
+    /// `traceparent`), without the layer.
+    AdapterHeaders,
 }
 
-const SIDES: [Side; 3] = [Side::Raw, Side::Adapter, Side::Wrapped];
+const SIDES: [Side; 4] = [Side::Raw, Side::Adapter, Side::Wrapped, Side::AdapterHeaders];
 
 impl Bench {
     async fn stream(&self) -> (String, String) {
@@ -130,6 +138,10 @@ impl Bench {
                     .layer(JetStreamPublisher::new(self.js.clone()));
                 self.publish_through(publisher, subject).await;
             }
+            Side::AdapterHeaders => {
+                let publisher = JetStreamPublisher::new(self.js.clone());
+                self.publish_through_with_headers(publisher, subject).await;
+            }
         }
         self.n as f64 / start.elapsed().as_secs_f64()
     }
@@ -145,6 +157,28 @@ impl Bench {
                 acks.next().await.unwrap().expect("acknowledged");
             }
             let record = NatsRecord::new(subject.to_owned(), self.payload.clone());
+            acks.push(publisher.ready().await.expect("ready").call(record));
+        }
+        while let Some(ack) = acks.next().await {
+            ack.expect("acknowledged");
+        }
+    }
+
+    async fn publish_through_with_headers(&self, mut publisher: JetStreamPublisher, subject: &str) {
+        let mut acks = FuturesUnordered::new();
+        for i in 0..self.n {
+            if acks.len() >= self.window {
+                let ack: Result<_, es_nats::PublishError> = acks.next().await.unwrap();
+                ack.expect("acknowledged");
+            }
+            let id = uuid::Uuid::now_v7().hyphenated().to_string();
+            let record = NatsRecord::new(subject.to_owned(), self.payload.clone())
+                .id(id.clone())
+                .header("correlation-id", id)
+                .header(
+                    "traceparent",
+                    format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{i:016x}-00"),
+                );
             acks.push(publisher.ready().await.expect("ready").call(record));
         }
         while let Some(ack) = acks.next().await {
@@ -172,7 +206,7 @@ impl Bench {
                     message.ack().await.expect("ack");
                 }
             }
-            Side::Adapter | Side::Wrapped => {
+            Side::Adapter | Side::Wrapped | Side::AdapterHeaders => {
                 let handled = Arc::new(AtomicUsize::new(0));
                 let all = Arc::new(Notify::new());
                 let n = self.n;
@@ -215,37 +249,47 @@ impl Bench {
     }
 }
 
-fn report(what: &str, runs: &[[f64; 3]]) {
-    println!("\n{what} (messages/s)");
-    println!("run  raw        adapter    wrapped    adapter/raw  wrapped/raw");
+fn report(what: &str, columns: &[&str], runs: &[Vec<f64>]) {
+    println!("\n{what} (messages/s; ratios to raw in parentheses)");
+    println!("run  {}", columns.iter().map(|c| format!("{c:<20}")).collect::<String>());
+    let row = |label: String, values: &[f64], ratios: &[f64]| {
+        let cells: String = values
+            .iter()
+            .zip(ratios)
+            .enumerate()
+            .map(|(i, (v, r))| {
+                if i == 0 {
+                    format!("{:<20}", format!("{v:.0}"))
+                } else {
+                    format!("{:<20}", format!("{v:.0} ({r:.2})"))
+                }
+            })
+            .collect();
+        println!("{label:<4} {cells}");
+    };
     for (i, run) in runs.iter().enumerate() {
-        println!(
-            "{:<4} {:<10.0} {:<10.0} {:<10.0} {:<12.2} {:.2}",
-            i + 1,
-            run[0],
-            run[1],
-            run[2],
-            run[1] / run[0],
-            run[2] / run[0]
-        );
+        let ratios: Vec<f64> = run.iter().map(|v| v / run[0]).collect();
+        row((i + 1).to_string(), run, &ratios);
     }
-    let column = |i: usize| median(runs.iter().map(|r| r[i]).collect());
-    let ratio = |i: usize| median(runs.iter().map(|r| r[i] / r[0]).collect());
-    println!(
-        "med  {:<10.0} {:<10.0} {:<10.0} {:<12.2} {:.2}   (ratios: medians of the per-run ratios)",
-        column(0),
-        column(1),
-        column(2),
-        ratio(1),
-        ratio(2)
-    );
+    let medians: Vec<f64> = (0..columns.len())
+        .map(|c| median(runs.iter().map(|r| r[c]).collect()))
+        .collect();
+    let ratios: Vec<f64> = (0..columns.len())
+        .map(|c| median(runs.iter().map(|r| r[c] / r[0]).collect()))
+        .collect();
+    row("med".into(), &medians, &ratios);
+    println!("(median ratios are the medians of the per-run ratios)");
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // `BENCH_RUNTIME=current`: one thread, no wake-ups across threads.
+    let runtime = match std::env::var("BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("runtime");
     runtime.block_on(async {
         let url = std::env::var("EVENTSCOPE_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into());
         let client = async_nats::connect(&url)
@@ -273,10 +317,10 @@ fn main() {
         let mut publishes = Vec::new();
         let mut consumes = Vec::new();
         for rep in 0..reps {
-            let mut publish = [0.0; 3];
+            let mut publish = vec![0.0; 4];
             let mut streams = Vec::new();
-            for k in 0..3 {
-                let i = (rep + k) % 3;
+            for k in 0..4 {
+                let i = (rep + k) % 4;
                 let (name, subject) = bench.stream().await;
                 publish[i] = bench.publish(SIDES[i], &subject).await;
                 streams.push((i, name));
@@ -286,7 +330,7 @@ fn main() {
                 .find(|(i, _)| SIDES[*i] == Side::Wrapped)
                 .map(|(_, name)| name.clone())
                 .unwrap();
-            let mut consume = [0.0; 3];
+            let mut consume = vec![0.0; 3];
             for k in 0..3 {
                 let i = (rep + k) % 3;
                 consume[i] = bench.consume(SIDES[i], &wrapped).await;
@@ -301,7 +345,11 @@ fn main() {
             publishes.push(publish);
             consumes.push(consume);
         }
-        report("publish, acknowledged", &publishes);
-        report("consume, acked", &consumes);
+        report(
+            "publish, acknowledged",
+            &["raw", "adapter", "wrapped", "adapter+headers"],
+            &publishes,
+        );
+        report("consume, acked", &["raw", "adapter", "wrapped"], &consumes);
     });
 }
