@@ -272,8 +272,11 @@ impl UnorderedSource for JetStreamSource {
             let error = match next {
                 Some(Ok(message)) => {
                     let message = JetStreamMessage::new(message.message, Arc::clone(&self.origin));
-                    if let Some(subject) = message.ack_subject() {
-                        self.progress.arm(message.consumer_sequence(), subject);
+                    // Keyed by the delivery's consumer sequence, which the ack subject carries.
+                    if let (Some(subject), delivery @ 1..) =
+                        (message.ack_subject(), message.consumer_sequence())
+                    {
+                        self.progress.arm(delivery, subject);
                     }
                     return Some(Ok(message));
                 }
