@@ -21,6 +21,14 @@
 //!   context as the process span's parent, and the process span's context attached twice
 //!   (for `call` and for the one poll). No ids, no headers, no metrics. The layers' own cost
 //!   with an SDK is `unsampled` minus this.
+//! - `unsampled-dedup` (feature `dedup`): `unsampled` with the idempotency layer and its
+//!   in-memory store inside the process layer, every message a new id (claimed, then marked
+//!   done). The layer's cost is this minus `unsampled`.
+//! - `unsampled-dlq`: `unsampled` with the process layer a consumer gives a handler when it has
+//!   a retry policy and a dead-letter destination (a `Classifier` whose fallback is a
+//!   `RetryPolicy`), and the message told its attempt as the consumer core tells it. What a
+//!   message that succeeds pays for the failure path in the layers is this minus `unsampled`;
+//!   `benches/consumer.rs` measures the same through the consumer core.
 //!
 //! With `EVENTSCOPE_CALLGRIND=<case>` the binary runs that case's round trip a fixed number of
 //! times instead (after a warm-up), for `valgrind --tool=callgrind
@@ -53,6 +61,8 @@ struct Msg {
     payload: Vec<u8>,
     /// As on a broker's record, the creation time is a field, not a clock read.
     created: std::time::SystemTime,
+    /// The attempt the consumer core hands it for, as adapters keep it.
+    attempt: u32,
 }
 
 impl Msg {
@@ -61,6 +71,7 @@ impl Msg {
             headers: HeaderList::new(),
             payload: vec![0u8; 256],
             created: std::time::SystemTime::now(),
+            attempt: 1,
         }
     }
 }
@@ -116,6 +127,12 @@ impl IncomingMessage for Msg {
     fn payload(&self) -> &[u8] {
         &self.payload
     }
+    fn delivery_attempt(&self) -> Option<u32> {
+        Some(self.attempt)
+    }
+    fn set_delivery_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
+    }
 }
 
 /// The broker's acknowledgement carries the message back so it can be "consumed".
@@ -150,11 +167,19 @@ impl SpanExporter for Discard {
     }
 }
 
-const CASES: [&str; 5] = ["bare", "no-sdk", "unsampled", "sampled", "sdk-floor"];
+const CASES: [&str; 7] = [
+    "bare",
+    "no-sdk",
+    "unsampled",
+    "sampled",
+    "sdk-floor",
+    "unsampled-dedup",
+    "unsampled-dlq",
+];
 
 fn provider(name: &str) -> Option<SdkTracerProvider> {
     match name {
-        "unsampled" | "sdk-floor" => Some(
+        "unsampled" | "sdk-floor" | "unsampled-dedup" | "unsampled-dlq" => Some(
             SdkTracerProvider::builder()
                 .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                     0.0,
@@ -235,6 +260,36 @@ fn run(name: &str, metrics: &Metrics, mode: Mode<'_, '_>) {
     if let Some(provider) = &provider {
         publish = publish.tracer_provider(provider);
         process = process.tracer_provider(provider);
+    }
+    if name == "unsampled-dedup" {
+        #[cfg(feature = "dedup")]
+        {
+            use eventscope::dedup::{DedupLayer, MemoryStore, Processed};
+            let dedup = DedupLayer::new(MemoryStore::default(), metrics.clone());
+            let handler = tower::util::MapResponseLayer::new(|p: Processed<usize>| {
+                p.into_response().unwrap_or(0)
+            })
+            .layer(dedup.layer(handler()));
+            return drive(name, publish.layer(broker()), process.layer(handler), mode);
+        }
+        #[cfg(not(feature = "dedup"))]
+        return;
+    }
+    if name == "unsampled-dlq" {
+        use eventscope::classify::{Classifier, RetryPolicy};
+        let policy =
+            RetryPolicy::exponential(std::time::Duration::from_millis(100)).max_attempts(5);
+        let process = process.classify_errors(Classifier::new().otherwise(policy));
+        let told = tower::util::MapRequestLayer::new(|mut m: Msg| {
+            m.set_delivery_attempt(1);
+            m
+        });
+        return drive(
+            name,
+            publish.layer(broker()),
+            told.layer(process.layer(handler())),
+            mode,
+        );
     }
     drive(
         name,

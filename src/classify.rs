@@ -116,15 +116,30 @@ pub trait Decide {
 pub struct Failed<'a> {
     error_type: &'a str,
     attempt: u32,
+    dead_letter: bool,
 }
 
 impl<'a> Failed<'a> {
-    /// Attempt `attempt` (1 = the first delivery) failed with `error_type`.
+    /// Attempt `attempt` (1 = the first delivery) failed with `error_type`, on a consumer
+    /// without a dead-letter destination.
     pub fn new(error_type: &'a str, attempt: u32) -> Self {
         Self {
             error_type,
             attempt: attempt.max(1),
+            dead_letter: false,
         }
+    }
+
+    /// Whether the consumer has a dead-letter destination (what a [`RetryPolicy`] does when
+    /// its attempts run out depends on it).
+    pub fn with_dead_letter(mut self, configured: bool) -> Self {
+        self.dead_letter = configured;
+        self
+    }
+
+    /// Whether the consumer has a dead-letter destination.
+    pub fn dead_letter(&self) -> bool {
+        self.dead_letter
     }
 
     /// The failure's `error.type` ([`ClassifyError::classify`], [`PANIC`] or [`CANCELLED`]).
@@ -144,6 +159,150 @@ where
 {
     fn classify(&self, error: &E) -> Cow<'static, str> {
         self(error)
+    }
+}
+
+/// Retries with exponential backoff and full jitter, a cap on the delay and on the number of
+/// attempts, then a final decision (SPEC §8): a rule a [`Classifier`] gives an `error.type`
+/// (or every failure) instead of a fixed [`Decision`].
+///
+/// Attempt `n` (1 = the first delivery) that fails is retried after a delay drawn uniformly
+/// from `[0, min(max_delay, initial × 2^(n−1))]` (full jitter: retries of many messages that
+/// failed together spread out instead of coming back at once), until `max_attempts` attempts
+/// were made. The last failure then gets the exhausted decision: by default
+/// [`Decision::DeadLetter`] when the consumer has a dead-letter destination, else
+/// [`Decision::Stop`] (nothing is lost); [`on_exhausted`](Self::on_exhausted) chooses.
+///
+/// The growth and the caps come from `backon`'s exponential backoff; the jitter is drawn on
+/// top of its delay.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use eventscope::classify::{Classifier, Decide, Decision, Failed, RetryPolicy};
+///
+/// let policy = RetryPolicy::exponential(Duration::from_millis(100))
+///     .max_delay(Duration::from_secs(2))
+///     .max_attempts(4);
+/// let classifier = Classifier::new().otherwise(policy);
+///
+/// // Attempts 1 to 3 are retried, within the policy's bounds.
+/// match classifier.decide(&Failed::new("io", 2)) {
+///     Decision::Retry { after } => assert!(after <= Duration::from_millis(200)),
+///     other => panic!("{other:?}"),
+/// }
+/// // The fourth failure is final: dead-lettered when the consumer has a destination.
+/// let last = Failed::new("io", 4);
+/// assert_eq!(classifier.decide(&last), Decision::Stop);
+/// assert_eq!(classifier.decide(&last.with_dead_letter(true)), Decision::DeadLetter);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    initial: Duration,
+    max_delay: Duration,
+    max_attempts: u32,
+    exhausted: Option<Decision>,
+}
+
+impl RetryPolicy {
+    /// Backoff starting at `initial` and doubling, at most 30 s, for at most 5 attempts.
+    pub fn exponential(initial: Duration) -> Self {
+        Self {
+            initial,
+            max_delay: Duration::from_secs(30),
+            max_attempts: 5,
+            exhausted: None,
+        }
+    }
+
+    /// The longest delay between two attempts (default 30 s).
+    pub fn max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// Attempts in all, the first delivery included (default 5; at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// What the last failure gets: [`Decision::DeadLetter`], [`Decision::Reject`] or
+    /// [`Decision::Stop`] (a `Retry` here would never end, and is taken as `Stop`). Default:
+    /// `DeadLetter` when the consumer has a dead-letter destination, else `Stop`.
+    pub fn on_exhausted(mut self, decision: Decision) -> Self {
+        self.exhausted = Some(match decision {
+            Decision::Retry { .. } => Decision::Stop,
+            decision => decision,
+        });
+        self
+    }
+
+    /// The most attempts made.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The upper bound of the delay after failed attempt `attempt` (the jitter draws below it).
+    pub fn delay_bound(&self, attempt: u32) -> Duration {
+        use backon::BackoffBuilder;
+        let index = attempt.max(1) as usize - 1;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+            .nth(index)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+
+    /// The decision for a failure of attempt `failed.attempt()`.
+    pub fn decide(&self, failed: &Failed<'_>) -> Decision {
+        if failed.attempt() < self.max_attempts {
+            let bound = self.delay_bound(failed.attempt());
+            let jittered = bound.mul_f64(fastrand::f64());
+            return Decision::Retry { after: jittered };
+        }
+        match self.exhausted {
+            Some(decision) => decision,
+            None if failed.dead_letter() => Decision::DeadLetter,
+            None => Decision::Stop,
+        }
+    }
+}
+
+/// What a [`Classifier`] does with failures of one `error.type`: a fixed [`Decision`] or a
+/// [`RetryPolicy`]. Made from either with `into()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule(RuleKind);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuleKind {
+    Fixed(Decision),
+    Policy(RetryPolicy),
+}
+
+impl From<Decision> for Rule {
+    fn from(decision: Decision) -> Self {
+        Self(RuleKind::Fixed(decision))
+    }
+}
+
+impl From<RetryPolicy> for Rule {
+    fn from(policy: RetryPolicy) -> Self {
+        Self(RuleKind::Policy(policy))
+    }
+}
+
+impl Rule {
+    fn decide(&self, failed: &Failed<'_>) -> Decision {
+        match &self.0 {
+            RuleKind::Fixed(decision) => *decision,
+            RuleKind::Policy(policy) => policy.decide(failed),
+        }
     }
 }
 
@@ -187,8 +346,8 @@ pub struct Classifier {
 #[derive(Clone, Default)]
 struct Table {
     types: Vec<(TypeId, Probe, Cow<'static, str>)>,
-    decisions: Vec<(Cow<'static, str>, Decision)>,
-    otherwise: Option<Decision>,
+    decisions: Vec<(Cow<'static, str>, Rule)>,
+    otherwise: Option<Rule>,
 }
 
 impl fmt::Debug for Classifier {
@@ -219,23 +378,26 @@ impl Classifier {
         self.edit(|t| t.types.push((TypeId::of::<T>(), probe, error_type.into())))
     }
 
-    /// Failures named `error_type` (by [`on`](Self::on), a type name, or [`PANIC`]) get
-    /// `decision`.
-    pub fn decision(self, error_type: impl Into<Cow<'static, str>>, decision: Decision) -> Self {
-        let error_type = error_type.into();
+    /// Failures named `error_type` (by [`on`](Self::on), a type name, [`PANIC`] or
+    /// [`CANCELLED`]) get `rule`: a [`Decision`], or a [`RetryPolicy`].
+    pub fn decision(self, error_type: impl Into<Cow<'static, str>>, rule: impl Into<Rule>) -> Self {
+        let (error_type, rule) = (error_type.into(), rule.into());
         self.edit(|t| {
             t.decisions.retain(|(name, _)| *name != error_type);
-            t.decisions.push((error_type, decision));
+            t.decisions.push((error_type, rule));
         })
     }
 
-    /// The decision for failures without one of their own (default [`Decision::Stop`]).
-    pub fn otherwise(self, decision: Decision) -> Self {
-        self.edit(|t| t.otherwise = Some(decision))
+    /// The rule for failures without one of their own (default [`Decision::Stop`]).
+    pub fn otherwise(self, rule: impl Into<Rule>) -> Self {
+        let rule = rule.into();
+        self.edit(|t| t.otherwise = Some(rule))
     }
 
-    fn fallback(&self) -> Decision {
-        self.inner.otherwise.unwrap_or(Decision::Stop)
+    fn fallback(&self) -> Rule {
+        self.inner
+            .otherwise
+            .unwrap_or(Rule(RuleKind::Fixed(Decision::Stop)))
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Table)) -> Self {
@@ -293,7 +455,8 @@ impl Decide for Classifier {
             .decisions
             .iter()
             .find(|(name, _)| name == failure.error_type())
-            .map_or_else(|| self.fallback(), |(_, decision)| *decision)
+            .map_or_else(|| self.fallback(), |(_, rule)| *rule)
+            .decide(failure)
     }
 }
 

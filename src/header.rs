@@ -29,6 +29,28 @@ pub const CAUSATION_ID: &str = "causation-id";
 /// A unique message id, for protocols without a native id field.
 pub const MESSAGE_ID: &str = "message-id";
 
+/// Where a dead-lettered message was consumed from: topic, `{exchange}:{routing key}` or
+/// subject (SPEC §8).
+pub const DLQ_ORIGINAL_DESTINATION: &str = "dlq-original-destination";
+/// The partition a dead-lettered message sat in (Kafka, the embedded broker).
+pub const DLQ_ORIGINAL_PARTITION: &str = "dlq-original-partition";
+/// The offset a dead-lettered message sat at (Kafka, the embedded broker).
+pub const DLQ_ORIGINAL_OFFSET: &str = "dlq-original-offset";
+/// The group, queue or durable consumer that failed it.
+pub const DLQ_CONSUMER_GROUP: &str = "dlq-consumer-group";
+/// The failure's `error.type`.
+pub const DLQ_ERROR_TYPE: &str = "dlq-error-type";
+/// The failure's text, at most [`DLQ_ERROR_MESSAGE_MAX_BYTES`].
+pub const DLQ_ERROR_MESSAGE: &str = "dlq-error-message";
+/// Attempts made.
+pub const DLQ_ATTEMPTS: &str = "dlq-attempts";
+/// When it failed for good: RFC 3339, UTC, milliseconds.
+pub const DLQ_FAILED_AT: &str = "dlq-failed-at";
+/// What every dead-letter header name starts with; replay removes them all.
+pub const DLQ_PREFIX: &str = "dlq-";
+/// The longest `dlq-error-message` written, cut on a character boundary.
+pub const DLQ_ERROR_MESSAGE_MAX_BYTES: usize = 1024;
+
 /// The longest `correlation-id`, `causation-id` or `message-id` that is propagated (SPEC §2).
 /// A longer incoming id, or one that is not UTF-8 or holds a control character, is replaced by
 /// a fresh one and counted in `eventscope_trace_context_invalid_total`.

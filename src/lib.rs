@@ -54,8 +54,12 @@
 //! | `memory` | yes | [`memory`]: the embedded in-memory broker, for demos and tests |
 //! | `otlp` | yes | [`telemetry`]: one-call OpenTelemetry setup with OTLP export |
 //! | `server` | yes | [`server`]: a `/metrics` HTTP endpoint |
+//! | `dedup` | no | `dedup`: the idempotency layer and its in-memory store (`quick_cache`) |
+//! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, re-exported as `dedup::redis`; its releases from 1.4 on need Rust 1.88) |
+//! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
 //! | `nats` | no | `nats`: core NATS and JetStream publishers, consumers and lag for `async-nats` 0.52 (re-exported as `nats::async_nats`; needs Rust 1.89) |
+//! | `testing` | no | `testing`: a test kit for your handlers (span capture, metric reads, a consumer run until its messages are settled); enables `memory`. For dev-dependencies |
 //!
 //! # Supported Rust versions
 //!
@@ -84,6 +88,7 @@ pub mod metrics;
 pub mod process;
 pub mod propagation;
 pub mod publish;
+pub mod replay;
 pub mod scope;
 mod span;
 mod sync;
@@ -118,6 +123,8 @@ impl<P> SharedTracerProvider for P where
 {
 }
 
+#[cfg(feature = "dedup")]
+pub mod dedup;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "memory")]
@@ -129,7 +136,11 @@ pub mod nats;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+#[cfg(feature = "schema")]
+pub mod schema;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -119,10 +119,21 @@ pub trait IncomingMessage: Headers {
     fn key(&self) -> Option<&[u8]> {
         None
     }
-    /// How many times this message has been delivered, counting this delivery (1 = first),
-    /// where the broker or the driver knows it.
+    /// Its offset in its partition, where the broker has offsets (Kafka, the embedded broker).
+    fn offset(&self) -> Option<i64> {
+        None
+    }
+    /// Which attempt at handling this message this is (1 = the first), counting the
+    /// deliveries the broker made and the retries the consumer core made in process, where
+    /// either is known (SPEC §8: the higher count wins).
     fn delivery_attempt(&self) -> Option<u32> {
         None
+    }
+    /// The consumer core tells the message which attempt it is handed to the handler for, the
+    /// higher of its own count and [`delivery_attempt`](Self::delivery_attempt): adapters keep
+    /// it for `delivery_attempt` to report. The default forgets it.
+    fn set_delivery_attempt(&mut self, attempt: u32) {
+        let _ = attempt;
     }
     /// Broker-specific span attributes (offset, routing key, key, …). Called only for spans
     /// that are recorded.
@@ -155,9 +166,18 @@ pub trait Republish: IncomingMessage {
     fn dead_letter_destination(&self) -> String {
         format!("{}.dlq", self.destination())
     }
+
+    /// Where it was published to, as a destination [`republish`](Self::republish) takes: what
+    /// its dead-letter copy records in `dlq-original-destination`, and where a replay sends it
+    /// back. The default is its [`destination`](IncomingMessage::destination); RabbitMQ's is
+    /// `{exchange}:{routing key}` (its consumer destination also names the queue).
+    fn origin(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self.destination())
+    }
 }
 
 /// The headers a republished copy leaves out: the ids of the message it copies.
+#[cfg_attr(not(any(feature = "kafka", feature = "memory")), allow(dead_code))]
 pub(crate) fn republished_header(name: &str) -> bool {
     matches!(
         crate::header::Known::of(name),
@@ -189,6 +209,11 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     /// Size of the payload in bytes.
     fn body_size(&self) -> Option<usize> {
         None
+    }
+    /// The payload bytes (empty when the adapter does not expose them), for layers that look
+    /// at what is sent, such as schema validation.
+    fn payload(&self) -> &[u8] {
+        &[]
     }
     /// Broker-specific span attributes. Called only for spans that are recorded.
     fn extra_attributes(&self, attributes: &mut SpanAttributes) {

@@ -27,6 +27,10 @@ pub(crate) use crate::metrics::{
     OPERATION_PROCESS as OP_PROCESS, OPERATION_SEND as OP_SEND, OPERATION_SETTLE as OP_SETTLE,
 };
 
+/// The attempt number on every process span (SPEC §8; semconv 1.44 has only broker-specific
+/// attributes for it).
+pub(crate) const DELIVERY_ATTEMPT: &str = "eventscope.delivery_attempt";
+
 /// The semantic-conventions version the spans follow (SPEC §3).
 pub(crate) const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
 
@@ -136,6 +140,19 @@ fn resolve_global() -> Option<BoxedTracer> {
         .with_telemetry_suppressed();
     let span = tracer.build_with_context(SpanBuilder::from_name("eventscope.probe"), &cx);
     let noop = *span.span_context() == probe;
+    if noop {
+        // Said once per process: spans were asked for (a layer or consumer uses the global
+        // provider) and none will be made.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::info!(
+                "no OpenTelemetry tracer provider is installed, so eventscope records no spans \
+                 (trace context and ids still travel in the headers): call \
+                 eventscope::telemetry::init() at startup, or give the layers and consumers a \
+                 provider with tracer_provider(&provider)"
+            );
+        });
+    }
     (!noop).then_some(tracer)
 }
 

@@ -55,6 +55,7 @@ impl Harness for Kafka {
     async fn topic(&self, partitions: i32) -> String {
         let topic = unique("conformance");
         create_topic(&topic, partitions).await;
+        create_topic(&format!("{topic}.dlq"), 1).await;
         topic
     }
 
@@ -93,7 +94,16 @@ impl Harness for Kafka {
     }
 
     fn consume(&self, spec: Spec, handler: Handler<KafkaMessage>, shutdown: Shutdown) -> Running {
-        Box::pin(Self::consumer(&spec).run(handler, shutdown))
+        let consumer = Self::consumer(&spec);
+        if spec.dead_letter {
+            Box::pin(
+                consumer
+                    .dead_letter(self.publisher.clone())
+                    .run(handler, shutdown),
+            )
+        } else {
+            Box::pin(consumer.run(handler, shutdown))
+        }
     }
 
     fn consume_batch(
@@ -103,6 +113,17 @@ impl Harness for Kafka {
         shutdown: Shutdown,
     ) -> Running {
         Box::pin(Self::consumer(&spec).run_batch(handler, shutdown))
+    }
+
+    async fn read(&self, destination: &str, n: usize) -> Vec<KafkaMessage> {
+        let config = config(&unique("conformance-reader"));
+        let raw = consumer(&config);
+        assign(&raw, destination, 1);
+        let consumer = KafkaConsumer::new(Arc::new(raw));
+        conformance::collect(n, |handler, shutdown| {
+            Box::pin(consumer.run(handler, shutdown))
+        })
+        .await
     }
 
     async fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {

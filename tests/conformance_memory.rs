@@ -85,7 +85,16 @@ impl Harness for Memory {
     }
 
     fn consume(&self, spec: Spec, handler: Handler<MemoryMessage>, shutdown: Shutdown) -> Running {
-        Box::pin(self.consumer(&spec).run(handler, shutdown))
+        let consumer = self.consumer(&spec);
+        if spec.dead_letter {
+            Box::pin(
+                consumer
+                    .dead_letter(self.broker.publisher())
+                    .run(handler, shutdown),
+            )
+        } else {
+            Box::pin(consumer.run(handler, shutdown))
+        }
     }
 
     fn consume_batch(
@@ -99,6 +108,17 @@ impl Harness for Memory {
 
     async fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
         self.broker.committed(group, topic, partition)
+    }
+
+    async fn read(&self, destination: &str, n: usize) -> Vec<MemoryMessage> {
+        let consumer = self
+            .broker
+            .consumer(self.group())
+            .subscribe([destination.to_owned()]);
+        conformance::collect(n, |handler, shutdown| {
+            Box::pin(consumer.run(handler, shutdown))
+        })
+        .await
     }
 }
 

@@ -1,6 +1,6 @@
 //! The consumer contract (tests/conformance) on JetStream (the server on 127.0.0.1:4222): a
 //! topic is a stream of one subject, a group a durable pull consumer of it, "nothing left
-//! unsettled" its `num_pending + num_ack_pending` (less a nak'd message's second count). Order per partition does not apply (a
+//! unsettled" its ack floor at the stream's end (see `unsettled` for the count before that). Order per partition does not apply (a
 //! stream consumed by concurrent handlers settles each message on its own; the suite says
 //! so and checks the concurrency bound instead).
 
@@ -131,11 +131,18 @@ impl Harness for JetStream {
         handler: Handler<JetStreamMessage>,
         shutdown: Shutdown,
     ) -> Running {
+        let dead_letters = spec.dead_letter.then(|| {
+            JetStreamPublisher::new(self.js.get().expect("a topic was made first").clone())
+        });
         let consumer = self.consumer(spec);
         // Boxed where its types are concrete: a Send proof inside the async block trips over the
         // run future's higher-ranked bounds.
         Box::pin(async move {
-            let run: Running = Box::pin(consumer.await?.run(handler, shutdown));
+            let consumer = consumer.await?;
+            let run: Running = match dead_letters {
+                Some(publisher) => Box::pin(consumer.dead_letter(publisher).run(handler, shutdown)),
+                None => Box::pin(consumer.run(handler, shutdown)),
+            };
             run.await
         })
     }
@@ -153,6 +160,33 @@ impl Harness for JetStream {
         })
     }
 
+    /// A consumer of its own, on the stream that captures `destination` (a topic's stream
+    /// captures its dead letters too).
+    async fn read(&self, destination: &str, n: usize) -> Vec<JetStreamMessage> {
+        let js = self.js().await;
+        let stream = js
+            .stream_by_subject(destination)
+            .await
+            .expect("a stream captures the destination");
+        let reader = nats_support::unique("reader");
+        let pull = js
+            .get_stream(&stream)
+            .await
+            .expect("stream")
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: destination.to_owned(),
+                ..eventscope::nats::consumer_config(&reader)
+            })
+            .await
+            .expect("reader");
+        let consumer = JetStreamConsumer::new(js, pull).expect("explicit acks");
+        conformance::collect(n, |handler, shutdown| {
+            let run: Running = Box::pin(consumer.run(handler, shutdown));
+            run
+        })
+        .await
+    }
+
     async fn committed(&self, _group: &str, _topic: &str, _partition: i32) -> Option<i64> {
         None
     }
@@ -161,12 +195,20 @@ impl Harness for JetStream {
         false
     }
 
-    /// `num_pending + num_ack_pending - num_redelivered`: a nak'd message waiting to be
-    /// delivered again counts in both of the first two (and in the third) until it is.
+    /// Nothing once the consumer's ack floor reached the stream's last message (acks and
+    /// terms move it); else `num_pending + num_ack_pending - num_redelivered`, at least 1. The
+    /// server counts a message nak'd without delay in both `num_pending` and `num_ack_pending`
+    /// until it is delivered again, and one nak'd with a delay in neither of the first two
+    /// alone, so neither sum is the count by itself.
     async fn unsettled(&self, group: &str, topic: &str) -> Option<u64> {
-        let info = self.stream(topic).consumer_info(group).await.ok()?;
+        let stream = self.stream(topic);
+        let info = stream.consumer_info(group).await.ok()?;
+        let last = stream.get_info().await.ok()?.state.last_sequence;
+        if info.ack_floor.stream_sequence >= last {
+            return Some(0);
+        }
         let counted = info.num_pending + info.num_ack_pending as u64;
-        Some(counted.saturating_sub(info.num_redelivered as u64))
+        Some(counted.saturating_sub(info.num_redelivered as u64).max(1))
     }
 }
 

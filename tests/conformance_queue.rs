@@ -16,7 +16,9 @@ use eventscope::classify::Decision;
 use eventscope::consume::{
     Adapter, ConsumeError, Consumer, Opening, Unordered, UnorderedSettler, UnorderedSource,
 };
-use eventscope::message::{HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage};
+use eventscope::message::{
+    HeaderList, Headers, HeadersMut, IncomingMessage, OutgoingMessage, Republish,
+};
 use eventscope::publish::PublishLayer;
 use eventscope::BoxError;
 use tokio::sync::Notify;
@@ -155,6 +157,26 @@ impl IncomingMessage for QueueMessage {
     }
     fn delivery_attempt(&self) -> Option<u32> {
         Some(self.deliveries)
+    }
+}
+
+impl Republish for QueueMessage {
+    type Record = QueueRecord;
+
+    fn republish(&self, destination: &str) -> QueueRecord {
+        let mut headers = HeaderList::new();
+        for (name, value) in self.headers.iter() {
+            let id = name.eq_ignore_ascii_case("message-id")
+                || name.eq_ignore_ascii_case("causation-id");
+            if !id {
+                headers.push_bytes(name, value.to_vec());
+            }
+        }
+        QueueRecord {
+            queue: destination.to_owned(),
+            payload: self.payload.to_string(),
+            headers,
+        }
     }
 }
 
@@ -355,7 +377,16 @@ impl Harness for InProcess {
     }
 
     fn consume(&self, spec: Spec, handler: Handler<QueueMessage>, shutdown: Shutdown) -> Running {
-        Box::pin(self.consumer(&spec).run(handler, shutdown))
+        let consumer = self.consumer(&spec);
+        if spec.dead_letter {
+            Box::pin(
+                consumer
+                    .dead_letter(Publisher(self.broker.clone()))
+                    .run(handler, shutdown),
+            )
+        } else {
+            Box::pin(consumer.run(handler, shutdown))
+        }
     }
 
     fn consume_batch(
@@ -373,6 +404,21 @@ impl Harness for InProcess {
 
     fn ordered(&self) -> bool {
         false
+    }
+
+    fn consumer_group(&self, spec: &Spec) -> String {
+        spec.topic.clone()
+    }
+
+    async fn read(&self, destination: &str, n: usize) -> Vec<QueueMessage> {
+        let consumer = Consumer::from_adapter(QueueConsumer {
+            broker: self.broker.clone(),
+            queue: destination.to_owned(),
+        });
+        conformance::collect(n, |handler, shutdown| {
+            Box::pin(consumer.run(handler, shutdown))
+        })
+        .await
     }
 
     async fn unsettled(&self, _group: &str, topic: &str) -> Option<u64> {

@@ -1,19 +1,16 @@
 //! What the process layer records when a handler fails, is cancelled, or takes a batch; and
 //! that a failed message is never settled.
 
-mod common;
-
 use opentelemetry_semantic_conventions::attribute as semconv;
 use std::time::Duration;
 
-use common::*;
 use eventscope::classify::{Classifier, Decision, TypeNameClassifier};
 use eventscope::consume::ConsumeError;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
 use eventscope::metrics::{label, name, Metrics};
 use eventscope::process::BatchProcessLayer;
 use eventscope::publish::PublishLayer;
-use opentelemetry::trace::Status;
+use eventscope::testing::{run_until_settled, MetricsSnapshot, SpanCapture};
 use tower::{service_fn, Layer, ServiceExt};
 
 #[derive(Debug)]
@@ -48,11 +45,11 @@ async fn publish(
 
 #[tokio::test]
 async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
-    let capture = capture();
+    let capture = SpanCapture::new();
     let broker = MemoryBroker::new();
     broker.create_topic("charges", 1).unwrap();
     let metrics = Metrics::new();
-    publish(&capture.provider, &broker, &metrics, "charges", 3).await;
+    publish(capture.provider(), &broker, &metrics, "charges", 3).await;
 
     // Offset 1 always fails.
     let handler = service_fn(|m: MemoryMessage| async move {
@@ -62,14 +59,14 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
             Ok(())
         }
     });
-    let result = broker
+    // Offsets 1 and 2 wait behind the stopped partition for good: the run ends there.
+    let consumer = broker
         .consumer("billing")
         .subscribe(["charges"])
         .metrics(metrics.clone())
-        .tracer_provider(&capture.provider)
-        .classify_errors(TypeNameClassifier)
-        .run(handler, tokio::time::sleep(Duration::from_millis(300)))
-        .await;
+        .tracer_provider(capture.provider())
+        .classify_errors(TypeNameClassifier);
+    let result = run_until_settled(consumer, handler, 3).await;
 
     match result {
         Err(ConsumeError::PartitionStopped {
@@ -86,31 +83,26 @@ async fn a_failing_handler_gets_error_type_and_its_message_is_not_committed() {
     );
 
     let spans = capture.spans();
-    let failed: Vec<_> = named(&spans, "process charges")
+    let failed: Vec<_> = spans
+        .named("process charges")
         .into_iter()
-        .filter(|s| attr_str(s, semconv::ERROR_TYPE).is_some())
+        .filter(|s| s.attribute(semconv::ERROR_TYPE).is_some())
         .collect();
-    assert_eq!(failed.len(), 1);
-    assert_eq!(
-        attr_str(failed[0], semconv::ERROR_TYPE).as_deref(),
-        Some("CardDeclined")
-    );
-    assert!(matches!(failed[0].status, Status::Error { .. }));
+    assert_eq!(failed.len(), 1, "{spans}");
+    failed[0].assert_attribute(semconv::ERROR_TYPE, "CardDeclined");
+    assert!(failed[0].is_error());
 
-    let text = metrics.encode();
+    let read = MetricsSnapshot::of(&metrics);
     let labels = [
         (label::GROUP, "billing"),
         (label::ERROR_TYPE, "CardDeclined"),
     ];
     assert_eq!(
-        sample(&text, &format!("{}_count", name::PROCESS_DURATION), &labels),
-        Some(1.0)
+        read.histogram_count(name::PROCESS_DURATION, &labels),
+        Some(1)
     );
     let ok = [(label::GROUP, "billing"), (label::ERROR_TYPE, "")];
-    assert_eq!(
-        sample(&text, &format!("{}_count", name::PROCESS_DURATION), &ok),
-        Some(1.0)
-    );
+    assert_eq!(read.histogram_count(name::PROCESS_DURATION, &ok), Some(1));
 }
 
 #[tokio::test]
@@ -141,15 +133,7 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
             }
         })
     };
-    let committed = {
-        let broker = broker.clone();
-        async move {
-            while broker.committed("g", "flaky", 0) != Some(1) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    broker
+    let consumer = broker
         .consumer("g")
         .subscribe(["flaky"])
         .metrics(metrics.clone())
@@ -157,33 +141,33 @@ async fn redelivery_retries_the_same_message_and_counts_retries() {
             Classifier::new()
                 .on::<CardDeclined>("CardDeclined")
                 .decision("CardDeclined", Decision::retry(Duration::from_millis(10))),
-        )
-        .run(handler, committed)
-        .await
-        .unwrap();
+        );
+    run_until_settled(consumer, handler, 1).await.unwrap();
+    assert_eq!(broker.committed("g", "flaky", 0), Some(1));
     assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
-    let text = metrics.encode();
+    let read = MetricsSnapshot::of(&metrics);
     assert_eq!(
-        sample(&text, name::RETRIES, &[(label::ERROR_TYPE, "CardDeclined")]),
-        Some(2.0)
+        read.counter(name::RETRIES, &[(label::ERROR_TYPE, "CardDeclined")]),
+        Some(2)
     );
 }
 
 #[tokio::test]
 async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight() {
-    let capture = capture();
+    let capture = SpanCapture::new();
     let broker = MemoryBroker::new();
     let metrics = Metrics::new();
-    publish(&capture.provider, &broker, &metrics, "slow", 1).await;
+    publish(capture.provider(), &broker, &metrics, "slow", 1).await;
 
     let handler = service_fn(|_m: MemoryMessage| async {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Ok::<_, std::io::Error>(())
     });
+    let in_flight = |metrics: &Metrics| MetricsSnapshot::of(metrics).gauge(name::IN_FLIGHT, &[]);
     let started = {
         let metrics = metrics.clone();
         async move {
-            while sample(&metrics.encode(), name::IN_FLIGHT, &[]) != Some(1.0) {
+            while in_flight(&metrics) != Some(1.0) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -193,7 +177,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
         .consumer("g")
         .subscribe(["slow"])
         .metrics(metrics.clone())
-        .tracer_provider(&capture.provider)
+        .tracer_provider(capture.provider())
         .run(handler, std::future::pending());
     tokio::select! {
         _ = run => panic!("consumer ended on its own"),
@@ -202,7 +186,7 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
 
     // Aborted tasks are dropped when the runtime next runs them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sample(&metrics.encode(), name::IN_FLIGHT, &[]) != Some(0.0) {
+    while in_flight(&metrics) != Some(0.0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "in-flight never returned to 0"
@@ -214,20 +198,18 @@ async fn a_cancelled_handler_still_ends_its_span_and_leaves_no_message_in_flight
         0,
         "nothing was committed"
     );
-    let spans = capture.spans();
-    let process = one(&spans, "process slow");
-    assert_eq!(
-        attr_str(process, semconv::ERROR_TYPE).as_deref(),
-        Some("cancelled")
-    );
+    capture
+        .spans()
+        .one("process slow")
+        .assert_attribute(semconv::ERROR_TYPE, "cancelled");
 }
 
 #[tokio::test]
 async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
-    let capture = capture();
+    let capture = SpanCapture::new();
     let broker = MemoryBroker::new();
     let metrics = Metrics::new();
-    publish(&capture.provider, &broker, &metrics, "events", 3).await;
+    publish(capture.provider(), &broker, &metrics, "events", 3).await;
 
     let mut messages = Vec::new();
     let collect = service_fn(|m: MemoryMessage| async move { Ok::<_, std::io::Error>(m) });
@@ -236,54 +218,32 @@ async fn a_batch_span_counts_its_messages_and_links_each_with_its_attributes() {
         let seen = seen.clone();
         collect.map_response(move |m| seen.lock().unwrap().push(m))
     };
-    let all = {
-        let seen = seen.clone();
-        async move {
-            while seen.lock().unwrap().len() < 3 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    broker
-        .consumer("reader")
-        .subscribe(["events"])
-        .run(handler, all)
+    run_until_settled(broker.consumer("reader").subscribe(["events"]), handler, 3)
         .await
         .unwrap();
     messages.extend(seen.lock().unwrap().drain(..));
 
     let batch_handler = BatchProcessLayer::new(metrics.clone())
-        .tracer_provider(&capture.provider)
+        .tracer_provider(capture.provider())
         .layer(service_fn(|batch: Vec<MemoryMessage>| async move {
             Ok::<_, std::io::Error>(batch.len())
         }));
     assert_eq!(batch_handler.oneshot(messages.clone()).await.unwrap(), 3);
 
     let spans = capture.spans();
-    let batch = one(&spans, "process events");
-    assert_eq!(
-        common::attr(batch, semconv::MESSAGING_BATCH_MESSAGE_COUNT).map(|v| v.to_string()),
-        Some("3".into())
-    );
-    let sends = named(&spans, "send events");
-    assert_eq!(batch.links.len(), 3);
-    for (link, message) in batch.links.iter().zip(&messages) {
-        assert!(sends
-            .iter()
-            .any(|s| s.span_context.span_id() == link.span_context.span_id()));
+    let batch = spans.one("process events");
+    batch.assert_attribute(semconv::MESSAGING_BATCH_MESSAGE_COUNT, 3);
+    let links = batch.links();
+    assert_eq!(links.len(), 3);
+    for (link, message) in links.iter().zip(&messages) {
+        let target = link.target().expect("links a captured span");
+        assert_eq!(target.name(), "send events");
         let id = String::from_utf8(message.headers().get("message-id").unwrap().to_vec()).unwrap();
-        assert!(link
-            .attributes
-            .iter()
-            .any(|kv| kv.key.as_str() == semconv::MESSAGING_MESSAGE_ID && kv.value.as_str() == id));
+        assert_eq!(link.attribute(semconv::MESSAGING_MESSAGE_ID), Some(id));
     }
-    let text = metrics.encode();
+    let read = MetricsSnapshot::of(&metrics);
     assert_eq!(
-        sample(
-            &text,
-            name::CONSUMED_MESSAGES,
-            &[(label::DESTINATION, "events")]
-        ),
-        Some(3.0)
+        read.counter(name::CONSUMED_MESSAGES, &[(label::DESTINATION, "events")]),
+        Some(3)
     );
 }

@@ -149,8 +149,12 @@ async fn publish_and_process_share_one_trace() {
         text(process, semconv::MESSAGING_MESSAGE_CONVERSATION_ID)
     );
     assert_eq!(text(process, semconv::MESSAGING_CONSUMER_GROUP_NAME), group);
-    assert_eq!(text(process, semconv::SERVER_ADDRESS), "127.0.0.1");
-    assert_eq!(attr(process, semconv::SERVER_PORT), Some(&Value::I64(9092)));
+    // Both ends name the broker and the client (librdkafka's default client id).
+    for span in [send, process] {
+        assert_eq!(text(span, semconv::SERVER_ADDRESS), "127.0.0.1");
+        assert_eq!(attr(span, semconv::SERVER_PORT), Some(&Value::I64(9092)));
+        assert_eq!(text(span, semconv::MESSAGING_CLIENT_ID), "rdkafka");
+    }
     assert_eq!(
         attr(process, semconv::MESSAGING_MESSAGE_BODY_SIZE),
         Some(&Value::I64(11))

@@ -230,3 +230,119 @@ async fn drop_oldest_counts_every_message_the_group_never_received() {
         "every message the group never received is counted"
     );
 }
+
+/// Counts the warning events whose message is `message`.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+}
+
+/// A consumer that keeps falling behind a small retention warns once per interval and lane,
+/// not once per fetch (the dropped counter has every record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_side_drop_warning_is_rate_limited() {
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let metrics = Metrics::new();
+    let broker = MemoryBroker::builder()
+        .retention(10)
+        .overflow(Overflow::DropOldest)
+        .metrics(metrics.clone())
+        .build();
+    broker.create_topic("bursty", 1).unwrap();
+    let warnings = Warnings::default();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(warnings.clone()));
+
+    let (gate_tx, gate) = watch::channel(false);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let handled = Arc::clone(&handled);
+        service_fn(move |_m: MemoryMessage| {
+            let (mut gate, handled) = (gate.clone(), Arc::clone(&handled));
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let (stop_tx, mut stop) = watch::channel(false);
+    let consumer = tokio::spawn(
+        broker
+            .consumer("behind")
+            .subscribe(["bursty"])
+            .max_buffered(2)
+            .run(handler, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .with_subscriber(dispatch),
+    );
+    // Bursts of 100 while the handler is held, each followed by a catch-up: every catch-up
+    // fetches past records retention dropped.
+    let publisher = broker.publisher();
+    for burst in 0..4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for i in 0..100 {
+            publisher
+                .clone()
+                .oneshot(MemoryRecord::new(
+                    "bursty",
+                    format!("{burst}-{i}").into_bytes(),
+                ))
+                .await
+                .unwrap();
+        }
+        let before = handled.load(Ordering::SeqCst);
+        gate_tx.send_replace(true);
+        while handled.load(Ordering::SeqCst) < before + 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gate_tx.send_replace(false);
+    }
+    stop_tx.send_replace(true);
+    gate_tx.send_replace(true);
+    consumer.await.unwrap().unwrap();
+
+    let dropped = warnings
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains("records dropped by retention before they were consumed"))
+        .count();
+    assert_eq!(
+        dropped, 1,
+        "one warning in the interval, not one per catch-up"
+    );
+    let counted = sample(
+        &metrics.encode(),
+        name::DROPPED_MESSAGES,
+        &[(label::GROUP, "behind")],
+    )
+    .unwrap_or_default();
+    assert!(
+        counted > 300.0,
+        "every dropped record is counted: {counted}"
+    );
+}

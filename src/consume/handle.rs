@@ -14,6 +14,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::classify::{ClassifyError, Decide, Decision, Failed, PANIC};
+use crate::message::IncomingMessage;
+use crate::scope::MessageScope;
 use crate::BoxError;
 
 /// A failed handler call, classified.
@@ -48,30 +50,43 @@ impl Failure {
     }
 }
 
-/// How the core hands work to the user's service: each message, or the batch as a `Vec`.
+/// How the core hands work to the user's service (each message, or the batch as a `Vec`),
+/// decides on a failure, and dead-letters.
 pub trait Handle<M>: Send + 'static {
-    /// Calls the service with `work`.
+    /// Calls the service with `work`, each message told it is handed out for `attempt`.
     fn handle<'a>(
         &'a mut self,
         work: &'a [M],
+        attempt: u32,
     ) -> impl Future<Output = Result<(), Failure>> + Send + 'a;
 
     /// What to do with a failed attempt.
     fn decide(&self, failure: &Failure, attempt: u32) -> Decision;
+
+    /// The dead-letter sink.
+    type Sink: DeadLetter<M>;
+
+    /// Whether the consumer has a dead-letter destination.
+    fn dead_letters(&self) -> bool;
+
+    /// The dead-letter sink, to publish through while the handler is free.
+    fn sink(&self) -> Self::Sink;
 }
 
 /// A `Service<M>` called once per message.
 #[derive(Clone, Debug)]
-pub(crate) struct One<S, C> {
+pub(crate) struct One<S, C, D> {
     pub(crate) service: S,
     pub(crate) classifier: C,
+    pub(crate) dead_letters: D,
 }
 
 /// A `Service<Vec<M>>` called once per batch.
 #[derive(Clone, Debug)]
-pub(crate) struct Batch<S, C> {
+pub(crate) struct Batch<S, C, D> {
     pub(crate) service: S,
     pub(crate) classifier: C,
+    pub(crate) dead_letters: D,
 }
 
 /// Calls `service` with `request`, catching a panic in `call` or in its future.
@@ -97,45 +112,119 @@ where
     }
 }
 
-impl<M, S, C> Handle<M> for One<S, C>
+/// `message` as handed out for `attempt`.
+fn for_attempt<M: IncomingMessage + Clone>(message: &M, attempt: u32) -> M {
+    let mut message = message.clone();
+    if attempt > 1 || message.delivery_attempt().is_none() {
+        message.set_delivery_attempt(attempt);
+    }
+    message
+}
+
+impl<M, S, C, D> Handle<M> for One<S, C, D>
 where
-    M: Clone + Send + Sync + 'static,
+    M: IncomingMessage + Clone + Send + Sync + 'static,
     S: Service<M> + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
     C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
+    D: DeadLetter<M>,
 {
-    async fn handle(&mut self, work: &[M]) -> Result<(), Failure> {
+    async fn handle(&mut self, work: &[M], attempt: u32) -> Result<(), Failure> {
         for message in work {
-            call(&mut self.service, &self.classifier, message.clone()).await?;
+            let message = for_attempt(message, attempt);
+            call(&mut self.service, &self.classifier, message).await?;
         }
         Ok(())
     }
 
     fn decide(&self, failure: &Failure, attempt: u32) -> Decision {
-        self.classifier
-            .decide(&Failed::new(&failure.error_type, attempt))
+        self.classifier.decide(
+            &Failed::new(&failure.error_type, attempt)
+                .with_dead_letter(self.dead_letters.configured()),
+        )
+    }
+
+    type Sink = D;
+
+    fn dead_letters(&self) -> bool {
+        self.dead_letters.configured()
+    }
+
+    fn sink(&self) -> D {
+        self.dead_letters.clone()
     }
 }
 
-impl<M, S, C> Handle<M> for Batch<S, C>
+impl<M, S, C, D> Handle<M> for Batch<S, C, D>
 where
-    M: Clone + Send + Sync + 'static,
+    M: IncomingMessage + Clone + Send + Sync + 'static,
     S: Service<Vec<M>> + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError> + Send,
     C: ClassifyError<S::Error> + Decide + Send + Sync + 'static,
+    D: DeadLetter<M>,
 {
-    async fn handle(&mut self, work: &[M]) -> Result<(), Failure> {
+    async fn handle(&mut self, work: &[M], attempt: u32) -> Result<(), Failure> {
         // The core never hands out an empty batch: no span, no series for nothing.
         if work.is_empty() {
             return Ok(());
         }
-        call(&mut self.service, &self.classifier, work.to_vec()).await
+        let batch = work.iter().map(|m| for_attempt(m, attempt)).collect();
+        call(&mut self.service, &self.classifier, batch).await
     }
 
     fn decide(&self, failure: &Failure, attempt: u32) -> Decision {
-        self.classifier
-            .decide(&Failed::new(&failure.error_type, attempt))
+        self.classifier.decide(
+            &Failed::new(&failure.error_type, attempt)
+                .with_dead_letter(self.dead_letters.configured()),
+        )
+    }
+
+    type Sink = D;
+
+    fn dead_letters(&self) -> bool {
+        self.dead_letters.configured()
+    }
+
+    fn sink(&self) -> D {
+        self.dead_letters.clone()
+    }
+}
+
+/// What the core needs of a dead-letter sink, for a message type `M`.
+pub trait DeadLetter<M>: Clone + Send + Sync + 'static {
+    /// Whether there is a destination at all.
+    fn configured(&self) -> bool;
+
+    /// Publishes the dead-letter copy of `message`; resolves once the broker acknowledged it.
+    fn send<'a>(
+        &'a self,
+        message: &'a M,
+        failure: &'a Failure,
+        attempts: u32,
+        group: &'a str,
+        failed: Option<&'a (opentelemetry::Context, MessageScope)>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'a;
+}
+
+/// A consumer without a dead-letter destination.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDeadLetters;
+
+impl<M: Send + Sync + 'static> DeadLetter<M> for NoDeadLetters {
+    fn configured(&self) -> bool {
+        false
+    }
+
+    async fn send<'a>(
+        &'a self,
+        _message: &'a M,
+        _failure: &'a Failure,
+        _attempts: u32,
+        _group: &'a str,
+        _failed: Option<&'a (opentelemetry::Context, MessageScope)>,
+    ) -> Result<(), BoxError> {
+        Err("no dead-letter destination".into())
     }
 }

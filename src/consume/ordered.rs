@@ -11,12 +11,14 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::instrument::WithSubscriber;
 
-use super::handle::{Failure, Handle};
+use super::handle::{DeadLetter, Failure, Handle};
 use super::report::Core;
 use super::run::Run;
 use super::source::{Event, Lane, Ordered, OrderedSettler, OrderedSource, Positioned, Progress};
 use super::ConsumeError;
 use crate::classify::Decision;
+use crate::process::Retrying;
+use opentelemetry::trace::TraceContextExt;
 
 /// Events taken from the source per wake-up of the dispatcher, at most.
 const DRAIN: usize = 64;
@@ -202,6 +204,12 @@ where
             Event::Message(message) => self.route(message, source),
             Event::Assigned(lanes) => {
                 self.core.assigned();
+                if !lanes.is_empty() {
+                    tracing::info!(
+                        system = self.core.system, group = %self.core.group,
+                        partitions = %Lanes(&lanes), "partitions assigned"
+                    );
+                }
                 for lane in lanes {
                     match self.lanes.get(&lane).map(|s| &s.state) {
                         // A broker may keep or drop a pause across reassignment.
@@ -212,6 +220,10 @@ where
                 }
             }
             Event::Revoked(lanes) => {
+                tracing::info!(
+                    system = self.core.system, group = %self.core.group,
+                    partitions = %Lanes(&lanes), "partitions revoked"
+                );
                 // Commit what finished while the lanes are still ours.
                 self.commit(false);
                 for lane in lanes {
@@ -428,6 +440,32 @@ where
     }
 }
 
+/// Lanes as `topic[0,1] other[2]`, for the log.
+struct Lanes<'a>(&'a [Lane]);
+
+impl std::fmt::Display for Lanes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+        for lane in self.0 {
+            by_topic
+                .entry(&lane.topic)
+                .or_default()
+                .push(lane.partition);
+        }
+        for (i, (topic, mut partitions)) in by_topic.into_iter().enumerate() {
+            partitions.sort_unstable();
+            let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+            write!(
+                f,
+                "{}{topic}[{}]",
+                if i > 0 { " " } else { "" },
+                list.join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// How a lane worker ended.
 enum LaneEnd {
     /// Asked to stop, or its buffer closed.
@@ -523,6 +561,8 @@ impl<M: Positioned> LaneWorker<M> {
         };
         let (first, last) = (first.lane_offset(), last.lane_offset());
         let mut attempt = 0u32;
+        // The process span of the attempt before: a retry continues its trace.
+        let mut retry_of = None;
         loop {
             attempt = attempt.saturating_add(1);
             if *self.stop.borrow() {
@@ -538,7 +578,11 @@ impl<M: Positioned> LaneWorker<M> {
                     permit = self.permits.acquire() => permit.ok(),
                 },
             };
-            let result = handler.handle(work).await;
+            let result = if attempt == 1 {
+                handler.handle(work, attempt).await
+            } else {
+                Retrying::new(handler.handle(work, attempt), retry_of.clone()).await
+            };
             drop(permit);
             let failure = match result {
                 Ok(()) => {
@@ -547,10 +591,27 @@ impl<M: Positioned> LaneWorker<M> {
                 }
                 Err(failure) => failure,
             };
+            let failed = crate::process::take_failed();
+            if let Some((cx, _)) = &failed {
+                let span = cx.span();
+                if span.span_context().is_valid() {
+                    retry_of = Some(span.span_context().clone());
+                }
+            }
+            // The core's own lines about the message carry its trace and id.
+            let about = |failed: &Option<(opentelemetry::Context, crate::scope::MessageScope)>| {
+                failed.as_ref().map(|(cx, _)| cx.clone().attach())
+            };
+            let message_id = failed
+                .as_ref()
+                .and_then(|(_, scope)| scope.message_id().map(str::to_owned))
+                .unwrap_or_default();
             let decision = match handler.decide(&failure, attempt) {
-                Decision::DeadLetter => {
+                Decision::DeadLetter if !handler.dead_letters() => {
+                    let _about = about(&failed);
                     tracing::error!(
                         topic = %self.lane.topic, partition = self.lane.partition, offset = first,
+                        message_id, error_type = %failure.error_type,
                         "dead-letter decision without a dead-letter destination: the partition stops instead"
                     );
                     Decision::Stop
@@ -563,9 +624,10 @@ impl<M: Positioned> LaneWorker<M> {
                     return Step::Settled;
                 }
                 Decision::Reject => {
+                    let _about = about(&failed);
                     tracing::warn!(
                         topic = %self.lane.topic, partition = self.lane.partition, offset = first,
-                        error_type = %failure.error_type, error = %failure.error,
+                        message_id, error_type = %failure.error_type, error = %failure.error,
                         "handler failed, message rejected: committed past"
                     );
                     self.advance(last + 1);
@@ -578,27 +640,105 @@ impl<M: Positioned> LaneWorker<M> {
                         &self.core.group,
                         &failure.error_type,
                     );
-                    tracing::debug!(
-                        topic = %self.lane.topic, partition = self.lane.partition, offset = first,
-                        error_type = %failure.error_type, error = %failure.error, ?after, attempt,
-                        "handler failed, retrying"
-                    );
+                    {
+                        let _about = about(&failed);
+                        tracing::debug!(
+                            topic = %self.lane.topic, partition = self.lane.partition, offset = first,
+                            message_id, error_type = %failure.error_type, error = %failure.error,
+                            ?after, attempt, "handler failed, retrying"
+                        );
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(after) => {}
                         _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
                     }
                 }
-                Decision::Stop | Decision::DeadLetter => {
+                Decision::DeadLetter => {
+                    if !self
+                        .dead_letter(handler.sink(), work, &failure, attempt, &failed)
+                        .await
+                    {
+                        return Step::Interrupted;
+                    }
+                    self.advance(last + 1);
+                    return Step::Settled;
+                }
+                Decision::Stop => {
                     // Shown at once, not when the consumer returns.
                     self.core
                         .stopped(&self.lane.topic, self.lane.partition, true);
+                    let _about = about(&failed);
                     tracing::error!(
                         topic = %self.lane.topic, partition = self.lane.partition, offset = first,
-                        group = %self.core.group, error_type = %failure.error_type, error = %failure.error,
+                        group = %self.core.group, message_id, error_type = %failure.error_type,
+                        error = %failure.error,
                         "handler failed, partition stopped: nothing at or after this offset is committed"
                     );
                     return Step::Stopped(first, failure);
                 }
+            }
+        }
+    }
+
+    /// Publishes the dead-letter copy of each message of `work`; a publish that fails is tried
+    /// again after a backoff while the partition waits (the original is never committed past
+    /// before its copy is acknowledged). `false` when shutdown or a revoke came first.
+    async fn dead_letter<D: DeadLetter<M>>(
+        &mut self,
+        sink: D,
+        work: &[M],
+        failure: &Failure,
+        attempts: u32,
+        failed: &Option<(opentelemetry::Context, crate::scope::MessageScope)>,
+    ) -> bool {
+        let mut sent = 0;
+        let mut tries = 0u32;
+        loop {
+            while let Some(message) = work.get(sent) {
+                match sink
+                    .send(
+                        message,
+                        failure,
+                        attempts,
+                        &self.core.group,
+                        failed.as_ref(),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        self.core.metrics.record_dead_letter(
+                            self.core.system,
+                            &self.lane.topic,
+                            &self.core.group,
+                            &failure.error_type,
+                        );
+                        let _about = failed.as_ref().map(|(cx, _)| cx.clone().attach());
+                        tracing::warn!(
+                            topic = %self.lane.topic, partition = self.lane.partition,
+                            offset = message.lane_offset(), error_type = %failure.error_type,
+                            error = %failure.error, attempts, "handler failed, message dead-lettered"
+                        );
+                        sent += 1;
+                    }
+                    Err(error) => {
+                        tries = tries.saturating_add(1);
+                        let _about = failed.as_ref().map(|(cx, _)| cx.clone().attach());
+                        tracing::warn!(
+                            topic = %self.lane.topic, partition = self.lane.partition,
+                            offset = message.lane_offset(), %error,
+                            "dead-letter publish failed: the message stays uncommitted, trying again"
+                        );
+                        break;
+                    }
+                }
+            }
+            if sent == work.len() {
+                return true;
+            }
+            let after = super::dead_letter_backoff(tries);
+            tokio::select! {
+                () = tokio::time::sleep(after) => {}
+                _ = self.stop.wait_for(|stop| *stop) => return false,
             }
         }
     }

@@ -151,6 +151,14 @@ impl Reporter {
             .record_lag(self.system, destination, &self.group, partition, messages);
     }
 
+    /// Whether the consumer is connected to its broker now (`messaging_consumer_connected`):
+    /// report `false` while the client cannot reach the broker and retries, so an outage
+    /// shows (and alerts) even when the lag cannot be read.
+    pub fn connected(&self, connected: bool) {
+        self.metrics
+            .set_connected(self.system, &self.group, Some(connected));
+    }
+
     /// The broker removed `count` messages before this consumer received them (retention
     /// overflow, a slow consumer's drops).
     pub fn dropped(&self, destination: &str, partition: Option<i32>, count: u64) {
@@ -194,6 +202,7 @@ impl Reporter {
 
     /// Removes every series reported (the consumer returned).
     pub(crate) fn remove_all(&self) {
+        self.metrics.set_connected(self.system, &self.group, None);
         let series: Vec<_> = self.series.locked().drain().collect();
         for (destination, partition) in series {
             self.metrics

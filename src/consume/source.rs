@@ -37,7 +37,35 @@ pub trait Adapter: Send + Sized + 'static {
         self,
         opening: Opening,
     ) -> impl Future<Output = Result<Self::Mode, ConsumeError>> + Send;
+
+    /// The smallest per-partition buffer worth having on this broker (default 2):
+    /// [`max_buffered`](super::Consumer::max_buffered) is raised to it.
+    fn min_buffered(&self) -> usize {
+        2
+    }
+
+    /// Checks, before consuming, that the dead-letter destinations of what this consumer reads
+    /// exist, where the broker can tell (SPEC §8): `rule` names the dead-letter destination of
+    /// a destination when the consumer was given one, else the adapter's default naming
+    /// applies. Called only for a consumer with a dead-letter destination. The default checks
+    /// nothing: a destination that turns out missing is then a logged, counted publish
+    /// failure, and the message stays unsettled.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError::Broker`] naming the missing destination.
+    fn check_dead_letters(
+        &self,
+        rule: Option<DeadLetterRule>,
+    ) -> impl Future<Output = Result<(), ConsumeError>> + Send {
+        let _ = rule;
+        async { Ok(()) }
+    }
 }
+
+/// Names the dead-letter destination of a destination (see
+/// [`Consumer::dead_letter_destination`](super::Consumer::dead_letter_destination)).
+pub type DeadLetterRule = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 /// What an adapter is opened with: the consumer's settings that shape fetching, and the
 /// [`Reporter`] for what only the broker knows.

@@ -10,13 +10,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::instrument::WithSubscriber;
 
-use super::handle::{Failure, Handle};
+use super::handle::{DeadLetter, Failure, Handle};
 use super::report::Core;
 use super::run::Run;
 use super::source::{Unordered, UnorderedSettler, UnorderedSource};
 use super::ConsumeError;
 use crate::classify::Decision;
 use crate::message::IncomingMessage;
+use crate::process::Retrying;
+use crate::sync::Recover;
+use opentelemetry::trace::TraceContextExt;
 
 /// A handled delivery, as its task reports it.
 struct Handled {
@@ -68,6 +71,7 @@ where
     H: Handle<Src::Message> + Clone,
 {
     let settler = Arc::new(settler);
+    let attempts = Arc::new(Attempts::default());
     let permits = Arc::new(Semaphore::new(core.options.max_concurrency));
     let core = Arc::new(core);
     let mut tasks: JoinSet<Handled> = JoinSet::new();
@@ -120,22 +124,37 @@ where
         }
         let (mut handler, settler, core) =
             (handler.clone(), Arc::clone(&settler), Arc::clone(&core));
+        let attempts = Arc::clone(&attempts);
         let task = async move {
-            // The broker counts deliveries; a batch is as far as its most tried message.
-            let delivered = work
+            // The broker counts deliveries, and the core its own requeues where the broker
+            // does not (SPEC §8: the higher wins); a batch is as far as its most tried message.
+            let mut attempt = work
                 .iter()
-                .filter_map(IncomingMessage::delivery_attempt)
+                .map(|m| {
+                    let delivered = m.delivery_attempt().unwrap_or(1);
+                    attempts
+                        .next(m)
+                        .map_or(delivered, |core| core.max(delivered))
+                })
                 .max()
                 .unwrap_or(1);
-            let mut attempt = delivered;
-            let (decision, failure) = loop {
-                let failure = match handler.handle(&work).await {
-                    Ok(()) => break (Decision::Ack, None),
+            let mut retry_of = None;
+            let (decision, failure, failed) = loop {
+                let handled = if retry_of.is_none() {
+                    handler.handle(&work, attempt).await
+                } else {
+                    Retrying::new(handler.handle(&work, attempt), retry_of.clone()).await
+                };
+                let failure = match handled {
+                    Ok(()) => break (Decision::Ack, None, None),
                     Err(failure) => failure,
                 };
+                let failed = crate::process::take_failed();
                 let decision = match handler.decide(&failure, attempt) {
-                    Decision::DeadLetter => {
+                    Decision::DeadLetter if !handler.dead_letters() => {
+                        let _about = failed.as_ref().map(|(cx, _)| cx.clone().attach());
                         tracing::error!(
+                            error_type = %failure.error_type,
                             "dead-letter decision without a dead-letter destination: the consumer stops instead"
                         );
                         Decision::Stop
@@ -143,7 +162,7 @@ where
                     decision => decision,
                 };
                 let Decision::Retry { after } = decision else {
-                    break (decision, Some(failure));
+                    break (decision, Some(failure), failed);
                 };
                 for message in &work {
                     core.metrics.record_retry(
@@ -154,17 +173,48 @@ where
                     );
                 }
                 if settler.redelivers() {
-                    break (decision, Some(failure));
+                    for message in &work {
+                        attempts.retried(message, attempt);
+                    }
+                    break (decision, Some(failure), failed);
                 }
                 // A broker that cannot deliver again (core NATS): the core hands the message
-                // to the handler again itself.
-                tracing::debug!(
-                    error_type = %failure.error_type, error = %failure.error, ?after, attempt,
-                    "handler failed, retrying"
-                );
+                // to the handler again itself, in the same trace.
+                {
+                    let _about = failed.as_ref().map(|(cx, _)| cx.clone().attach());
+                    tracing::debug!(
+                        error_type = %failure.error_type, error = %failure.error, ?after, attempt,
+                        "handler failed, retrying"
+                    );
+                }
+                retry_of = failed
+                    .as_ref()
+                    .map(|(cx, _)| cx.span().span_context().clone())
+                    .filter(|sc| sc.is_valid())
+                    .or(retry_of);
                 tokio::time::sleep(after).await;
                 attempt = attempt.saturating_add(1);
             };
+            let decision = match (decision, &failure) {
+                (Decision::DeadLetter, Some(failure)) => {
+                    dead_letter(
+                        handler.sink(),
+                        &*settler,
+                        &core,
+                        &work,
+                        failure,
+                        attempt,
+                        &failed,
+                    )
+                    .await
+                }
+                (decision, _) => decision,
+            };
+            if !matches!(decision, Decision::Retry { .. }) {
+                for message in &work {
+                    attempts.settled(message);
+                }
+            }
             for message in &work {
                 let started = SystemTime::now();
                 let clock = Instant::now();
@@ -218,6 +268,127 @@ where
     drop(source);
     core.reporter.remove_all();
     outcome.map_or(Ok(()), Err)
+}
+
+/// Publishes the dead-letter copies of `work`; the decision to settle with: `DeadLetter` once
+/// every copy is acknowledged, else `Retry` after a backoff (the broker delivers the original
+/// again; a broker that cannot is waited on here) so that nothing is lost.
+async fn dead_letter<M, D, Set>(
+    sink: D,
+    settler: &Set,
+    core: &Core,
+    work: &[M],
+    failure: &Failure,
+    attempts: u32,
+    failed: &Option<(opentelemetry::Context, crate::scope::MessageScope)>,
+) -> Decision
+where
+    M: IncomingMessage,
+    D: DeadLetter<M>,
+    Set: UnorderedSettler<M>,
+{
+    let mut tries = 0u32;
+    let mut sent = 0;
+    while let Some(message) = work.get(sent) {
+        let published = sink
+            .send(message, failure, attempts, &core.group, failed.as_ref())
+            .await;
+        let _about = failed.as_ref().map(|(cx, _)| cx.clone().attach());
+        match published {
+            Ok(()) => {
+                core.metrics.record_dead_letter(
+                    core.system,
+                    message.destination(),
+                    &core.group,
+                    &failure.error_type,
+                );
+                tracing::warn!(
+                    destination = message.destination(), error_type = %failure.error_type,
+                    error = %failure.error, attempts, "handler failed, message dead-lettered"
+                );
+                sent += 1;
+            }
+            Err(error) => {
+                tries = tries.saturating_add(1);
+                let after = super::dead_letter_backoff(tries);
+                tracing::warn!(
+                    destination = message.destination(), %error, ?after,
+                    "dead-letter publish failed: the message stays unsettled, trying again"
+                );
+                if settler.redelivers() {
+                    return Decision::Retry { after };
+                }
+                drop(_about);
+                tokio::time::sleep(after).await;
+            }
+        }
+    }
+    Decision::DeadLetter
+}
+
+/// The core's own count of the attempts at messages it asked the broker to deliver again,
+/// by message id, for brokers that do not count deliveries (RabbitMQ classic queues): bounded,
+/// forgotten once a message is settled for good. Costs nothing while empty.
+#[derive(Default)]
+struct Attempts {
+    entries: std::sync::Mutex<Retried>,
+    len: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct Retried {
+    by_id: std::collections::HashMap<String, u32>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Most message ids remembered; the oldest are forgotten first.
+const MAX_REMEMBERED: usize = 10_000;
+
+impl Attempts {
+    /// The attempt `message` is delivered for, if the core requeued it before.
+    fn next<M: IncomingMessage>(&self, message: &M) -> Option<u32> {
+        use std::sync::atomic::Ordering;
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let id = message.message_id()?;
+        let entries = self.entries.locked();
+        entries.by_id.get(&*id).map(|n| n.saturating_add(1))
+    }
+
+    /// `message` failed attempt `attempt` and goes back to the broker.
+    fn retried<M: IncomingMessage>(&self, message: &M, attempt: u32) {
+        use std::sync::atomic::Ordering;
+        let Some(id) = message.message_id() else {
+            return;
+        };
+        let mut entries = self.entries.locked();
+        if entries.by_id.insert(id.to_string(), attempt).is_none() {
+            entries.order.push_back(id.into_owned());
+            if entries.order.len() > MAX_REMEMBERED {
+                if let Some(oldest) = entries.order.pop_front() {
+                    entries.by_id.remove(&oldest);
+                }
+            }
+        }
+        self.len.store(entries.by_id.len(), Ordering::Relaxed);
+    }
+
+    /// `message` is settled for good.
+    fn settled<M: IncomingMessage>(&self, message: &M) {
+        use std::sync::atomic::Ordering;
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(id) = message.message_id() else {
+            return;
+        };
+        let mut entries = self.entries.locked();
+        if entries.by_id.remove(&*id).is_some() {
+            entries.order.retain(|known| *known != *id);
+        }
+        self.len.store(entries.by_id.len(), Ordering::Relaxed);
+    }
 }
 
 /// Notes a finished task; `true` when it decided `Stop`.
@@ -402,6 +573,7 @@ mod tests {
             }
         };
         let handler = One {
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: classifier(),
         };
@@ -463,6 +635,7 @@ mod tests {
             Ok::<_, BoxError>(())
         });
         let handler = One {
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: Classifier::new(),
         };
@@ -513,6 +686,7 @@ mod tests {
             }
         };
         let handler = One {
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: classifier(),
         };
@@ -545,6 +719,7 @@ mod tests {
             Ok::<_, BoxError>(())
         });
         let handler = One {
+            dead_letters: crate::consume::handle::NoDeadLetters,
             service,
             classifier: Classifier::new(),
         };

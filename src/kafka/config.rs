@@ -5,11 +5,108 @@ use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 
+use rdkafka::bindings as rdsys;
+use rdkafka::client::{Client, ClientContext};
+
 use super::error::ConfigError;
 use super::record::ServerAddress;
 
+/// Where a client talks to and what it calls itself, for `server.address`, `server.port` and
+/// `messaging.client.id` on its spans.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) server: Option<ServerAddress>,
+    pub(crate) client_id: Arc<str>,
+}
+
+impl Endpoint {
+    /// From a configuration: the first `bootstrap.servers` entry and `client.id` (librdkafka's
+    /// default is `rdkafka`).
+    pub(crate) fn from_config(config: &ClientConfig) -> Self {
+        Self::from_settings(
+            config
+                .get("bootstrap.servers")
+                .or_else(|| config.get("metadata.broker.list")),
+            config.get("client.id"),
+        )
+    }
+
+    /// From a live client's own configuration.
+    pub(crate) fn of<C: ClientContext>(client: &Client<C>) -> Self {
+        let bootstrap = setting(client, c"bootstrap.servers");
+        let client_id = setting(client, c"client.id");
+        Self::from_settings(bootstrap.as_deref(), client_id.as_deref())
+    }
+
+    /// `server.address`, `server.port` and `messaging.client.id`.
+    pub(crate) fn attributes(&self, attrs: &mut crate::message::SpanAttributes) {
+        use opentelemetry_semantic_conventions::attribute as semconv;
+        if let Some(server) = &self.server {
+            attrs.value(
+                semconv::SERVER_ADDRESS,
+                opentelemetry::StringValue::from(Arc::clone(&server.host)),
+            );
+            if let Some(port) = server.port {
+                attrs.int(semconv::SERVER_PORT, i64::from(port));
+            }
+        }
+        attrs.value(
+            semconv::MESSAGING_CLIENT_ID,
+            opentelemetry::StringValue::from(Arc::clone(&self.client_id)),
+        );
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self::from_settings(None, None)
+    }
+
+    fn from_settings(bootstrap: Option<&str>, client_id: Option<&str>) -> Self {
+        Self {
+            server: bootstrap.and_then(ServerAddress::from_bootstrap),
+            client_id: Arc::from(client_id.filter(|id| !id.is_empty()).unwrap_or("rdkafka")),
+        }
+    }
+}
+
+/// A setting of a live client, read back from librdkafka.
+///
+/// `rdkafka` keeps no copy of the configuration a client was created from, and a
+/// `FutureProducer` or `StreamConsumer` handed to eventscope must not need its config passed
+/// again; librdkafka keeps it and `rd_kafka_conf` reads it. `rdkafka` has no safe wrapper for
+/// that (a `Client::config_value` would remove this function's `unsafe`).
+#[allow(unsafe_code)]
+fn setting<C: ClientContext>(client: &Client<C>, key: &std::ffi::CStr) -> Option<String> {
+    let rk = client.native_ptr();
+    // SAFETY: `rk` is the handle of `client`, live while it is borrowed. `rd_kafka_conf` returns
+    // the client's own configuration, owned by librdkafka for the client's life and only read
+    // here. `rd_kafka_conf_get` is asked for the size first (null buffer), then writes at most
+    // that many bytes, the terminating NUL included, into a buffer of that size.
+    unsafe {
+        let conf = rdsys::rd_kafka_conf(rk);
+        if conf.is_null() {
+            return None;
+        }
+        let mut size = 0usize;
+        let ok = rdsys::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK;
+        if rdsys::rd_kafka_conf_get(conf, key.as_ptr(), std::ptr::null_mut(), &mut size) != ok {
+            return None;
+        }
+        let mut buffer = vec![0u8; size.max(1)];
+        if rdsys::rd_kafka_conf_get(conf, key.as_ptr(), buffer.as_mut_ptr().cast(), &mut size) != ok
+        {
+            return None;
+        }
+        std::ffi::CStr::from_bytes_until_nul(&buffer)
+            .ok()?
+            .to_str()
+            .ok()
+            .map(str::to_owned)
+    }
+}
+
 /// A consumer configuration that suits [`KafkaConsumer`](super::KafkaConsumer): your starting
-/// point, to adjust with [`ClientConfig::set`].
+/// point, to adjust with [`ClientConfig::set`](https://docs.rs/rdkafka/0.39/rdkafka/config/struct.ClientConfig.html#method.set) (the `rdkafka` re-exported as [`kafka::rdkafka`](crate::kafka::rdkafka)).
 ///
 /// Sets `bootstrap.servers`, `group.id`, `enable.auto.offset.store=false` (required: only
 /// processed messages are stored), `statistics.interval.ms=1000` (for lag) and
@@ -26,7 +123,7 @@ pub fn consumer_config(bootstrap_servers: &str, group: &str) -> ClientConfig {
 }
 
 /// A producer configuration: `bootstrap.servers` and nothing else, to adjust with
-/// [`ClientConfig::set`].
+/// [`ClientConfig::set`](https://docs.rs/rdkafka/0.39/rdkafka/config/struct.ClientConfig.html#method.set) (the `rdkafka` re-exported as [`kafka::rdkafka`](crate::kafka::rdkafka)).
 pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap_servers);
@@ -39,7 +136,7 @@ pub(crate) struct Settings {
     pub(crate) group: Arc<str>,
     pub(crate) read_committed: bool,
     pub(crate) reset_earliest: bool,
-    pub(crate) server: Option<Arc<ServerAddress>>,
+    pub(crate) endpoint: Arc<Endpoint>,
 }
 
 impl Settings {
@@ -52,11 +149,7 @@ impl Settings {
                 config.get("auto.offset.reset"),
                 Some("earliest" | "smallest" | "beginning")
             ),
-            server: config
-                .get("bootstrap.servers")
-                .or_else(|| config.get("metadata.broker.list"))
-                .and_then(ServerAddress::from_bootstrap)
-                .map(Arc::new),
+            endpoint: Arc::new(Endpoint::from_config(config)),
         }
     }
 }
@@ -156,7 +249,8 @@ mod tests {
         let s = Settings::from_config(&config);
         assert_eq!(&*s.group, "billing");
         assert!(!s.read_committed && s.reset_earliest);
-        assert_eq!(s.server.as_ref().and_then(|s| s.port), Some(9092));
+        assert_eq!(s.endpoint.server.as_ref().and_then(|s| s.port), Some(9092));
+        assert_eq!(&*s.endpoint.client_id, "rdkafka");
         assert!(Settings::from_config(&ClientConfig::new()).read_committed);
     }
 }

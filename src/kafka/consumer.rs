@@ -18,8 +18,8 @@ use super::error::ConfigError;
 use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
 use crate::classify::Classifier;
 use crate::consume::{
-    Adapter, ConsumeError, Consumer, Event, Lane, Opening, Options, Ordered, OrderedSettler,
-    OrderedSource, Positioned, Progress, Reporter,
+    Adapter, ConsumeError, Consumer, DeadLetterRule, Event, Lane, Opening, Options, Ordered,
+    OrderedSettler, OrderedSource, Positioned, Progress, Reporter,
 };
 use crate::message::system::KAFKA;
 use crate::BoxError;
@@ -43,11 +43,11 @@ pub type KafkaConsumer<Context = DefaultConsumerContext, Classify = Classifier> 
     Consumer<KafkaSubscription<Context>, Classify>;
 
 /// The Kafka part of a [`KafkaConsumer`]: your consumer.
-pub struct KafkaSubscription<X: ConsumerContext + 'static = DefaultConsumerContext> {
-    consumer: Arc<StreamConsumer<EventscopeContext<X>>>,
+pub struct KafkaSubscription<Ctx: ConsumerContext + 'static = DefaultConsumerContext> {
+    consumer: Arc<StreamConsumer<EventscopeContext<Ctx>>>,
 }
 
-impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSubscription<X> {
+impl<Ctx: ConsumerContext + 'static> fmt::Debug for KafkaSubscription<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSubscription")
             .field("group", &self.consumer.context().group())
@@ -89,19 +89,15 @@ impl KafkaConsumer {
     }
 }
 
-impl<X: ConsumerContext + 'static> KafkaConsumer<X> {
+impl<Ctx: ConsumerContext + 'static> KafkaConsumer<Ctx> {
     /// Drives `consumer`, created with an [`EventscopeContext`] (pass an `Arc` to keep a handle
     /// to it, e.g. to read committed offsets after `run` returned).
-    pub fn new(consumer: impl Into<Arc<StreamConsumer<EventscopeContext<X>>>>) -> Self {
-        let mut options = Options::DEFAULT;
-        // Each pause makes librdkafka drop what it fetched for the partition: a small buffer
-        // collapses throughput (see `max_buffered`).
-        options.max_buffered = options.max_buffered.max(MIN_BUFFERED);
+    pub fn new(consumer: impl Into<Arc<StreamConsumer<EventscopeContext<Ctx>>>>) -> Self {
         Consumer::with(
             KafkaSubscription {
                 consumer: consumer.into(),
             },
-            options,
+            Options::DEFAULT,
         )
     }
 
@@ -113,10 +109,10 @@ impl<X: ConsumerContext + 'static> KafkaConsumer<X> {
     /// As for [`from_config`](KafkaConsumer::from_config).
     pub fn from_config_with_context(
         config: &ClientConfig,
-        context: X,
+        context: Ctx,
     ) -> Result<Self, ConfigError> {
         check(config)?;
-        let consumer: StreamConsumer<EventscopeContext<X>> =
+        let consumer: StreamConsumer<EventscopeContext<Ctx>> =
             config.create_with_context(EventscopeContext::wrap(config, context))?;
         Ok(Self::new(consumer))
     }
@@ -125,9 +121,9 @@ impl<X: ConsumerContext + 'static> KafkaConsumer<X> {
 /// The smallest per-partition buffer a Kafka consumer keeps (see `max_buffered`).
 const MIN_BUFFERED: usize = 100;
 
-impl<X: ConsumerContext + 'static, C> KafkaConsumer<X, C> {
+impl<Ctx: ConsumerContext + 'static, C> KafkaConsumer<Ctx, C> {
     /// The consumer.
-    pub fn consumer(&self) -> &Arc<StreamConsumer<EventscopeContext<X>>> {
+    pub fn consumer(&self) -> &Arc<StreamConsumer<EventscopeContext<Ctx>>> {
         &self.adapter.consumer
     }
 
@@ -144,9 +140,9 @@ impl<X: ConsumerContext + 'static, C> KafkaConsumer<X, C> {
     }
 }
 
-impl<X: ConsumerContext + 'static> Adapter for KafkaSubscription<X> {
+impl<Ctx: ConsumerContext + 'static> Adapter for KafkaSubscription<Ctx> {
     type Message = KafkaMessage;
-    type Mode = Ordered<KafkaSource<X>, KafkaSettler<X>>;
+    type Mode = Ordered<KafkaSource<Ctx>, KafkaSettler<Ctx>>;
 
     fn system(&self) -> &'static str {
         KAFKA
@@ -154,6 +150,48 @@ impl<X: ConsumerContext + 'static> Adapter for KafkaSubscription<X> {
 
     fn group(&self) -> &str {
         self.consumer.context().group()
+    }
+
+    /// Each pause makes librdkafka drop what it fetched for the partition: a small buffer
+    /// collapses throughput (see `Consumer::max_buffered`).
+    fn min_buffered(&self) -> usize {
+        MIN_BUFFERED
+    }
+
+    /// The dead-letter topic of every topic subscribed or assigned (not patterns) must exist on
+    /// the consumer's cluster (a dead-letter publisher to another cluster is not checked here).
+    async fn check_dead_letters(&self, rule: Option<DeadLetterRule>) -> Result<(), ConsumeError> {
+        let consumer = Arc::clone(&self.consumer);
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut topics = std::collections::BTreeSet::new();
+            if let Ok(list) = consumer.subscription() {
+                topics.extend(list.elements().iter().map(|e| e.topic().to_owned()));
+            }
+            if let Ok(list) = consumer.assignment() {
+                topics.extend(list.elements().iter().map(|e| e.topic().to_owned()));
+            }
+            for topic in topics.iter().filter(|t| !t.starts_with('^')) {
+                let dead_letters = match &rule {
+                    Some(rule) => rule(topic),
+                    None => format!("{topic}.dlq"),
+                };
+                let metadata = consumer
+                    .fetch_metadata(Some(&dead_letters), std::time::Duration::from_secs(10))
+                    .map_err(|e| ConsumeError::Broker(Box::new(e)))?;
+                let missing = metadata.topics().iter().any(|t| {
+                    t.name() == dead_letters && (t.error().is_some() || t.partitions().is_empty())
+                });
+                if missing || metadata.topics().is_empty() {
+                    return Err(ConsumeError::Broker(
+                        format!("dead-letter topic {dead_letters} (of {topic}) does not exist")
+                            .into(),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        checked.unwrap_or_else(|e| Err(ConsumeError::Broker(Box::new(e))))
     }
 
     async fn open(self, opening: Opening) -> Result<Self::Mode, ConsumeError> {
@@ -203,9 +241,9 @@ impl Positioned for KafkaMessage {
 const HEADER_ROOM: usize = 256;
 
 /// librdkafka's stream and rebalances, as the core's events.
-pub struct KafkaSource<X: ConsumerContext + 'static> {
-    consumer: Arc<StreamConsumer<EventscopeContext<X>>>,
-    context: Arc<EventscopeContext<X>>,
+pub struct KafkaSource<Ctx: ConsumerContext + 'static> {
+    consumer: Arc<StreamConsumer<EventscopeContext<Ctx>>>,
+    context: Arc<EventscopeContext<Ctx>>,
     settings: Arc<Settings>,
     /// What the messages of a topic share (a consumer reads few topics).
     origins: Vec<Arc<Origin>>,
@@ -214,7 +252,7 @@ pub struct KafkaSource<X: ConsumerContext + 'static> {
     reporter: Reporter,
 }
 
-impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSource<X> {
+impl<Ctx: ConsumerContext + 'static> fmt::Debug for KafkaSource<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSource")
             .field("group", &self.settings.group)
@@ -222,7 +260,7 @@ impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSource<X> {
     }
 }
 
-impl<X: ConsumerContext + 'static> KafkaSource<X> {
+impl<Ctx: ConsumerContext + 'static> KafkaSource<Ctx> {
     fn origin(&mut self, topic: &str) -> &Arc<Origin> {
         let index = match self.origins.iter().position(|o| &*o.topic == topic) {
             Some(index) => index,
@@ -230,7 +268,7 @@ impl<X: ConsumerContext + 'static> KafkaSource<X> {
                 self.origins.push(Arc::new(Origin {
                     topic: Arc::from(topic),
                     group: Arc::clone(&self.settings.group),
-                    server: self.settings.server.clone(),
+                    endpoint: Arc::clone(&self.settings.endpoint),
                 }));
                 self.origins.len() - 1
             }
@@ -277,7 +315,7 @@ impl<X: ConsumerContext + 'static> KafkaSource<X> {
     }
 }
 
-impl<X: ConsumerContext + 'static> OrderedSource for KafkaSource<X> {
+impl<Ctx: ConsumerContext + 'static> OrderedSource for KafkaSource<Ctx> {
     type Message = KafkaMessage;
 
     async fn next(&mut self) -> Event<KafkaMessage> {
@@ -334,21 +372,22 @@ fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporte
         offset: message.offset(),
         timestamp: system_time_from_millis(message.timestamp().to_millis()),
         data: Arc::new(data),
+        attempt: 1,
     }
 }
 
 /// Stores settled offsets and commits them.
-pub struct KafkaSettler<X: ConsumerContext + 'static> {
-    consumer: Arc<StreamConsumer<EventscopeContext<X>>>,
+pub struct KafkaSettler<Ctx: ConsumerContext + 'static> {
+    consumer: Arc<StreamConsumer<EventscopeContext<Ctx>>>,
 }
 
-impl<X: ConsumerContext + 'static> fmt::Debug for KafkaSettler<X> {
+impl<Ctx: ConsumerContext + 'static> fmt::Debug for KafkaSettler<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaSettler").finish_non_exhaustive()
     }
 }
 
-impl<X: ConsumerContext + 'static> OrderedSettler for KafkaSettler<X> {
+impl<Ctx: ConsumerContext + 'static> OrderedSettler for KafkaSettler<Ctx> {
     fn track(&self, lane: &Lane, progress: &Progress) {
         // The context commits it before a rebalance takes the partition away.
         self.consumer.context().track(lane, progress);

@@ -211,7 +211,7 @@ impl<C: ConsumerContext + 'static> ConsumerContext for EventscopeContext<C> {
                 .any(|(t, p)| p == partition && t.as_str() == &**topic)
         });
         self.lag.forget(&revoked);
-        tracing::info!(group = %self.settings.group, partitions = ?revoked, "kafka partitions revoked");
+        tracing::debug!(group = %self.settings.group, partitions = ?revoked, "kafka partitions revoked");
         self.push_rebalance(RebalanceEvent::Revoked(revoked));
     }
 
@@ -219,7 +219,7 @@ impl<C: ConsumerContext + 'static> ConsumerContext for EventscopeContext<C> {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 let assigned = elements(partitions);
-                tracing::info!(group = %self.settings.group, partitions = ?assigned, "kafka partitions assigned");
+                tracing::debug!(group = %self.settings.group, partitions = ?assigned, "kafka partitions assigned");
                 self.push_rebalance(RebalanceEvent::Assigned(assigned));
             }
             Rebalance::Error(error) => {

@@ -10,6 +10,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::time::Sleep;
 
+use super::config::Endpoint;
 use super::error::PublishError;
 use super::publisher::{offer_parked, Parked, QUEUE_FULL_RETRY};
 use super::record::KafkaReceipt;
@@ -21,6 +22,7 @@ use crate::sync::Recover;
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture<C: ClientContext + 'static = DefaultClientContext> {
     state: State<C>,
+    endpoint: Arc<Endpoint>,
 }
 
 enum State<C: ClientContext + 'static> {
@@ -47,25 +49,32 @@ impl<C: ClientContext + 'static> fmt::Debug for ResponseFuture<C> {
 }
 
 impl<C: ClientContext + 'static> ResponseFuture<C> {
-    pub(crate) fn delivering(delivery: DeliveryFuture) -> Self {
+    pub(crate) fn delivering(delivery: DeliveryFuture, endpoint: Arc<Endpoint>) -> Self {
         Self {
             state: State::Delivering(delivery),
+            endpoint,
         }
     }
 
-    pub(crate) fn parked(slot: Arc<Mutex<Parked>>, producer: FutureProducer<C>) -> Self {
+    pub(crate) fn parked(
+        slot: Arc<Mutex<Parked>>,
+        producer: FutureProducer<C>,
+        endpoint: Arc<Endpoint>,
+    ) -> Self {
         Self {
             state: State::Parked {
                 slot,
                 producer,
                 retry: Box::pin(tokio::time::sleep(QUEUE_FULL_RETRY)),
             },
+            endpoint,
         }
     }
 
-    pub(crate) fn failed(error: PublishError) -> Self {
+    pub(crate) fn failed(error: PublishError, endpoint: Arc<Endpoint>) -> Self {
         Self {
             state: State::Failed(Some(error)),
+            endpoint,
         }
     }
 }
@@ -74,14 +83,16 @@ impl<C: ClientContext + 'static> Future for ResponseFuture<C> {
     type Output = Result<KafkaReceipt, PublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
         loop {
-            match &mut self.state {
+            match &mut this.state {
                 State::Delivering(delivery) => {
                     let report = std::task::ready!(Pin::new(delivery).poll(cx));
                     return Poll::Ready(match report {
                         Ok(Ok(d)) => Ok(KafkaReceipt {
                             partition: d.partition,
                             offset: d.offset,
+                            endpoint: Arc::clone(&this.endpoint),
                         }),
                         Ok(Err((error, _message))) => Err(PublishError::kafka(error)),
                         Err(_cancelled) => Err(PublishError::cancelled()),
@@ -103,7 +114,7 @@ impl<C: ClientContext + 'static> Future for ResponseFuture<C> {
                         continue;
                     }
                     let taken = std::mem::replace(&mut *slot.locked(), Parked::Taken);
-                    self.state = match taken {
+                    this.state = match taken {
                         Parked::Queued(delivery) => State::Delivering(delivery),
                         Parked::Failed(error) => State::Failed(Some(error)),
                         Parked::Waiting(_) | Parked::Taken => State::Failed(None),

@@ -49,6 +49,9 @@ impl Lag {
                 return;
             }
         };
+        if let Some(up) = connected(&stats) {
+            reporter.connected(up);
+        }
         for lag in partition_lags(&stats, &self.settings) {
             let end = self.watermarks.end(&lag);
             reporter.lag(lag.topic, Some(lag.partition), lag.messages(end));
@@ -248,6 +251,33 @@ impl Shared {
     }
 }
 
+/// Whether any broker of the cluster is up, by the statistics' `brokers` (the bootstrap and
+/// internal entries, node id `-1`, do not count); `None` when the document has none.
+pub(crate) fn connected(stats: &Value) -> Option<bool> {
+    let brokers = stats.get("brokers")?.as_object()?;
+    let known: Vec<&Value> = brokers
+        .values()
+        .filter(|b| {
+            b.get("nodeid")
+                .and_then(Value::as_i64)
+                .is_some_and(|id| id >= 0)
+        })
+        .collect();
+    if known.is_empty() {
+        // Not connected yet or no longer: only the bootstrap entries are left.
+        return Some(
+            brokers
+                .values()
+                .any(|b| b.get("state").and_then(Value::as_str) == Some("UP")),
+        );
+    }
+    Some(
+        known
+            .iter()
+            .any(|b| b.get("state").and_then(Value::as_str) == Some("UP")),
+    )
+}
+
 /// Lag per assigned, actively fetched partition; see [`EventscopeContext`](super::EventscopeContext).
 pub(crate) fn partition_lags<'a>(
     stats: &'a Value,
@@ -302,7 +332,7 @@ mod tests {
             group: Arc::from("g"),
             read_committed,
             reset_earliest,
-            server: None,
+            endpoint: Arc::new(crate::kafka::config::Endpoint::for_tests()),
         }
     }
 
@@ -372,6 +402,28 @@ mod tests {
         let mut idle = WatermarkState::default();
         assert_eq!(idle.observe(&key, &at(10, 10, 10), t0), (10, false));
         assert_eq!(idle.observe(&key, &at(10, 10, 10), later), (10, false));
+    }
+
+    #[test]
+    fn connected_when_a_known_broker_is_up() {
+        let doc = |states: &[(i64, &str)]| {
+            let brokers: serde_json::Map<String, Value> = states
+                .iter()
+                .enumerate()
+                .map(|(i, (id, state))| {
+                    (
+                        format!("b{i}"),
+                        serde_json::json!({"nodeid": id, "state": state}),
+                    )
+                })
+                .collect();
+            serde_json::json!({ "brokers": brokers })
+        };
+        assert_eq!(connected(&doc(&[(-1, "UP"), (1, "UP")])), Some(true));
+        assert_eq!(connected(&doc(&[(-1, "UP"), (1, "DOWN")])), Some(false));
+        assert_eq!(connected(&doc(&[(1, "CONNECT"), (2, "UP")])), Some(true));
+        assert_eq!(connected(&doc(&[(-1, "TRY_CONNECT")])), Some(false));
+        assert_eq!(connected(&serde_json::json!({})), None);
     }
 
     #[test]

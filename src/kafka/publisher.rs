@@ -13,6 +13,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::carrier::to_owned_headers;
+use super::config::Endpoint;
 use super::error::{KafkaErrorClassifier, PublishError};
 use super::future::ResponseFuture;
 use super::record::KafkaRecord;
@@ -51,15 +52,20 @@ pub struct KafkaPublisher<C: ClientContext + 'static = DefaultClientContext> {
     producer: FutureProducer<C>,
     parked: Option<Arc<Mutex<Parked>>>,
     retry: Option<Pin<Box<Sleep>>>,
+    /// `server.address`, `server.port` and `messaging.client.id` of the `send` spans, read from
+    /// the producer's configuration.
+    endpoint: Arc<Endpoint>,
 }
 
 impl<C: ClientContext + 'static> KafkaPublisher<C> {
     /// Publishes through `producer` (a clone of it: the producer stays yours).
     pub fn new(producer: FutureProducer<C>) -> Self {
+        let endpoint = Arc::new(Endpoint::of(rdkafka::producer::Producer::client(&producer)));
         Self {
             producer,
             parked: None,
             retry: None,
+            endpoint,
         }
     }
 
@@ -71,7 +77,12 @@ impl<C: ClientContext + 'static> KafkaPublisher<C> {
 
 impl<C: ClientContext + 'static> Clone for KafkaPublisher<C> {
     fn clone(&self) -> Self {
-        Self::new(self.producer.clone())
+        Self {
+            producer: self.producer.clone(),
+            parked: None,
+            retry: None,
+            endpoint: Arc::clone(&self.endpoint),
+        }
     }
 }
 
@@ -110,13 +121,15 @@ impl<C: ClientContext + 'static> Service<KafkaRecord> for KafkaPublisher<C> {
 
     fn call(&mut self, record: KafkaRecord) -> Self::Future {
         match enqueue(&self.producer, &record) {
-            Ok(delivery) => ResponseFuture::delivering(delivery),
+            Ok(delivery) => ResponseFuture::delivering(delivery, Arc::clone(&self.endpoint)),
             Err(Enqueue::Full) => {
                 let slot = Arc::new(Mutex::new(Parked::Waiting(record)));
                 self.parked = Some(Arc::clone(&slot));
-                ResponseFuture::parked(slot, self.producer.clone())
+                ResponseFuture::parked(slot, self.producer.clone(), Arc::clone(&self.endpoint))
             }
-            Err(Enqueue::Failed(error)) => ResponseFuture::failed(error),
+            Err(Enqueue::Failed(error)) => {
+                ResponseFuture::failed(error, Arc::clone(&self.endpoint))
+            }
         }
     }
 }

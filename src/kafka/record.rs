@@ -92,12 +92,15 @@ impl OutgoingMessage for KafkaRecord {
 }
 
 /// Where the broker stored a published record: the publish span's partition and offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KafkaReceipt {
     /// Partition.
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
+    /// The producer's broker and client id, for the span.
+    pub(crate) endpoint: Arc<super::config::Endpoint>,
 }
 
 impl Receipt for KafkaReceipt {
@@ -107,6 +110,7 @@ impl Receipt for KafkaReceipt {
 
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
+        self.endpoint.attributes(attrs);
     }
 }
 
@@ -151,6 +155,8 @@ pub struct KafkaMessage {
     pub(crate) offset: i64,
     pub(crate) timestamp: Option<SystemTime>,
     pub(crate) data: Arc<Data>,
+    /// Which attempt the consumer core hands it for (1 = the first).
+    pub(crate) attempt: u32,
 }
 
 /// What all messages of a partition share.
@@ -158,7 +164,7 @@ pub struct KafkaMessage {
 pub(crate) struct Origin {
     pub(crate) topic: Arc<str>,
     pub(crate) group: Arc<str>,
-    pub(crate) server: Option<Arc<ServerAddress>>,
+    pub(crate) endpoint: Arc<super::config::Endpoint>,
 }
 
 /// Start and end of a field in [`Data::bytes`].
@@ -343,15 +349,24 @@ impl IncomingMessage for KafkaMessage {
         KafkaMessage::key(self)
     }
 
+    fn offset(&self) -> Option<i64> {
+        Some(self.offset)
+    }
+
+    /// The attempt the consumer core hands it for: Kafka counts no deliveries, so this is the
+    /// core's count of its retries in process (1 on the first delivery).
+    fn delivery_attempt(&self) -> Option<u32> {
+        Some(self.attempt)
+    }
+
+    fn set_delivery_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
+    }
+
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
         key_attributes(KafkaMessage::key(self), self.data.payload.is_none(), attrs);
         attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
-        if let Some(server) = &self.origin.server {
-            attrs.string(semconv::SERVER_ADDRESS, &*server.host);
-            if let Some(port) = server.port {
-                attrs.int(semconv::SERVER_PORT, i64::from(port));
-            }
-        }
+        self.origin.endpoint.attributes(attrs);
     }
 }
 
@@ -414,12 +429,13 @@ mod tests {
             origin: Arc::new(Origin {
                 topic: Arc::from("orders"),
                 group: Arc::from("billing"),
-                server: None,
+                endpoint: Arc::new(crate::kafka::config::Endpoint::for_tests()),
             }),
             partition: 1,
             offset: 9,
             timestamp: None,
             data: Arc::new(data),
+            attempt: 1,
         };
         let copy = message.republish("orders.dlq");
         assert_eq!(copy.topic(), "orders.dlq");
@@ -478,12 +494,13 @@ mod tests {
             origin: Arc::new(Origin {
                 topic: Arc::from("orders"),
                 group: Arc::from(""),
-                server: None,
+                endpoint: Arc::new(crate::kafka::config::Endpoint::for_tests()),
             }),
             partition: 2,
             offset: 7,
             timestamp: None,
             data: Arc::new(data),
+            attempt: 1,
         };
         assert_eq!(message.key(), Some(&[0xff, 0x01][..]));
         assert_eq!(message.payload(), &b"{}"[..]);
@@ -506,7 +523,10 @@ mod tests {
         message.extra_attributes(&mut attrs);
         assert_eq!(
             attrs.drain().collect::<Vec<_>>(),
-            vec![KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7)]
+            vec![
+                KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 7),
+                KeyValue::new(semconv::MESSAGING_CLIENT_ID, "rdkafka"),
+            ]
         );
     }
 

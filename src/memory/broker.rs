@@ -219,6 +219,16 @@ impl MemoryBroker {
         Some(high)
     }
 
+    /// The oldest offset a partition still holds, if the topic and partition exist.
+    #[cfg(feature = "testing")]
+    pub(crate) fn log_start_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = self.existing(topic)?;
+        usize::try_from(partition)
+            .ok()
+            .filter(|p| *p < topic.partitions.len())?;
+        Some(self.log_start(&topic, partition))
+    }
+
     /// The offset `group` will read next from a partition, if it committed one.
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
         let topic = self.existing(topic)?;

@@ -89,6 +89,19 @@ impl<C> Consumer<MemorySubscription, C> {
     }
 }
 
+#[cfg(feature = "testing")]
+impl MemorySubscription {
+    /// The broker consumed from (the test kit reads its committed offsets).
+    pub(crate) fn broker(&self) -> &MemoryBroker {
+        &self.broker
+    }
+
+    /// The topics subscribed to.
+    pub(crate) fn topics(&self) -> &[String] {
+        &self.topics
+    }
+}
+
 impl Adapter for MemorySubscription {
     type Message = MemoryMessage;
     type Mode = Ordered<MemorySource, MemorySettler>;
@@ -104,6 +117,8 @@ impl Adapter for MemorySubscription {
     /// Joins the group.
     async fn open(self, opening: Opening) -> Result<Self::Mode, ConsumeError> {
         let (member, generation) = self.broker.join(&self.group, &self.topics);
+        // In process: connected for as long as the consumer runs.
+        opening.reporter().connected(true);
         let source = MemorySource {
             broker: self.broker.clone(),
             group: Arc::clone(&self.group),
@@ -144,7 +159,14 @@ struct Fetch {
     position: i64,
     paused: bool,
     high_watermark: watch::Receiver<i64>,
+    /// Records skipped over since the last warning, and when that was (one warning per lane
+    /// per [`DROP_WARNING_INTERVAL`]; the dropped counter has every record).
+    unwarned: i64,
+    warned_at: Option<Instant>,
 }
+
+/// At most one "records dropped" warning per lane in this interval.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The partitions a member owns, read in turn.
 pub struct MemorySource {
@@ -196,6 +218,8 @@ impl MemorySource {
                     position,
                     paused: false,
                     high_watermark,
+                    unwarned: 0,
+                    warned_at: None,
                 },
             );
             assigned.push(lane);
@@ -222,10 +246,19 @@ impl MemorySource {
             );
             if let Some(first) = batch.first() {
                 if first.offset > fetch.position {
-                    tracing::warn!(
-                        topic = %lane.topic, partition = lane.partition, from = fetch.position,
-                        to = first.offset, "records dropped by retention before they were consumed"
-                    );
+                    fetch.unwarned += first.offset - fetch.position;
+                    let due = fetch
+                        .warned_at
+                        .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL);
+                    if due {
+                        tracing::warn!(
+                            topic = %lane.topic, partition = lane.partition, group = %self.group,
+                            skipped = fetch.unwarned, next = first.offset,
+                            "records dropped by retention before they were consumed"
+                        );
+                        fetch.unwarned = 0;
+                        fetch.warned_at = Some(Instant::now());
+                    }
                 }
             }
             for message in batch {

@@ -170,6 +170,7 @@ impl MemoryBroker {
                 payload: Arc::clone(&stored.payload),
                 headers: Arc::clone(&stored.headers),
                 timestamp: stored.timestamp,
+                attempt: 1,
             })
             .collect();
         if let (Some(group), false) = (group, batch.is_empty()) {

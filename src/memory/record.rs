@@ -84,6 +84,8 @@ pub struct MemoryMessage {
     pub(crate) payload: Arc<[u8]>,
     pub(crate) headers: Arc<HeaderList>,
     pub(crate) timestamp: SystemTime,
+    /// Which attempt the consumer core hands it for (1 = the first).
+    pub(crate) attempt: u32,
 }
 
 impl MemoryMessage {
@@ -162,6 +164,19 @@ impl IncomingMessage for MemoryMessage {
 
     fn key(&self) -> Option<&[u8]> {
         self.key.as_deref()
+    }
+
+    fn offset(&self) -> Option<i64> {
+        Some(self.offset)
+    }
+
+    /// The core's count of its retries in process (1 on the first delivery).
+    fn delivery_attempt(&self) -> Option<u32> {
+        Some(self.attempt)
+    }
+
+    fn set_delivery_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
     }
 }
 

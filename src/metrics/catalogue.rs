@@ -58,6 +58,8 @@ pub mod name {
     pub const UNACKED_MESSAGES: &str = "messaging_consumer_unacked_messages";
     /// A consumer's connection re-established after it was lost.
     pub const RECONNECTS: &str = "messaging_consumer_reconnects_total";
+    /// 1 while a consumer is connected to its broker, 0 while it is not.
+    pub const CONNECTED: &str = "messaging_consumer_connected";
     /// Malformed incoming trace context.
     pub const TRACE_CONTEXT_INVALID: &str = "eventscope_trace_context_invalid_total";
 }
@@ -230,6 +232,13 @@ pub(super) const RECONNECTS: MetricFamily = MetricFamily {
     kind: Counter,
     labels: &[SYSTEM, GROUP],
 };
+/// Connected.
+pub(super) const CONNECTED: MetricFamily = MetricFamily {
+    name: name::CONNECTED,
+    help: "1 while the consumer is connected to its broker, 0 while it is not and its client is trying again (Kafka: some broker of the cluster is up); absent once the consumer returned.",
+    kind: Gauge,
+    labels: &[SYSTEM, GROUP],
+};
 /// Invalid trace context.
 pub(super) const TRACE_CONTEXT_INVALID: MetricFamily = MetricFamily {
     name: name::TRACE_CONTEXT_INVALID,
@@ -258,5 +267,6 @@ pub const CATALOGUE: &[MetricFamily] = &[
     PARTITION_STOPPED,
     UNACKED_MESSAGES,
     RECONNECTS,
+    CONNECTED,
     TRACE_CONTEXT_INVALID,
 ];

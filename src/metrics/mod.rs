@@ -86,6 +86,7 @@ struct Families {
     partition_stopped: IntGaugeVec,
     unacked: IntGaugeVec,
     reconnects: IntCounterVec,
+    connected: IntGaugeVec,
     trace_invalid: IntCounterVec,
 }
 
@@ -202,6 +203,7 @@ impl Families {
             partition_stopped: int_gauge(registry, c::PARTITION_STOPPED)?,
             unacked: int_gauge(registry, c::UNACKED_MESSAGES)?,
             reconnects: counter(registry, c::RECONNECTS)?,
+            connected: int_gauge(registry, c::CONNECTED)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
         })
     }
@@ -389,6 +391,17 @@ impl Metrics {
             .reconnects
             .with_label_values(&[system, group])
             .inc_by(count);
+    }
+
+    /// Shows whether a consumer is connected (`Some`), or removes its series (`None`).
+    pub(crate) fn set_connected(&self, system: &str, group: &str, connected: Option<bool>) {
+        let gauge = &self.inner.families.connected;
+        match connected {
+            Some(up) => gauge.with_label_values(&[system, group]).set(i64::from(up)),
+            None => {
+                let _ = gauge.remove_label_values(&[system, group]);
+            }
+        }
     }
 
     /// An incoming trace context was unusable.

@@ -1,6 +1,7 @@
 //! What a NATS consumer reports besides its messages, from one task per consumer: the
 //! JetStream consumer's lag (`num_pending`, SPEC §5) and unacked count (`num_ack_pending`),
-//! polled from the server, and the client's reconnects, read from its statistics.
+//! polled from the server, whether the client is connected (`messaging_consumer_connected`),
+//! and its reconnects, read from its statistics.
 //!
 //! Reconnects come from `Client::statistics().connects`, an exact count the client keeps,
 //! rather than from its connection events, which are dropped when the client's event queue is
@@ -43,8 +44,9 @@ impl Monitor {
         lag: Option<LagSource>,
     ) -> Self {
         let open = Arc::new(Mutex::new(true));
-        // The series exists from the start: a dashboard shows "no reconnects", not "no data".
+        // The series exist from the start: a dashboard shows "no reconnects", not "no data".
         reporter.reconnected(0);
+        reporter.connected(client.connection_state() == State::Connected);
         let task = tokio::spawn(watch(client, reporter, what, lag, Arc::clone(&open)));
         Self { open, task }
     }
@@ -99,6 +101,9 @@ async fn watch(
                     );
                 }
                 connected = state == State::Connected;
+                if !report(&open, || reporter.connected(connected)) {
+                    return;
+                }
             }
             _ = lags.tick(), if lag.is_some() => {
                 let Some(lag) = &lag else { continue };

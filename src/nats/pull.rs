@@ -105,7 +105,7 @@ impl JetStreamConsumer {
     }
 }
 
-impl<C> JetStreamConsumer<C> {
+impl<C, D> Consumer<JetStreamSubscription, C, D> {
     /// How often the consumer's `num_pending` and `num_ack_pending` are read from the server
     /// for `messaging_consumer_lag_messages` and `messaging_consumer_unacked_messages` (default
     /// 5 s; each read is one request of about half a millisecond).

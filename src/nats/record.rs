@@ -115,6 +115,10 @@ impl OutgoingMessage for NatsRecord {
     fn body_size(&self) -> Option<usize> {
         Some(self.payload.len())
     }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// Where JetStream stored a published message: the publish span's attributes.

@@ -82,7 +82,7 @@ impl NatsConsumer {
     }
 }
 
-impl<C> NatsConsumer<C> {
+impl<C, D> Consumer<NatsSubscription, C, D> {
     /// Counts the client's slow-consumer drops of this subscription in
     /// `messaging_consumer_dropped_messages_total`: `events` must be the client's event
     /// callback (see [`ClientEvents`]).

@@ -165,6 +165,14 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
+/// Tells the consumer core which span and scope the failed call had (the dead-letter publish
+/// is their child; a retry in process continues the trace).
+fn note_failed(outcome: &mut Outcome, scope: &mut Option<MessageScope>) {
+    if let (Some(span), Some(scope)) = (outcome.span.as_mut(), scope.take()) {
+        super::note_failed(span.context().clone(), scope);
+    }
+}
+
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
@@ -185,6 +193,7 @@ where
         let result = match polled {
             Ok(poll) => std::task::ready!(poll),
             Err(panic) => {
+                note_failed(this.outcome, this.scope);
                 this.outcome.finish(Some(crate::classify::PANIC));
                 std::panic::resume_unwind(panic)
             }
@@ -192,6 +201,7 @@ where
         match &result {
             Ok(_) => this.outcome.finish(None),
             Err(error) => {
+                note_failed(this.outcome, this.scope);
                 let error_type = this.classifier.classify(error);
                 this.outcome.finish(Some(&error_type));
             }

@@ -109,6 +109,63 @@ impl Drop for Calling {
     }
 }
 
+thread_local! {
+    /// The process span of the attempt before, while the consumer core polls a retry in
+    /// process: a message that brought no trace context continues that attempt's trace.
+    static RETRY_OF: std::cell::RefCell<Option<opentelemetry::trace::SpanContext>> =
+        const { std::cell::RefCell::new(None) };
+    /// The last handler call on this thread that failed inside a process layer: the context of
+    /// its process span and the message scope it ran in. The consumer core takes it right
+    /// after the failure (same task, same poll) for the dead-letter publish.
+    static FAILED: std::cell::RefCell<Option<(opentelemetry::Context, crate::scope::MessageScope)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A failed call's process span context and message scope, written by the process layer.
+pub(crate) fn note_failed(cx: opentelemetry::Context, scope: crate::scope::MessageScope) {
+    FAILED.with(|failed| *failed.borrow_mut() = Some((cx, scope)));
+}
+
+/// Takes what the process layer noted of the call that just failed on this thread.
+pub(crate) fn take_failed() -> Option<(opentelemetry::Context, crate::scope::MessageScope)> {
+    FAILED.with(|failed| failed.borrow_mut().take())
+}
+
+/// The span a retry in process continues, if the core is polling one.
+pub(crate) fn retry_of() -> Option<opentelemetry::trace::SpanContext> {
+    RETRY_OF.with(|retry| retry.borrow().clone())
+}
+
+pin_project_lite::pin_project! {
+    /// Polls a retry's handler call with the span of the attempt before set (see `RETRY_OF`).
+    pub(crate) struct Retrying<F> {
+        #[pin]
+        inner: F,
+        of: Option<opentelemetry::trace::SpanContext>,
+    }
+}
+
+impl<F> Retrying<F> {
+    pub(crate) fn new(inner: F, of: Option<opentelemetry::trace::SpanContext>) -> Self {
+        Self { inner, of }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Retrying<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let before = RETRY_OF.with(|retry| retry.replace(this.of.clone()));
+        let polled = this.inner.poll(cx);
+        RETRY_OF.with(|retry| *retry.borrow_mut() = before);
+        polled
+    }
+}
+
 /// How the process span relates to the context the message was created in (SPEC §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ParentPolicy {

@@ -60,7 +60,13 @@ where
         }
         let system = message.system();
         let (trace, ids) = super::scan_headers(&message);
-        let extracted = config.propagation.extract_scanned(&trace, &message);
+        let mut extracted = config.propagation.extract_scanned(&trace, &message);
+        if !extracted.context.has_active_span() {
+            // A retry in process of a message without trace context: one trace for all.
+            if let Some(previous) = super::retry_of() {
+                extracted.context = extracted.context.with_remote_span_context(previous);
+            }
+        }
         let (scope, ids_invalid) = ids.scope(&message);
         if extracted.invalid || ids_invalid {
             config.metrics.record_trace_context_invalid(system);
@@ -104,7 +110,12 @@ where
             config.policy.use_as_parent(),
         );
         if span.is_recording() {
-            span.describe(&start, |attributes| message.extra_attributes(attributes));
+            span.describe(&start, |attributes| {
+                if let Some(attempt) = message.delivery_attempt() {
+                    attributes.int(span::DELIVERY_ATTEMPT, i64::from(attempt));
+                }
+                message.extra_attributes(attributes);
+            });
             span.link(extracted.context.span().span_context(), Vec::new());
         }
 
@@ -134,7 +145,11 @@ where
             // A panic in `call` (before there is a future) is recorded like one in the future,
             // then goes on to the consumer core.
             Err(panic) => {
-                Outcome::new(pending, span).finish(Some(crate::classify::PANIC));
+                let mut outcome = Outcome::new(pending, span);
+                if let Some(span) = outcome.span.as_mut() {
+                    super::note_failed(span.context().clone(), scope);
+                }
+                outcome.finish(Some(crate::classify::PANIC));
                 std::panic::resume_unwind(panic)
             }
         }

@@ -50,6 +50,11 @@ impl<C> PublishLayer<C> {
         self
     }
 
+    pub(crate) fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
     /// Uses `classifier` to derive `error.type` from the publisher's errors.
     pub fn classify_errors<C2>(self, classifier: C2) -> PublishLayer<C2> {
         PublishLayer {

@@ -46,3 +46,24 @@ mod service;
 
 pub use self::layer::PublishLayer;
 pub use self::service::Publish;
+
+thread_local! {
+    /// A span a publish made in [`with_link`] links to (a replayed dead letter links to the
+    /// message that was dead-lettered).
+    static LINK: std::cell::RefCell<Option<opentelemetry::trace::SpanContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (which calls a publish layer) so that the `send` span it starts, if it records,
+/// links to `to`.
+pub(crate) fn with_link<T>(to: opentelemetry::trace::SpanContext, f: impl FnOnce() -> T) -> T {
+    let before = LINK.with(|link| link.replace(Some(to)));
+    let result = f();
+    LINK.with(|link| *link.borrow_mut() = before);
+    result
+}
+
+/// The span the current publish links to, if any.
+pub(crate) fn link() -> Option<opentelemetry::trace::SpanContext> {
+    LINK.with(|link| link.borrow().clone())
+}

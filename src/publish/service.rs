@@ -140,6 +140,9 @@ where
                 },
                 |attributes| message.extra_attributes(attributes),
             );
+            if let Some(to) = super::link() {
+                span.link(&to, Vec::new());
+            }
         }
         if config.inject {
             config.propagation.inject_span(&span, &mut message);

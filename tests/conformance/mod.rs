@@ -19,11 +19,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventscope::classify::{Classifier, Decision, CANCELLED, PANIC};
+use eventscope::classify::{Classifier, Decision, RetryPolicy, CANCELLED, PANIC};
 use eventscope::consume::ConsumeError;
 use eventscope::consume::Consumer;
+use eventscope::header;
+use eventscope::message::{Headers, IncomingMessage};
 use eventscope::metrics::{label, name, Metrics, OPERATION_SETTLE};
 use eventscope::publish::PublishLayer;
+use eventscope::scope::MessageScope;
 use eventscope::BoxError;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -56,6 +59,8 @@ pub struct Spec {
     pub tracer: Option<SdkTracerProvider>,
     /// Whether settles are spans.
     pub settle_spans: bool,
+    /// Give the consumer a dead-letter publisher (the adapter's default destination).
+    pub dead_letter: bool,
 }
 
 impl Spec {
@@ -72,7 +77,7 @@ impl Spec {
 /// What the suite needs from an adapter: "start a topic, publish, consume with this stack,
 /// kill, inspect".
 pub trait Harness: Send + Sync + 'static {
-    type Message: Clone + Send + Sync + 'static;
+    type Message: IncomingMessage + Clone + Send + Sync + 'static;
 
     /// `messaging_system` of the adapter.
     fn system(&self) -> &'static str;
@@ -139,6 +144,21 @@ pub trait Harness: Send + Sync + 'static {
     fn send_destination(&self, topic: &str) -> String {
         topic.to_owned()
     }
+
+    /// Where a consumer of `topic` dead-letters by default (`{topic}.dlq`); [`topic`](Self::topic)
+    /// makes it exist wherever the broker needs that.
+    fn dead_letter_destination(&self, topic: &str) -> String {
+        format!("{topic}.dlq")
+    }
+
+    /// The consumer group a consumer built from `spec` reports (`dlq-consumer-group`).
+    fn consumer_group(&self, spec: &Spec) -> String {
+        spec.group.clone()
+    }
+
+    /// The first `n` messages of `destination`, read by a consumer of its own (to inspect what
+    /// another consumer published there).
+    fn read(&self, destination: &str, n: usize) -> impl Future<Output = Vec<Self::Message>> + Send;
 }
 
 /// Waits until the group has settled everything: each partition committed to `per_partition`
@@ -221,10 +241,43 @@ macro_rules! conformance_suite {
             conformance::the_trace_continues_across_the_broker(&$harness).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_poison_message_is_dead_lettered_after_its_attempts() {
+            conformance::a_poison_message_is_dead_lettered_after_its_attempts(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn batches_settle_whole_and_empty_polls_record_nothing() {
             conformance::batches_settle_whole_and_empty_polls_record_nothing(&$harness).await;
         }
     };
+}
+
+/// The first `n` messages a consumer gets: `consume` runs one with the handler and the
+/// shutdown given, which resolves once `n` arrived (a harness's [`Harness::read`]).
+pub async fn collect<M: Clone + Send + Sync + 'static>(
+    n: usize,
+    consume: impl FnOnce(Handler<M>, Shutdown) -> Running,
+) -> Vec<M> {
+    let got: Arc<Mutex<Vec<M>>> = Arc::default();
+    let enough = Arc::new(Notify::new());
+    let handler: Handler<M> = {
+        let (got, enough) = (Arc::clone(&got), Arc::clone(&enough));
+        BoxCloneSyncService::new(service_fn(move |message: M| {
+            let mut got = got.lock().unwrap();
+            got.push(message);
+            if got.len() >= n {
+                enough.notify_one();
+            }
+            async { Ok::<_, BoxError>(()) }
+        }))
+    };
+    let waiter = Arc::clone(&enough);
+    let shutdown: Shutdown = Box::pin(async move { waiter.notified().await });
+    tokio::time::timeout(LIMIT, consume(handler, shutdown))
+        .await
+        .expect("the messages arrive")
+        .expect("the reading consumer runs");
+    let got = got.lock().unwrap();
+    got.iter().take(n).cloned().collect()
 }
 
 /// Keeps a broken run from hanging; never an assertion on timing.
@@ -266,6 +319,7 @@ fn spec<H: Harness>(h: &H, topic: &str, partitions: i32) -> Spec {
         join_group: false,
         tracer: None,
         settle_spans: false,
+        dead_letter: false,
     }
 }
 
@@ -964,4 +1018,189 @@ pub async fn the_trace_continues_across_the_broker<H: Harness>(h: &H) {
     assert_eq!(system(&process).as_deref(), Some(h.system()));
     let settles: Vec<_> = spans.iter().filter(|s| s.name == settle_name).collect();
     assert!(settles.iter().all(|s| s.span_kind == SpanKind::Client));
+}
+
+/// SPEC §7, §8: a message that keeps failing is tried exactly as often as its retry policy
+/// says, within the policy's delays, then published to the dead-letter destination with the
+/// error headers, a fresh id, the failed message as its cause and its correlation id kept, in
+/// the failed attempt's trace; the messages after it are processed; the counters read what
+/// happened.
+pub async fn a_poison_message_is_dead_lettered_after_its_attempts<H: Harness>(h: &H) {
+    const ATTEMPTS: u32 = 3;
+    let policy = RetryPolicy::exponential(Duration::from_millis(40))
+        .max_delay(Duration::from_millis(150))
+        .max_attempts(ATTEMPTS);
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let topic = h.topic(1).await;
+    publish_all(h, &topic, 1, 4).await;
+    let mut spec = spec(h, &topic, 1);
+    spec.classifier = spec.classifier.clone().decision("Poison", policy);
+    spec.tracer = Some(provider.clone());
+    spec.dead_letter = true;
+
+    // What the handler saw of each attempt at the poison message: when, which attempt, and the
+    // ids of its scope (what its dead-letter copy must name).
+    type Attempt = (std::time::Instant, Option<u32>, Option<MessageScope>);
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let seen = Seen::default();
+    let handler: Handler<H::Message> = {
+        let (seen, attempts) = (seen.clone(), Arc::clone(&attempts));
+        BoxCloneSyncService::new(service_fn(move |message: H::Message| {
+            seen.push::<H>(&message);
+            let poison = H::payload(&message) == "0-1";
+            if poison {
+                attempts.lock().unwrap().push((
+                    std::time::Instant::now(),
+                    message.delivery_attempt(),
+                    MessageScope::current(),
+                ));
+            }
+            async move {
+                if poison {
+                    return Err(BoxError::from(Poison));
+                }
+                Ok(())
+            }
+        }))
+    };
+    let (stop, shutdown) = signal();
+    let running = tokio::spawn(h.consume(spec.clone(), handler, shutdown));
+    eventually("every message handled", || seen.distinct().len() == 4).await;
+    settled_to_the_end(h, &spec.group, &topic, 1, 4).await;
+    finish(&stop, running)
+        .await
+        .expect("a dead-lettered message stops nothing");
+
+    // Tried exactly as often as the policy says, the others once each.
+    assert_eq!(seen.count("0-1"), ATTEMPTS as usize);
+    for other in ["0-0", "0-2", "0-3"] {
+        assert_eq!(seen.count(other), 1, "{other}");
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    let numbers: Vec<Option<u32>> = attempts.iter().map(|a| a.1).collect();
+    assert_eq!(
+        numbers,
+        vec![Some(1), Some(2), Some(3)],
+        "delivery_attempt()"
+    );
+    // Each gap is the jittered delay, at most the policy's bound for that attempt (plus what the
+    // machine needs to hand the message out again).
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1].0 - pair[0].0;
+        let bound = policy.delay_bound(n as u32 + 1);
+        assert!(
+            gap <= bound + Duration::from_secs(2),
+            "attempt {} came {gap:?} after the one before; the policy allows {bound:?}",
+            n + 2
+        );
+    }
+
+    // The dead-letter copy.
+    let dead_letter_destination = h.dead_letter_destination(&topic);
+    let copies = h.read(&dead_letter_destination, 1).await;
+    assert_eq!(copies.len(), 1);
+    let copy = &copies[0];
+    assert_eq!(H::payload(copy), "0-1", "the original payload");
+    let text = |name: &str| copy.header_str(name).map(str::to_owned);
+    assert_eq!(
+        text(header::DLQ_ORIGINAL_DESTINATION),
+        Some(h.send_destination(&topic))
+    );
+    assert_eq!(text(header::DLQ_ERROR_TYPE).as_deref(), Some("Poison"));
+    assert_eq!(text(header::DLQ_ERROR_MESSAGE).as_deref(), Some("poison"));
+    assert_eq!(
+        text(header::DLQ_ATTEMPTS),
+        Some(ATTEMPTS.to_string()),
+        "attempts made"
+    );
+    assert_eq!(
+        text(header::DLQ_CONSUMER_GROUP),
+        Some(h.consumer_group(&spec))
+    );
+    let failed_at = text(header::DLQ_FAILED_AT).expect("dlq-failed-at");
+    assert!(
+        humantime::parse_rfc3339(&failed_at).is_ok() && failed_at.ends_with('Z'),
+        "RFC 3339 UTC: {failed_at}"
+    );
+    assert_eq!(
+        failed_at.len(),
+        "2026-12-07T15:01:36.123Z".len(),
+        "milliseconds"
+    );
+    if h.ordered() {
+        assert_eq!(text(header::DLQ_ORIGINAL_PARTITION).as_deref(), Some("0"));
+        assert_eq!(text(header::DLQ_ORIGINAL_OFFSET).as_deref(), Some("1"));
+    }
+    // A new message caused by the one that failed, in the same flow.
+    let failed = attempts
+        .last()
+        .and_then(|a| a.2.clone())
+        .expect("the handler ran inside the consumer's process layer");
+    let failed_id = failed
+        .message_id()
+        .expect("the failed message's id")
+        .to_owned();
+    let copy_id = copy.message_id().expect("the copy has an id").into_owned();
+    assert_ne!(copy_id, failed_id, "a fresh message id");
+    assert_eq!(text(header::CAUSATION_ID), Some(failed_id));
+    assert_eq!(
+        text(header::CORRELATION_ID).as_deref(),
+        Some(failed.correlation_id()),
+        "the correlation id is kept"
+    );
+
+    // Counted by the consumer.
+    let metrics = spec.metrics.encode();
+    let destination = h.destination(&topic);
+    let labels = [
+        (label::ERROR_TYPE, "Poison"),
+        (label::DESTINATION, destination.as_str()),
+    ];
+    assert_eq!(sample(&metrics, name::DEAD_LETTERED, &labels), Some(1.0));
+    assert_eq!(
+        sample(&metrics, name::RETRIES, &labels),
+        Some(f64::from(ATTEMPTS - 1))
+    );
+
+    // The dead-letter send is a child of the last failed attempt's process span; attempts the
+    // core retried in process are one trace with it.
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    let failed_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == format!("process {destination}"))
+        .filter(|s| {
+            s.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "error.type" && kv.value.as_str() == "Poison")
+        })
+        .collect();
+    assert_eq!(
+        failed_spans.len(),
+        ATTEMPTS as usize,
+        "a process span per attempt"
+    );
+    let send_name = format!("send {}", h.send_destination(&dead_letter_destination));
+    let sends: Vec<_> = spans.iter().filter(|s| s.name == send_name).collect();
+    assert_eq!(sends.len(), 1, "one dead-letter send span");
+    let last = failed_spans
+        .iter()
+        .max_by_key(|s| s.start_time)
+        .expect("attempts");
+    assert_eq!(sends[0].parent_span_id, last.span_context.span_id());
+    assert_eq!(
+        sends[0].span_context.trace_id(),
+        last.span_context.trace_id()
+    );
+    if h.ordered() {
+        assert!(
+            failed_spans
+                .iter()
+                .all(|s| s.span_context.trace_id() == last.span_context.trace_id()),
+            "every attempt in one trace"
+        );
+    }
 }

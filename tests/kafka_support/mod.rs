@@ -34,8 +34,13 @@ pub fn require_broker() {
 
 pub async fn create_topic(topic: &str, partitions: i32) {
     require_broker();
+    create_topic_on(BOOTSTRAP, topic, partitions).await;
+}
+
+/// [`create_topic`] on the broker at `bootstrap`.
+pub async fn create_topic_on(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
-        producer_config(BOOTSTRAP).create().expect("admin client");
+        producer_config(bootstrap).create().expect("admin client");
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -47,7 +52,7 @@ pub async fn create_topic(topic: &str, partitions: i32) {
         result.unwrap_or_else(|(t, code)| panic!("creating topic {t} failed: {code:?}"));
     }
     // The topic is usable once its partitions show up in the metadata.
-    let probe: BaseConsumer = producer_config(BOOTSTRAP)
+    let probe: BaseConsumer = producer_config(bootstrap)
         .create()
         .expect("metadata client");
     eventually("topic metadata", Duration::from_secs(20), || {

@@ -56,7 +56,8 @@ pub struct TestStream {
 }
 
 impl TestStream {
-    /// A memory stream capturing `{prefix}.<unique>` on the shared server.
+    /// A memory stream capturing `{prefix}.<unique>` on the shared server, and one beside it
+    /// for its dead letters (`{prefix}.<unique>.dlq`).
     pub async fn new(js: &jetstream::Context, prefix: &str) -> Self {
         Self::on(js, prefix, jetstream::stream::StorageType::Memory, url()).await
     }
@@ -78,6 +79,14 @@ impl TestStream {
             })
             .await
             .expect("create stream");
+        js.create_stream(jetstream::stream::Config {
+            name: format!("{name}_DLQ"),
+            subjects: vec![format!("{subject}.dlq")],
+            storage,
+            ..Default::default()
+        })
+        .await
+        .expect("create dead-letter stream");
         Self {
             name,
             subject,
@@ -131,7 +140,9 @@ impl Drop for TestStream {
                 .expect("runtime");
             runtime.block_on(async {
                 if let Ok(client) = async_nats::connect(server).await {
-                    let _ = jetstream::new(client).delete_stream(&name).await;
+                    let js = jetstream::new(client);
+                    let _ = js.delete_stream(&name).await;
+                    let _ = js.delete_stream(format!("{name}_DLQ")).await;
                 }
             });
         })
