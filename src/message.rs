@@ -387,6 +387,16 @@ impl HeaderList {
         self.0.push((name, value));
     }
 
+    /// The pairs, names as they were given: a carrier that sends them can use a name known at
+    /// compile time without copying it.
+    #[cfg(feature = "nats")]
+    pub(crate) fn into_parts(self) -> Vec<(Cow<'static, str>, Vec<u8>)> {
+        self.0
+            .into_iter()
+            .map(|(name, value)| (name, value.into_vec()))
+            .collect()
+    }
+
     fn replace(&mut self, name: Cow<'static, str>, value: &str) {
         let value = Value::copy(value.as_bytes());
         // Overwrite the first of the same name in place; drop any later duplicates.
@@ -496,7 +506,7 @@ pub(crate) use record_builders;
 
 /// A record type whose headers are a [`HeaderList`] in its field `headers` is its own carrier:
 /// [`Headers`] and [`HeadersMut`] for it, written once.
-#[cfg(any(feature = "memory", feature = "kafka"))]
+#[cfg(any(feature = "memory", feature = "kafka", feature = "nats"))]
 macro_rules! header_list_carrier {
     ($record:ty) => {
         impl $crate::message::Headers for $record {
@@ -524,7 +534,7 @@ macro_rules! header_list_carrier {
         }
     };
 }
-#[cfg(any(feature = "memory", feature = "kafka"))]
+#[cfg(any(feature = "memory", feature = "kafka", feature = "nats"))]
 pub(crate) use header_list_carrier;
 
 /// The first `message-id` header, if it is a usable id (SPEC §2).

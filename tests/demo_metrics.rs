@@ -2,7 +2,9 @@
 //! §4 labels, and `promtool check metrics` accepts it; and its failure path is eventscope's:
 //! declined payments retried then dead-lettered by the core, duplicates skipped by the
 //! idempotency layer, undecodable and invalid payloads refused by the schema layer and
-//! dead-lettered.
+//! dead-lettered. The families only a networked broker reports (unacked messages, reconnects)
+//! come from the demo on JetStream (`--nats`, with the `nats` feature; the server on
+//! 127.0.0.1:4222).
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{demo_binary, free_port, sample, Child};
-use eventscope::metrics::{label, name, MetricKind, CATALOGUE};
+use eventscope::metrics::{label, name, MetricFamily, MetricKind, CATALOGUE};
 use eventscope::schema::error::{DECODE, SCHEMA};
 
 fn label_names(line: &str) -> BTreeSet<String> {
@@ -44,8 +46,12 @@ fn label_names(line: &str) -> BTreeSet<String> {
     names
 }
 
-fn missing(text: &str) -> Vec<&'static str> {
-    CATALOGUE
+/// Families the embedded broker has nothing for: the broker's own count of unacked messages,
+/// and reconnects (it has no connection).
+const NOT_MEMORY: &[&str] = &[name::UNACKED_MESSAGES, name::RECONNECTS];
+
+fn missing(text: &str, families: &[&'static MetricFamily]) -> Vec<&'static str> {
+    families
         .iter()
         .filter(|f| !text.lines().any(|l| l.starts_with(f.name)))
         .map(|f| f.name)
@@ -125,11 +131,15 @@ fn unmet(text: &str) -> Vec<&'static str> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_promtool_accepts_it(
-) {
+/// Runs the demo with `args` until its exposition holds `families` (and, with
+/// `failure_path`, shows the failure path); the exposition.
+async fn exposition(
+    args: &[&str],
+    families: &[&'static MetricFamily],
+    failure_path: bool,
+) -> (Child, String) {
     let port = free_port();
-    let _demo = Child(
+    let demo = Child(
         Command::new(demo_binary())
             .args([
                 "--forever",
@@ -138,6 +148,7 @@ async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_
                 "--metrics-addr",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::null())
@@ -145,27 +156,34 @@ async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_
             .spawn()
             .expect("the demo starts"),
     );
-
     let url = format!("http://127.0.0.1:{port}/metrics");
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let text = loop {
+    loop {
         let text = match client.get(&url).send().await {
             Ok(response) => response.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let (absent, unmet) = (missing(&text), unmet(&text));
+        let absent = missing(&text, families);
+        let unmet = if failure_path {
+            unmet(&text)
+        } else {
+            Vec::new()
+        };
         if absent.is_empty() && unmet.is_empty() {
-            break text;
+            return (demo, text);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "families never appeared: {absent:?}; failure path not shown: {unmet:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+}
 
-    for family in CATALOGUE {
+/// Each family with exactly its catalogue labels and type, and promtool's approval.
+fn check(text: &str, families: &[&'static MetricFamily]) {
+    for family in families {
         let expected: BTreeSet<String> = family.labels.iter().map(|l| l.to_string()).collect();
         let sample_name = match family.kind {
             MetricKind::Histogram => format!("{}_count", family.name),
@@ -187,7 +205,6 @@ async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_
             family.name
         );
     }
-
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -207,5 +224,35 @@ async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_
         "promtool check metrics: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_demo_exposes_every_family_with_its_labels_and_its_failure_path_and_promtool_accepts_it(
+) {
+    let memory: Vec<&MetricFamily> = CATALOGUE
+        .iter()
+        .filter(|f| !NOT_MEMORY.contains(&f.name))
+        .collect();
+    let (_demo, text) = exposition(&[], &memory, true).await;
+    check(&text, &memory);
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn the_demo_on_jetstream_exposes_the_families_of_networked_brokers() {
+    let networked: Vec<&MetricFamily> = CATALOGUE
+        .iter()
+        .filter(|f| NOT_MEMORY.contains(&f.name) || f.name == name::LAG_MESSAGES)
+        .collect();
+    let (demo, text) = exposition(&["--nats", "nats://127.0.0.1:4222"], &networked, false).await;
+    drop(demo);
+    common::remove_nats_demo_streams().await;
+    check(&text, &networked);
+    assert!(
+        text.lines().any(|l| l.starts_with(name::LAG_MESSAGES)
+            && l.contains(r#"messaging_destination_partition_id="""#)
+            && l.contains(r#"messaging_system="nats""#)),
+        "JetStream lag has an empty partition label"
     );
 }

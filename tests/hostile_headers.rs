@@ -190,7 +190,9 @@ proptest! {
                 .iter()
                 .any(|id| name.eq_ignore_ascii_case(id))
                 && !value.is_empty()
-                && (value.len() > eventscope::header::MAX_ID_BYTES || std::str::from_utf8(value).is_err())
+                && (value.len() > eventscope::header::MAX_ID_BYTES
+                    || std::str::from_utf8(value).is_err()
+                    || value.iter().any(|b| *b < 0x20 || *b == 0x7f))
         });
         let out = process(headers);
         prop_assert_eq!(out.invalid_count, if bad_ids { 1.0 } else { 0.0 });

@@ -3,10 +3,19 @@
 //! there: the dead-letter alert fires for the declined payments, and the dead-letter, invalid and
 //! duplicate series carry the error types and reasons the layers give them.
 //!
+//! Built with the `nats` feature, a second demo runs the same flow on JetStream (the server on
+//! 127.0.0.1:4222) beside the embedded broker's, both scraped as one job: the panels of NATS-only
+//! series (unacked messages, reconnects) get their data from it, and the panels that apply to
+//! NATS must return data for its instance alone (`messaging_system="nats"`, empty partition
+//! label).
+//!
 //! Starts the example (`target/debug/examples/order_pipeline --forever`) and `prometheus` (Debian
 //! package `prometheus`; `PROMETHEUS` overrides the path) on free loopback ports, with a 1 s
 //! scrape and evaluation interval and `alerts/*.yml` loaded. Build the example first:
 //! `cargo build --features dedup,schema --example order_pipeline`.
+
+#[cfg(feature = "nats")]
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -179,6 +188,25 @@ fn failure_path_queries() -> Vec<(String, String)> {
     ]
 }
 
+/// Panels without NATS data, and why: the NATS demo must feed every other one.
+#[cfg(feature = "nats")]
+const NOT_NATS: &[(&str, &str)] = &[
+    (
+        "Stopped partitions",
+        "JetStream has no partitions: a Stop stops the consumer",
+    ),
+    ("Recent rebalances", "JetStream consumers do not rebalance"),
+    ("Rebalances", "JetStream consumers do not rebalance"),
+    (
+        "Duplicates skipped",
+        "JetStream drops the demo's duplicate publishes itself (Nats-Msg-Id)",
+    ),
+    (
+        "Dropped messages",
+        "only the embedded broker and core NATS drop",
+    ),
+];
+
 /// What Grafana would send with this job and instance selected and "All" groups and
 /// destinations.
 fn substitute(expr: &str, instance: &str) -> String {
@@ -219,11 +247,23 @@ async fn dashboards_and_rules_work_against_the_running_example() {
     let tmp = TempDir::new();
     let demo_addr = free_port();
     let prom_addr = free_port();
+    #[cfg(feature = "nats")]
+    let nats_addr = free_port();
+    #[cfg(feature = "nats")]
+    common::remove_nats_demo_streams().await;
+    #[cfg(feature = "nats")]
+    let targets = format!("'{demo_addr}', '{nats_addr}'");
+    #[cfg(not(feature = "nats"))]
+    let targets = format!("'{demo_addr}'");
+    #[cfg(feature = "nats")]
+    let instances = format!("{demo_addr}|{nats_addr}");
+    #[cfg(not(feature = "nats"))]
+    let instances = demo_addr.to_string();
 
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
          rule_files:\n  - {alerts}/*.yml\n\
-         scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{demo_addr}']\n",
+         scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [{targets}]\n",
         alerts = root().join("alerts").display(),
     );
     let config_path = tmp.0.join("prometheus.yml");
@@ -237,6 +277,23 @@ async fn dashboards_and_rules_work_against_the_running_example() {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
         &demo_log,
+    );
+    #[cfg(feature = "nats")]
+    let nats_log = tmp.0.join("demo-nats.log");
+    #[cfg(feature = "nats")]
+    let mut nats_demo = spawn(
+        "order_pipeline --nats",
+        Command::new(&demo_bin)
+            .args([
+                "--forever",
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--metrics-addr",
+                &nats_addr.to_string(),
+            ])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        &nats_log,
     );
     let prom_log = tmp.0.join("prometheus.log");
     let mut prometheus = spawn(
@@ -265,14 +322,17 @@ async fn dashboards_and_rules_work_against_the_running_example() {
     let mut unhealthy: Vec<String>;
     loop {
         demo.assert_running(&demo_log);
+        #[cfg(feature = "nats")]
+        nats_demo.assert_running(&nats_log);
         prometheus.assert_running(&prom_log);
         empty = BTreeMap::new();
         unhealthy = Vec::new();
         let ready = instant_query(&client, &base, &format!("up{{job=\"{JOB}\"}} == 1")).await;
+        let targets = if cfg!(feature = "nats") { 2 } else { 1 };
         match ready {
-            Ok(n) if n > 0 => {
+            Ok(n) if n >= targets => {
                 for (file, panel, expr) in &queries {
-                    let q = substitute(expr, &demo_addr.to_string());
+                    let q = substitute(expr, &instances);
                     match instant_query(&client, &base, &q).await {
                         Ok(n) if n > 0 => {}
                         Ok(_) => {
@@ -281,6 +341,20 @@ async fn dashboards_and_rules_work_against_the_running_example() {
                         Err(e) => {
                             empty.insert(format!("{file} / {panel}: {q}"), e);
                         }
+                    }
+                }
+                // The NATS demo alone feeds every panel that applies to NATS.
+                #[cfg(feature = "nats")]
+                for (file, panel, expr) in &queries {
+                    if NOT_NATS.iter().any(|(title, _)| title == panel) {
+                        continue;
+                    }
+                    let q = substitute(expr, &nats_addr.to_string());
+                    if !matches!(instant_query(&client, &base, &q).await, Ok(n) if n > 0) {
+                        empty.insert(
+                            format!("NATS demo: {file} / {panel}: {q}"),
+                            "no series".to_owned(),
+                        );
                     }
                 }
                 let url = reqwest::Url::parse(&format!("{base}/api/v1/rules")).expect("url");
@@ -366,6 +440,11 @@ async fn dashboards_and_rules_work_against_the_running_example() {
     );
     drop(prometheus);
     drop(demo);
+    #[cfg(feature = "nats")]
+    {
+        drop(nats_demo);
+        common::remove_nats_demo_streams().await;
+    }
 }
 
 fn tail(path: &Path) -> String {

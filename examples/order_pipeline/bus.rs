@@ -250,3 +250,159 @@ mod kafka_bus {
         }
     }
 }
+
+#[cfg(feature = "nats")]
+pub use self::nats_bus::Nats;
+
+#[cfg(feature = "nats")]
+mod nats_bus {
+    use std::time::Duration;
+
+    use eventscope::classify::Classifier;
+    use eventscope::consume::ConsumeError;
+    use eventscope::metrics::Metrics;
+    use eventscope::nats::async_nats::jetstream::{self, consumer::pull, stream};
+    use eventscope::nats::{
+        async_nats, consumer_config, JetStreamConsumer, JetStreamMessage, JetStreamPublisher,
+        NatsErrorClassifier, NatsRecord,
+    };
+    use eventscope::publish::PublishLayer;
+    use eventscope::BoxError;
+    use tower::util::BoxCloneSyncService;
+    use tower::{Layer, ServiceExt};
+
+    use super::{BoxFuture, Bus, Handler, Publisher};
+
+    /// The pipeline over JetStream: a stream per topic (`EVENTSCOPE_DEMO_ORDERS` captures
+    /// `orders`), a durable pull consumer per service.
+    #[derive(Clone)]
+    pub struct Nats {
+        url: String,
+        js: jetstream::Context,
+    }
+
+    /// The stream that holds `topic`.
+    pub fn stream_name(topic: &str) -> String {
+        format!(
+            "EVENTSCOPE_DEMO_{}",
+            topic.to_ascii_uppercase().replace('.', "_")
+        )
+    }
+
+    impl Nats {
+        /// Connects and creates the streams (kept an hour) when they do not exist yet.
+        pub async fn connect(url: &str, topics: &[&str]) -> Result<Self, BoxError> {
+            let client = async_nats::connect(url).await?;
+            let js = jetstream::new(client);
+            for topic in topics {
+                js.get_or_create_stream(stream::Config {
+                    name: stream_name(topic),
+                    subjects: vec![(*topic).to_owned()],
+                    max_age: Duration::from_secs(3600),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating the stream of {topic}: {e}"))?;
+            }
+            Ok(Self {
+                url: url.to_owned(),
+                js,
+            })
+        }
+    }
+
+    impl Bus for Nats {
+        type Record = NatsRecord;
+        type Message = JetStreamMessage;
+
+        fn describe(&self) -> String {
+            format!("JetStream at {}", self.url)
+        }
+
+        /// NATS has no keys: the key is left out.
+        fn record(
+            &self,
+            topic: &str,
+            _key: &str,
+            payload: Vec<u8>,
+            headers: &[(&str, &str)],
+        ) -> NatsRecord {
+            headers
+                .iter()
+                .fold(NatsRecord::new(topic, payload), |r, (n, v)| {
+                    r.header(*n, *v)
+                })
+        }
+
+        fn publisher(&self, layer: PublishLayer) -> Publisher<NatsRecord> {
+            BoxCloneSyncService::new(
+                layer
+                    .classify_errors(NatsErrorClassifier)
+                    .layer(JetStreamPublisher::new(self.js.clone()))
+                    .map_response(|_| ())
+                    .map_err(BoxError::from),
+            )
+        }
+
+        fn raw_publisher(&self) -> Publisher<NatsRecord> {
+            BoxCloneSyncService::new(
+                JetStreamPublisher::new(self.js.clone())
+                    .map_response(|_| ())
+                    .map_err(BoxError::from),
+            )
+        }
+
+        fn payload(message: &JetStreamMessage) -> &[u8] {
+            message.payload()
+        }
+
+        fn consume(
+            &self,
+            group: &str,
+            topic: &str,
+            handler: Handler<JetStreamMessage>,
+            metrics: &Metrics,
+            classifier: Classifier,
+            provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+            stop: BoxFuture<()>,
+        ) -> BoxFuture<Result<(), ConsumeError>> {
+            let (js, stream, group, topic) = (
+                self.js.clone(),
+                stream_name(topic),
+                group.to_owned(),
+                topic.to_owned(),
+            );
+            let (metrics, provider) = (metrics.clone(), provider.cloned());
+            Box::pin(async move {
+                let broker = |e: BoxError| ConsumeError::Broker(e);
+                let pull = js
+                    .get_stream(&stream)
+                    .await
+                    .map_err(|e| broker(e.into()))?
+                    .get_or_create_consumer(
+                        &group,
+                        pull::Config {
+                            filter_subject: topic,
+                            ..consumer_config(&group)
+                        },
+                    )
+                    .await
+                    .map_err(|e| broker(e.into()))?;
+                let dead_letters = JetStreamPublisher::new(js.clone());
+                let mut consumer = JetStreamConsumer::new(js, pull)
+                    .map_err(|e| broker(e.into()))?
+                    .metrics(metrics)
+                    .classify_errors(classifier)
+                    .lag_interval(Duration::from_secs(1))
+                    .dead_letter(dead_letters);
+                if let Some(provider) = &provider {
+                    consumer = consumer.tracer_provider(provider);
+                }
+                // Boxed where its types are concrete (the run future's bounds are higher-ranked).
+                let run: BoxFuture<Result<(), ConsumeError>> =
+                    Box::pin(consumer.run(handler, stop));
+                run.await
+            })
+        }
+    }
+}

@@ -71,6 +71,7 @@ struct Args {
     kafka: Option<String>,
     redis: Option<String>,
     prefix: String,
+    nats: Option<String>,
 }
 
 impl Args {
@@ -81,7 +82,7 @@ impl Args {
 }
 
 fn usage() -> &'static str {
-    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP] [--redis URL] [--prefix PREFIX]"
+    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP] [--nats URL] [--redis URL] [--prefix PREFIX]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -93,6 +94,7 @@ fn parse_args() -> Result<Args, String> {
         kafka: None,
         redis: None,
         prefix: String::new(),
+        nats: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -120,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
             "--kafka" => args.kafka = Some(value("--kafka")?),
             "--redis" => args.redis = Some(value("--redis")?),
             "--prefix" => args.prefix = value("--prefix")?,
+            "--nats" => args.nats = Some(value("--nats")?),
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -471,6 +474,9 @@ async fn main() -> Result<(), BoxError> {
         .chain(FOLLOW_UPS)
         .map(|topic| args.name(topic))
         .collect();
+    if let Some(url) = args.nats.clone() {
+        return run_nats(args, url, &topics).await;
+    }
     match args.kafka.clone() {
         Some(bootstrap) => run_kafka(args, bootstrap, &topics).await,
         None => {
@@ -501,6 +507,19 @@ async fn run_kafka(
 async fn run_kafka(args: Arc<Args>, bootstrap: String, topics: &[String]) -> Result<(), BoxError> {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let bus = bus::Kafka::connect(&bootstrap, &topics).await?;
+    with_store(bus, args, Metrics::new()).await
+}
+
+#[cfg(not(feature = "nats"))]
+async fn run_nats(_args: Arc<Args>, _url: String, _topics: &[String]) -> Result<(), BoxError> {
+    Err("this build has no NATS support: run with `--features nats`".into())
+}
+
+/// The same flow on JetStream (`--nats nats://127.0.0.1:4222`): a stream per topic.
+#[cfg(feature = "nats")]
+async fn run_nats(args: Arc<Args>, url: String, topics: &[String]) -> Result<(), BoxError> {
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let bus = bus::Nats::connect(&url, &topics).await?;
     with_store(bus, args, Metrics::new()).await
 }
 

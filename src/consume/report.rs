@@ -109,6 +109,8 @@ pub struct Reporter {
     group: Arc<str>,
     /// The lag series reported, to remove them when the consumer returns.
     series: Arc<Mutex<HashSet<Series>>>,
+    /// The destinations whose unacked count was reported, likewise.
+    unacked: Arc<Mutex<HashSet<Arc<str>>>>,
 }
 
 impl fmt::Debug for Reporter {
@@ -127,6 +129,7 @@ impl Reporter {
             system,
             group,
             series: Arc::default(),
+            unacked: Arc::default(),
         }
     }
 
@@ -164,6 +167,25 @@ impl Reporter {
             .record_dropped(self.system, destination, partition, &self.group, count);
     }
 
+    /// Messages of `destination` delivered to this consumer and not yet settled, as the broker
+    /// counts them (JetStream `num_ack_pending`); negative values are ignored. The series is
+    /// removed when the consumer returns.
+    pub fn unacked(&self, destination: &str, messages: i64) {
+        if messages < 0 {
+            return;
+        }
+        self.unacked.locked().insert(Arc::from(destination));
+        self.metrics
+            .record_unacked(self.system, destination, &self.group, messages);
+    }
+
+    /// The consumer's connection to the broker was re-established `count` times after it was
+    /// lost (0 shows the series, so a dashboard reads "none" rather than "no data").
+    pub fn reconnected(&self, count: u64) {
+        self.metrics
+            .record_reconnects(self.system, &self.group, count);
+    }
+
     /// `count` headers of a message could not be read and were skipped (the message itself is
     /// processed); see `eventscope_trace_context_invalid_total`.
     pub fn unreadable_headers(&self, count: usize) {
@@ -186,6 +208,11 @@ impl Reporter {
         for (destination, partition) in series {
             self.metrics
                 .remove_partition(self.system, &destination, &self.group, partition);
+        }
+        let unacked: Vec<_> = self.unacked.locked().drain().collect();
+        for destination in unacked {
+            self.metrics
+                .remove_unacked(self.system, &destination, &self.group);
         }
     }
 }

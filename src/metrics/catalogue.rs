@@ -54,6 +54,10 @@ pub mod name {
     pub const DROPPED_MESSAGES: &str = "messaging_consumer_dropped_messages_total";
     /// 1 while a partition is stopped at a failed message.
     pub const PARTITION_STOPPED: &str = "messaging_consumer_partition_stopped";
+    /// Delivered but not yet settled, as the broker counts them.
+    pub const UNACKED_MESSAGES: &str = "messaging_consumer_unacked_messages";
+    /// A consumer's connection re-established after it was lost.
+    pub const RECONNECTS: &str = "messaging_consumer_reconnects_total";
     /// 1 while a consumer is connected to its broker, 0 while it is not.
     pub const CONNECTED: &str = "messaging_consumer_connected";
     /// Malformed incoming trace context.
@@ -214,6 +218,20 @@ pub(super) const PARTITION_STOPPED: MetricFamily = MetricFamily {
     kind: Gauge,
     labels: SYS_DEST_PART_GROUP,
 };
+/// Unacked messages.
+pub(super) const UNACKED_MESSAGES: MetricFamily = MetricFamily {
+    name: name::UNACKED_MESSAGES,
+    help: "Messages delivered to the consumer but not yet settled, as the broker counts them (JetStream num_ack_pending).",
+    kind: Gauge,
+    labels: SYS_DEST_GROUP,
+};
+/// Reconnects.
+pub(super) const RECONNECTS: MetricFamily = MetricFamily {
+    name: name::RECONNECTS,
+    help: "Times a consumer's broker connection was re-established after it was lost; the consumer resumed by itself.",
+    kind: Counter,
+    labels: &[SYSTEM, GROUP],
+};
 /// Connected.
 pub(super) const CONNECTED: MetricFamily = MetricFamily {
     name: name::CONNECTED,
@@ -247,6 +265,8 @@ pub const CATALOGUE: &[MetricFamily] = &[
     REBALANCES,
     DROPPED_MESSAGES,
     PARTITION_STOPPED,
+    UNACKED_MESSAGES,
+    RECONNECTS,
     CONNECTED,
     TRACE_CONTEXT_INVALID,
 ];

@@ -83,6 +83,8 @@ struct Families {
     rebalances: IntCounterVec,
     dropped: IntCounterVec,
     partition_stopped: IntGaugeVec,
+    unacked: IntGaugeVec,
+    reconnects: IntCounterVec,
     connected: IntGaugeVec,
     trace_invalid: IntCounterVec,
 }
@@ -198,6 +200,8 @@ impl Families {
             rebalances: counter(registry, c::REBALANCES)?,
             dropped: counter(registry, c::DROPPED_MESSAGES)?,
             partition_stopped: int_gauge(registry, c::PARTITION_STOPPED)?,
+            unacked: int_gauge(registry, c::UNACKED_MESSAGES)?,
+            reconnects: counter(registry, c::RECONNECTS)?,
             connected: int_gauge(registry, c::CONNECTED)?,
             trace_invalid: counter(registry, c::TRACE_CONTEXT_INVALID)?,
         })
@@ -356,6 +360,38 @@ impl Metrics {
         }
     }
 
+    /// Messages of `destination` delivered to `group` and not yet settled, as the broker counts
+    /// them.
+    pub(crate) fn record_unacked(&self, system: &str, destination: &str, group: &str, count: i64) {
+        let destination = self.inner.destinations.admit(destination);
+        self.inner
+            .families
+            .unacked
+            .with_label_values(&[system, &destination, group])
+            .set(count.max(0));
+    }
+
+    /// Removes the unacked series of a destination (its consumer returned).
+    pub(crate) fn remove_unacked(&self, system: &str, destination: &str, group: &str) {
+        let destination = self.inner.destinations.admit(destination);
+        // Absent series are fine: removal is idempotent for the caller.
+        let _ = self
+            .inner
+            .families
+            .unacked
+            .remove_label_values(&[system, &destination, group]);
+    }
+
+    /// `count` reconnects of a consumer's connection (0 creates the series, so a dashboard
+    /// shows that none happened).
+    pub(crate) fn record_reconnects(&self, system: &str, group: &str, count: u64) {
+        self.inner
+            .families
+            .reconnects
+            .with_label_values(&[system, group])
+            .inc_by(count);
+    }
+
     /// Shows whether a consumer is connected (`Some`), or removes its series (`None`).
     pub(crate) fn set_connected(&self, system: &str, group: &str, connected: Option<bool>) {
         let gauge = &self.inner.families.connected;
@@ -406,7 +442,7 @@ impl Metrics {
                 .with_label_values(&[system, destination, ""]),
             durations: inner.families.operation_duration.clone(),
             sent: inner.families.sent.clone(),
-            span_name: crate::span::NameSlot::new(),
+            span_name: std::sync::OnceLock::new(),
         };
         if let Some(hit) = inner.publishers.get(&[system, destination], 0) {
             return hit;
@@ -442,7 +478,7 @@ impl Metrics {
                     .process_duration
                     .with_label_values(&[system, &label, group, ""]),
                 durations: f.process_duration.clone(),
-                span_name: crate::span::NameSlot::new(),
+                span_name: std::sync::OnceLock::new(),
             }
         })
     }
@@ -591,8 +627,8 @@ pub(crate) struct PublishInstruments {
     /// handle of the whole `Metrics`).
     durations: HistogramVec,
     sent: IntCounterVec,
-    /// The `send` spans' name for this destination, kept by the span module.
-    pub(crate) span_name: crate::span::NameSlot,
+    /// The `send` spans' name for this destination, kept by the span module (its `NameSlot`).
+    pub(crate) span_name: std::sync::OnceLock<Option<&'static str>>,
 }
 
 impl PublishInstruments {
@@ -620,8 +656,8 @@ pub(crate) struct ConsumerInstruments {
     pub(crate) ok_duration: Histogram,
     /// The family, for a failure's `error_type` child.
     durations: HistogramVec,
-    /// The `process` spans' name for this destination, kept by the span module.
-    pub(crate) span_name: crate::span::NameSlot,
+    /// The `process` spans' name for this destination, kept by the span module (its `NameSlot`).
+    pub(crate) span_name: std::sync::OnceLock<Option<&'static str>>,
 }
 
 impl ConsumerInstruments {

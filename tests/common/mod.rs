@@ -117,3 +117,27 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// Removes the streams of the demo on JetStream (`order_pipeline --nats`, `bus::Nats`).
+#[cfg(feature = "nats")]
+pub async fn remove_nats_demo_streams() {
+    use eventscope::nats::async_nats;
+    let Ok(client) = async_nats::connect("127.0.0.1:4222").await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    for topic in [
+        "orders",
+        "orders.dlq",
+        "ledger",
+        "payments",
+        "inventory",
+        "notifications",
+    ] {
+        let name = format!(
+            "EVENTSCOPE_DEMO_{}",
+            topic.to_ascii_uppercase().replace('.', "_")
+        );
+        let _ = js.delete_stream(&name).await;
+    }
+}
