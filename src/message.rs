@@ -133,6 +133,15 @@ pub trait IncomingMessage: Headers {
     fn offset(&self) -> Option<i64> {
         None
     }
+    /// Whether the attempts at this message can still be counted once the broker delivers it
+    /// again: the broker counts its deliveries, or the message has an id of its own (the
+    /// consumer core remembers the attempts of the messages it sent back, by message id).
+    /// `true` by default. An adapter returns `false` for a message whose id was made up on
+    /// receipt, on a broker that does not count deliveries (RabbitMQ classic queues): the core
+    /// then retries it in process, so a retry policy's attempts still run out (SPEC §8).
+    fn redeliveries_counted(&self) -> bool {
+        true
+    }
     /// Which attempt at handling this message this is (1 = the first), counting the
     /// deliveries the broker made and the retries the consumer core made in process, where
     /// either is known (SPEC §8: the higher count wins).
@@ -216,15 +225,15 @@ pub trait OutgoingMessage: Headers + HeadersMut {
     fn partition(&self) -> Option<i32> {
         None
     }
-    /// Size of the payload in bytes.
+    /// Size of the payload in bytes; the default is the length of [`payload`](Self::payload).
     fn body_size(&self) -> Option<usize> {
-        None
+        Some(self.payload().len())
     }
-    /// The payload bytes (empty when the adapter does not expose them), for layers that look
-    /// at what is sent, such as schema validation.
-    fn payload(&self) -> &[u8] {
-        &[]
-    }
+    /// The payload bytes, for layers that look at what is sent, such as schema validation.
+    ///
+    /// Required: a default of "no bytes" once made the schema layer refuse every record of
+    /// three adapters as not JSON.
+    fn payload(&self) -> &[u8];
     /// Broker-specific span attributes. Called only for spans that are recorded.
     fn extra_attributes(&self, attributes: &mut SpanAttributes) {
         let _ = attributes;

@@ -93,6 +93,9 @@ impl OutgoingMessage for QueueRecord {
     fn destination(&self) -> &str {
         &self.queue
     }
+    fn payload(&self) -> &[u8] {
+        self.payload.as_bytes()
+    }
 }
 
 /// Publishes to the broker; acknowledged at once.

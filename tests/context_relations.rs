@@ -45,6 +45,9 @@ impl OutgoingMessage for Msg {
     fn destination(&self) -> &str {
         self.topic
     }
+    fn payload(&self) -> &[u8] {
+        &[]
+    }
 }
 
 impl IncomingMessage for Msg {

@@ -406,3 +406,196 @@ mod nats_bus {
         }
     }
 }
+
+#[cfg(feature = "rabbitmq")]
+pub use self::rabbit_bus::Rabbit;
+
+#[cfg(feature = "rabbitmq")]
+mod rabbit_bus {
+    use std::sync::Arc;
+
+    use eventscope::classify::Classifier;
+    use eventscope::consume::ConsumeError;
+    use eventscope::metrics::Metrics;
+    use eventscope::publish::PublishLayer;
+    use eventscope::rabbitmq::lapin::options::{
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+    };
+    use eventscope::rabbitmq::lapin::types::{AMQPValue, FieldTable};
+    use eventscope::rabbitmq::lapin::{Connection, ConnectionProperties, ExchangeKind};
+    use eventscope::rabbitmq::{
+        RabbitConsumer, RabbitErrorClassifier, RabbitMessage, RabbitPublisher, RabbitRecord,
+    };
+    use eventscope::BoxError;
+    use tower::util::BoxCloneSyncService;
+    use tower::{Layer, ServiceExt};
+
+    use super::{BoxFuture, Bus, Handler, Publisher};
+
+    /// The pipeline over RabbitMQ: a fanout exchange per topic, and per consuming service a
+    /// queue of its name (its consumer group) bound to it, so every service gets every event.
+    /// Topics nobody consumes here get a queue of their name too, capped, so a publish is
+    /// routed (records are mandatory). Queues go away half an hour after the demo ends, and the
+    /// exchanges with them.
+    #[derive(Clone)]
+    pub struct Rabbit {
+        uri: String,
+        publisher: RabbitPublisher,
+        /// Keeps the publishing connection open.
+        _connection: Arc<Connection>,
+    }
+
+    impl Rabbit {
+        /// Connects, declares the exchanges of `topics` and a queue for each `(queue, topic)`
+        /// of `consumers` (emptied: the demo starts afresh), and a capped queue for each topic
+        /// no consumer reads.
+        pub async fn connect(
+            uri: &str,
+            topics: &[&str],
+            consumers: &[(&str, &str)],
+        ) -> Result<Self, BoxError> {
+            let connection = Connection::connect(
+                uri,
+                ConnectionProperties::default()
+                    .with_connection_name("eventscope-demo".into())
+                    .enable_auto_recover(),
+            )
+            .await?;
+            let channel = connection.create_channel().await?;
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-expires".into(), AMQPValue::LongInt(30 * 60 * 1000));
+            for topic in topics {
+                channel
+                    .exchange_declare(
+                        (*topic).into(),
+                        ExchangeKind::Fanout,
+                        // Gone once its queues are (they expire after the demo).
+                        ExchangeDeclareOptions {
+                            auto_delete: true,
+                            ..ExchangeDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            let sinks = topics
+                .iter()
+                .filter(|t| !consumers.iter().any(|(_, topic)| topic == *t))
+                .map(|t| (*t, *t));
+            for (queue, topic) in consumers.iter().copied().chain(sinks) {
+                let mut arguments = arguments.clone();
+                if queue == topic {
+                    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10_000));
+                }
+                channel
+                    .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+                    .await?;
+                channel
+                    .queue_purge(queue.into(), QueuePurgeOptions::default())
+                    .await?;
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        (*topic).into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            // What a service fails for good goes to the queue `{queue}.dlq` (SPEC §8), through
+            // the default exchange; capped like the sinks.
+            for (queue, _) in consumers {
+                let mut arguments = arguments.clone();
+                arguments.insert("x-max-length".into(), AMQPValue::LongInt(10_000));
+                channel
+                    .queue_declare(
+                        format!("{queue}.dlq").as_str().into(),
+                        QueueDeclareOptions::default(),
+                        arguments,
+                    )
+                    .await?;
+            }
+            let publisher = RabbitPublisher::new(channel).await?.server_uri(uri);
+            Ok(Self {
+                uri: uri.to_owned(),
+                publisher,
+                _connection: Arc::new(connection),
+            })
+        }
+    }
+
+    impl Bus for Rabbit {
+        type Record = RabbitRecord;
+        type Message = RabbitMessage;
+
+        fn describe(&self) -> String {
+            let server = self.uri.rsplit('@').next().unwrap_or_default();
+            format!("RabbitMQ at {server}")
+        }
+
+        /// To the topic's exchange; the key is not a routing key here (fanout), so each topic
+        /// has one destination name.
+        fn record(
+            &self,
+            topic: &str,
+            _key: &str,
+            payload: Vec<u8>,
+            headers: &[(&str, &str)],
+        ) -> RabbitRecord {
+            headers
+                .iter()
+                .fold(RabbitRecord::new(topic, "", payload), |r, (n, v)| {
+                    r.header(*n, *v)
+                })
+        }
+
+        fn publisher(&self, layer: PublishLayer) -> Publisher<RabbitRecord> {
+            BoxCloneSyncService::new(
+                layer
+                    .classify_errors(RabbitErrorClassifier)
+                    .layer(self.publisher.clone())
+                    .map_response(|_| ())
+                    .map_err(BoxError::from),
+            )
+        }
+
+        fn raw_publisher(&self) -> Publisher<RabbitRecord> {
+            BoxCloneSyncService::new(
+                self.publisher
+                    .clone()
+                    .map_response(|_| ())
+                    .map_err(BoxError::from),
+            )
+        }
+
+        fn payload(message: &RabbitMessage) -> &[u8] {
+            message.payload()
+        }
+
+        /// Consumes the queue named after the group (declared by `connect`).
+        fn consume(
+            &self,
+            group: &str,
+            _topic: &str,
+            handler: Handler<RabbitMessage>,
+            metrics: &Metrics,
+            classifier: Classifier,
+            provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+            stop: BoxFuture<()>,
+        ) -> BoxFuture<Result<(), ConsumeError>> {
+            let consumer = match RabbitConsumer::new(&self.uri, group) {
+                Ok(consumer) => consumer,
+                Err(e) => return Box::pin(async move { Err(ConsumeError::Broker(e.into())) }),
+            };
+            let mut consumer = consumer
+                .metrics(metrics.clone())
+                .classify_errors(classifier)
+                .dead_letter(self.publisher.clone());
+            if let Some(provider) = provider {
+                consumer = consumer.tracer_provider(provider);
+            }
+            Box::pin(consumer.run(handler, stop))
+        }
+    }
+}

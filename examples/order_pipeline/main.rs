@@ -12,6 +12,8 @@
 //! cargo run --features $F --example order_pipeline -- --forever      # steady stream, /metrics on 127.0.0.1:9464
 //! cargo run --features $F,redis --example order_pipeline -- --forever --redis redis://127.0.0.1:6379
 //! cargo run --features $F,kafka --example order_pipeline -- --kafka 127.0.0.1:9092 --forever
+//! cargo run --features $F,rabbitmq --example order_pipeline -- --rabbitmq amqp://127.0.0.1:5672
+//! cargo run --features $F,nats --example order_pipeline -- --nats nats://127.0.0.1:4222
 //! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 cargo run --features $F --example order_pipeline
 //! ```
 
@@ -72,6 +74,7 @@ struct Args {
     redis: Option<String>,
     prefix: String,
     nats: Option<String>,
+    rabbitmq: Option<String>,
 }
 
 impl Args {
@@ -82,7 +85,7 @@ impl Args {
 }
 
 fn usage() -> &'static str {
-    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP] [--nats URL] [--redis URL] [--prefix PREFIX]"
+    "usage: order_pipeline [--orders N] [--forever] [--rate ORDERS_PER_SEC] [--metrics-addr ADDR] [--kafka BOOTSTRAP | --rabbitmq AMQP_URI | --nats URL] [--redis URL] [--prefix PREFIX]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -95,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
         redis: None,
         prefix: String::new(),
         nats: None,
+        rabbitmq: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -123,9 +127,14 @@ fn parse_args() -> Result<Args, String> {
             "--redis" => args.redis = Some(value("--redis")?),
             "--prefix" => args.prefix = value("--prefix")?,
             "--nats" => args.nats = Some(value("--nats")?),
+            "--rabbitmq" => args.rabbitmq = Some(value("--rabbitmq")?),
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
+    }
+    let brokers = [&args.kafka, &args.rabbitmq, &args.nats];
+    if brokers.iter().filter(|b| b.is_some()).count() > 1 {
+        return Err("--kafka, --rabbitmq, --nats: one broker at a time".into());
     }
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         return Err("--rate must be a positive number".into());
@@ -477,6 +486,9 @@ async fn main() -> Result<(), BoxError> {
     if let Some(url) = args.nats.clone() {
         return run_nats(args, url, &topics).await;
     }
+    if let Some(uri) = args.rabbitmq.clone() {
+        return run_rabbitmq(args, uri, &topics).await;
+    }
     match args.kafka.clone() {
         Some(bootstrap) => run_kafka(args, bootstrap, &topics).await,
         None => {
@@ -507,6 +519,30 @@ async fn run_kafka(
 async fn run_kafka(args: Arc<Args>, bootstrap: String, topics: &[String]) -> Result<(), BoxError> {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let bus = bus::Kafka::connect(&bootstrap, &topics).await?;
+    with_store(bus, args, Metrics::new()).await
+}
+
+#[cfg(not(feature = "rabbitmq"))]
+async fn run_rabbitmq(_args: Arc<Args>, _uri: String, _topics: &[String]) -> Result<(), BoxError> {
+    Err("this build has no RabbitMQ support: run with `--features rabbitmq`".into())
+}
+
+/// The same flow on RabbitMQ (`--rabbitmq amqp://127.0.0.1:5672`): a fanout exchange per topic,
+/// a queue per consuming service.
+#[cfg(feature = "rabbitmq")]
+async fn run_rabbitmq(args: Arc<Args>, uri: String, topics: &[String]) -> Result<(), BoxError> {
+    // A queue per consuming service, named after it (its consumer group).
+    let queues: Vec<(String, String)> = Role::ALL
+        .iter()
+        .map(|r| (args.name(r.service()), args.name(ORDERS)))
+        .chain([(args.name("ledger-service"), args.name(LEDGER))])
+        .collect();
+    let consumers: Vec<(&str, &str)> = queues
+        .iter()
+        .map(|(queue, topic)| (queue.as_str(), topic.as_str()))
+        .collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let bus = bus::Rabbit::connect(&uri, &topics, &consumers).await?;
     with_store(bus, args, Metrics::new()).await
 }
 

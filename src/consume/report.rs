@@ -107,6 +107,7 @@ pub struct Reporter {
     metrics: Metrics,
     system: &'static str,
     group: Arc<str>,
+    reconnects: prometheus::IntCounter,
     /// The lag series reported, to remove them when the consumer returns.
     series: Arc<Mutex<HashSet<Series>>>,
     /// The destinations whose unacked count was reported, likewise.
@@ -125,6 +126,7 @@ impl fmt::Debug for Reporter {
 impl Reporter {
     pub(crate) fn new(metrics: Metrics, system: &'static str, group: Arc<str>) -> Self {
         Self {
+            reconnects: metrics.reconnects_counter(system, &group),
             metrics,
             system,
             group,
@@ -179,17 +181,19 @@ impl Reporter {
             .record_unacked(self.system, destination, &self.group, messages);
     }
 
-    /// The consumer's connection to the broker was re-established `count` times after it was
-    /// lost (0 shows the series, so a dashboard reads "none" rather than "no data").
-    pub fn reconnected(&self, count: u64) {
-        self.metrics
-            .record_reconnects(self.system, &self.group, count);
-    }
-
     /// `count` headers of a message could not be read and were skipped (the message itself is
     /// processed); see `eventscope_trace_context_invalid_total`.
     pub fn unreadable_headers(&self, count: usize) {
         self.metrics.record_unreadable_headers(self.system, count);
+    }
+
+    /// The consumer lost its connection to the broker and restored it `count` times more: it
+    /// consumes again. Counted in `messaging_consumer_reconnects_total` (per system and
+    /// group), which reads 0 for a consumer that never reconnected (the series exists from the
+    /// consumer's start). Log the loss and the recovery too: the counter says how often, the
+    /// log says why.
+    pub fn reconnected(&self, count: u64) {
+        self.reconnects.inc_by(count);
     }
 
     /// Removes a partition's series (it was revoked).

@@ -241,6 +241,16 @@ pub trait UnorderedSource: Send + 'static {
 
     /// The next delivery; `None` when the source is closed for good. Must be cancel-safe.
     fn next(&mut self) -> impl Future<Output = Option<Result<Self::Message, BoxError>>> + Send;
+
+    /// The core stopped pulling, for good: shutdown began, a failure decided `Stop`, or the
+    /// source failed. Stop the broker from delivering more (cancel the subscription), so that
+    /// nothing waits in this consumer's buffer while running handler calls drain; deliveries
+    /// already made are still settled afterwards, and the source is dropped once they are.
+    /// Called once, before the drain, and bounded by the drain deadline. The default does
+    /// nothing.
+    fn stop(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Carries out a decision on one delivery (ack, nack with requeue, reject, term, ...).

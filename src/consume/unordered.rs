@@ -172,7 +172,9 @@ where
                         &failure.error_type,
                     );
                 }
-                if settler.redelivers() {
+                // Through the broker when the attempts can be counted across the redelivery,
+                // else in process.
+                if settler.redelivers() && work.iter().all(IncomingMessage::redeliveries_counted) {
                     for message in &work {
                         attempts.retried(message, attempt);
                     }
@@ -244,9 +246,17 @@ where
         }
     }
 
-    // Stop pulling; let running calls finish until the deadline; cancel the rest.
+    // Stop pulling (the broker stops delivering too); let running calls finish until the
+    // deadline; cancel the rest.
     let deadline = tokio::time::sleep(core.options.drain_deadline);
     tokio::pin!(deadline);
+    tokio::select! {
+        biased;
+        () = source.stop() => {}
+        () = &mut deadline => {
+            tracing::warn!(system = core.system, "stopping the subscription outlasted the drain deadline");
+        }
+    }
     loop {
         tokio::select! {
             biased;
@@ -462,6 +472,8 @@ mod tests {
         settled: Arc<Mutex<Vec<(u32, Decision)>>>,
         /// A broker that cannot deliver again (core NATS).
         no_redelivery: bool,
+        /// Times the core said it stopped pulling.
+        stops: Arc<AtomicUsize>,
     }
 
     impl UnorderedSource for Queue {
@@ -474,6 +486,10 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+        }
+
+        async fn stop(&mut self) {
+            self.stops.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -658,6 +674,11 @@ mod tests {
             queue.pulled.load(Ordering::SeqCst) < 50,
             "no more pulls after the stop"
         );
+        assert_eq!(
+            queue.stops.load(Ordering::SeqCst),
+            1,
+            "the source was told once"
+        );
     }
 
     #[tokio::test]
@@ -736,5 +757,10 @@ mod tests {
         let settled = queue.settled.lock().unwrap().clone();
         assert!(settled.iter().all(|(id, _)| *id != 1), "left unsettled");
         assert_eq!(settled.len(), 2);
+        assert_eq!(
+            queue.stops.load(Ordering::SeqCst),
+            1,
+            "told before the drain"
+        );
     }
 }

@@ -44,10 +44,6 @@ impl OutgoingMessage for MemoryRecord {
         self.partition
     }
 
-    fn body_size(&self) -> Option<usize> {
-        Some(self.payload.len())
-    }
-
     fn payload(&self) -> &[u8] {
         &self.payload
     }

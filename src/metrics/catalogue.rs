@@ -56,7 +56,7 @@ pub mod name {
     pub const PARTITION_STOPPED: &str = "messaging_consumer_partition_stopped";
     /// Delivered but not yet settled, as the broker counts them.
     pub const UNACKED_MESSAGES: &str = "messaging_consumer_unacked_messages";
-    /// A consumer's connection re-established after it was lost.
+    /// A consumer's broker connection lost and restored, the consumer resuming by itself.
     pub const RECONNECTS: &str = "messaging_consumer_reconnects_total";
     /// 1 while a consumer is connected to its broker, 0 while it is not.
     pub const CONNECTED: &str = "messaging_consumer_connected";
@@ -228,7 +228,7 @@ pub(super) const UNACKED_MESSAGES: MetricFamily = MetricFamily {
 /// Reconnects.
 pub(super) const RECONNECTS: MetricFamily = MetricFamily {
     name: name::RECONNECTS,
-    help: "Times a consumer's broker connection was re-established after it was lost; the consumer resumed by itself.",
+    help: "Times a consumer lost its connection to the broker and restored it, consuming again (RabbitMQ, NATS; 0 where the client reconnects internally and says nothing, as librdkafka does, or there is no connection).",
     kind: Counter,
     labels: &[SYSTEM, GROUP],
 };

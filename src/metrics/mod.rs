@@ -290,6 +290,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A consumer's reconnect counter: created at 0 when the consumer runs, so a dashboard
+    /// has the series before the first reconnect.
+    pub(crate) fn reconnects_counter(&self, system: &str, group: &str) -> IntCounter {
+        self.inner
+            .families
+            .reconnects
+            .with_label_values(&[system, group])
+    }
+
     /// The broker removed `count` messages of a partition before `group` received them
     /// (`partition` is `None` for brokers without partitions).
     pub(crate) fn record_dropped(
@@ -380,16 +389,6 @@ impl Metrics {
             .families
             .unacked
             .remove_label_values(&[system, &destination, group]);
-    }
-
-    /// `count` reconnects of a consumer's connection (0 creates the series, so a dashboard
-    /// shows that none happened).
-    pub(crate) fn record_reconnects(&self, system: &str, group: &str, count: u64) {
-        self.inner
-            .families
-            .reconnects
-            .with_label_values(&[system, group])
-            .inc_by(count);
     }
 
     /// Shows whether a consumer is connected (`Some`), or removes its series (`None`).

@@ -112,10 +112,6 @@ impl OutgoingMessage for NatsRecord {
         self.headers.set_static_header(NATS_MSG_ID, id);
     }
 
-    fn body_size(&self) -> Option<usize> {
-        Some(self.payload.len())
-    }
-
     fn payload(&self) -> &[u8] {
         &self.payload
     }

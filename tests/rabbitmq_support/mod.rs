@@ -1,0 +1,187 @@
+//! Shared setup of the RabbitMQ integration tests: they talk to the RabbitMQ on
+//! 127.0.0.1:5672 (guest/guest), each with queues of its own (uuid-suffixed, expiring after
+//! an idle hour should a test die before deleting them).
+#![allow(dead_code, unreachable_pub)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use eventscope::rabbitmq::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use eventscope::rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use eventscope::rabbitmq::lapin::{Channel, Connection, ConnectionProperties};
+use eventscope::rabbitmq::RabbitPublisher;
+
+pub const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const ADDRESS: &str = "127.0.0.1:5672";
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("eventscope-test-{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Fails with a hint when no broker listens: these tests must not pass without one.
+pub fn require_broker() {
+    if std::net::TcpStream::connect_timeout(
+        &ADDRESS.parse().expect("loopback address"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!("no RabbitMQ on {ADDRESS}: start it with `rabbitmq-server -detached`");
+    }
+}
+
+/// A connection to the shared broker, named so that it can be found (and closed) by name.
+pub async fn connect(name: &str) -> Connection {
+    require_broker();
+    Connection::connect(URI, properties(name))
+        .await
+        .expect("connect to RabbitMQ")
+}
+
+pub fn properties(name: &str) -> ConnectionProperties {
+    ConnectionProperties::default().with_connection_name(name.into())
+}
+
+/// Arguments that make a test queue go away an hour after its last use.
+pub fn expiring() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(3_600_000));
+    arguments
+}
+
+/// Declares a durable queue of its own.
+pub async fn declare_queue(channel: &Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            expiring(),
+        )
+        .await
+        .expect("declare queue");
+}
+
+pub async fn delete_queue(channel: &Channel, queue: &str) {
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+}
+
+/// A publisher on a channel of its own.
+pub async fn publisher(connection: &Connection) -> RabbitPublisher {
+    let channel = connection.create_channel().await.expect("channel");
+    RabbitPublisher::new(channel)
+        .await
+        .expect("confirm mode")
+        .server_uri(URI)
+}
+
+/// `rabbitmqctl` on the shared node (as root the Debian wrapper runs it as `rabbitmq`).
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    rabbitmqctl_on("rabbit@localhost", args)
+}
+
+pub fn rabbitmqctl_on(node: &str, args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(["-n", node, "-q"])
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (root, or the rabbitmq user)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Ready and unacknowledged messages of `queue`, as the broker counts them.
+pub fn queue_counts(queue: &str) -> Option<(u64, u64)> {
+    queue_counts_on("rabbit@localhost", queue)
+}
+
+pub fn queue_counts_on(node: &str, queue: &str) -> Option<(u64, u64)> {
+    let text = rabbitmqctl_on(
+        node,
+        &[
+            "list_queues",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+    );
+    text.lines().find_map(|line| {
+        let mut fields = line.split('\t');
+        (fields.next()? == queue).then_some(())?;
+        let ready = fields.next()?.trim().parse().ok()?;
+        let unacked = fields.next()?.trim().parse().ok()?;
+        Some((ready, unacked))
+    })
+}
+
+/// Force-closes the connections named `name` (`connection_name` client property) on `node`:
+/// the broker sends `connection.close` (320 CONNECTION_FORCED), as an operator or a network
+/// appliance would. Returns how many were closed.
+pub fn close_connections_named(node: &str, name: &str) -> usize {
+    let text = rabbitmqctl_on(
+        node,
+        &[
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ],
+    );
+    let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+    let pids: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(&wanted))
+        .filter_map(|line| line.split('\t').next())
+        .collect();
+    for pid in &pids {
+        rabbitmqctl_on(
+            node,
+            &["close_connection", pid, "eventscope test: forced close"],
+        );
+    }
+    pids.len()
+}
+
+/// Polls `condition` until it holds; panics with `what` after `limit`. Tests assert outcomes,
+/// never timings: the limit only keeps a broken run from hanging.
+pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The samples of one metric family in the exposition text whose labels include every
+/// `label="value"` pair in `with`, as (labels, value).
+pub fn samples(text: &str, name: &str, with: &[(&str, &str)]) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let labels = series.strip_prefix(name)?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            with.iter()
+                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+                .then(|| (labels.to_owned(), value.parse().ok()))
+                .and_then(|(labels, v)| v.map(|v| (labels, v)))
+        })
+        .collect()
+}
