@@ -11,6 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub const BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -49,7 +50,14 @@ pub async fn create_topic_on(bootstrap: &str, topic: &str, partitions: i32) {
         .await
         .expect("create_topics request");
     for result in results {
-        result.unwrap_or_else(|(t, code)| panic!("creating topic {t} failed: {code:?}"));
+        match result {
+            Ok(_) => {}
+            // Names are unique per test: the topic exists because a producer retrying its send
+            // had it created first (a restarted broker creates topics on metadata requests), or
+            // because the admin client retried a create the broker had already done.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => panic!("creating topic {t} failed: {code:?}"),
+        }
     }
     // The topic is usable once its partitions show up in the metadata.
     let probe: BaseConsumer = producer_config(bootstrap)
