@@ -32,9 +32,13 @@
 //!
 //! With `EVENTSCOPE_CALLGRIND=<case>` the binary runs that case's round trip a fixed number of
 //! times instead (after a warm-up), for `valgrind --tool=callgrind
-//! --toggle-collect='*measured_round_trip*'`.
+//! --toggle-collect='*measured_round_trip*'`, and prints the allocations per round trip to
+//! stderr (`allocations N`), counted by the bench's global allocator over the measured round
+//! trips only (on every thread: in `sampled` the batch processor's too).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::ready;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion};
@@ -53,6 +57,37 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Layer, Service};
+
+/// The system allocator, counting allocations (one relaxed add each: a few instructions in
+/// the counts, the same for every case).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; the counter has no effect on memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// A message that is both what is published and what is consumed.
 #[derive(Clone, Debug)]
@@ -324,9 +359,14 @@ where
             for _ in 0..100 {
                 std::hint::black_box(round_trip(&mut p, &mut h, Msg::new()));
             }
+            let mut allocations = 0;
             for _ in 0..iterations {
-                std::hint::black_box(measured_round_trip(&mut p, &mut h, Msg::new()));
+                let message = Msg::new();
+                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                std::hint::black_box(measured_round_trip(&mut p, &mut h, message));
+                allocations += ALLOCATIONS.load(Ordering::Relaxed) - before;
             }
+            eprintln!("allocations {:.1}", allocations as f64 / iterations as f64);
         }
     }
 }

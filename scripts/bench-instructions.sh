@@ -24,25 +24,7 @@ for line in sys.stdin:
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-declare -A per allocs
-# Calls to malloc/calloc (new allocations) in a callgrind profile, counted from its call
-# edges (only those recorded while collection was on, so the warm-up is left out).
-count_allocs() {
-    python3 - "$1" <<'PY'
-import re, sys
-names, count, target = {}, 0, False
-for line in open(sys.argv[1], errors="replace"):
-    m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line)
-    if m:
-        if m.group(2):
-            names[m.group(1)] = m.group(2).strip()
-        target = names.get(m.group(1)) in ("malloc", "calloc")
-    elif line.startswith("calls=") and target:
-        count += int(line[6:].split()[0])
-        target = False
-print(count)
-PY
-}
+declare -A per
 for case in bare no-sdk unsampled sampled sdk-floor unsampled-dedup unsampled-dlq; do
     EVENTSCOPE_CALLGRIND="$case" EVENTSCOPE_CALLGRIND_ITERATIONS="$iterations" \
         valgrind --tool=callgrind --callgrind-out-file="$out/$case.out" \
@@ -52,8 +34,9 @@ for case in bare no-sdk unsampled sampled sdk-floor unsampled-dedup unsampled-dl
         awk '/PROGRAM TOTALS/ && !found {gsub(",", "", $1); print $1; found = 1}')"
     [[ -n "$total" ]] || { echo "bench-instructions.sh: no count for $case, see $out/$case.log" >&2; exit 1; }
     per[$case]=$(( total / iterations ))
-    allocs[$case]="$(count_allocs "$out/$case.out")"
-    echo "$case ${per[$case]} ($(python3 -c "print(f'{${allocs[$case]} / $iterations:.1f}')") allocations)"
+    # The bench counts them itself (its global allocator), over the measured round trips.
+    allocs="$(awk '/^allocations / {print $2}' "$out/$case.log")"
+    echo "$case ${per[$case]} (${allocs:-?} allocations)"
 done
 echo
 for case in no-sdk unsampled sampled; do
