@@ -438,7 +438,10 @@ fn print_run(rep: usize, run: &Run) {
 fn print_summary(runs: &[Run]) {
     let produce = |f: fn(&[f64; 4]) -> f64| median(runs.iter().map(|r| f(&r.produce)));
     let consume = |f: fn(&[f64; 3]) -> f64| median(runs.iter().map(|r| f(&r.consume)));
-    println!("  median of {} runs (ratios and µs within each run):", runs.len());
+    println!(
+        "  median of {} runs (ratios and µs within each run):",
+        runs.len()
+    );
     println!(
         "    produce: adapter ÷ raw {:.3}, headers ÷ raw {:.3}, wrapped ÷ raw {:.3}, wrapped ÷ headers {:.3}",
         produce(|[r, a, _, _]| a / r),

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::carrier::read_headers;
+use super::carrier::{header_bytes, read_headers};
 use super::config::{check, Settings};
 use super::context::{EventscopeContext, RebalanceEvent};
 use super::error::ConfigError;
@@ -236,10 +236,6 @@ impl Positioned for KafkaMessage {
     }
 }
 
-/// Room reserved for headers when a message is copied out of librdkafka (trace context and
-/// ids take about 200 bytes).
-const HEADER_ROOM: usize = 256;
-
 /// librdkafka's stream and rebalances, as the core's events.
 pub struct KafkaSource<Ctx: ConsumerContext + 'static> {
     consumer: Arc<StreamConsumer<EventscopeContext<Ctx>>>,
@@ -353,14 +349,11 @@ impl<Ctx: ConsumerContext + 'static> OrderedSource for KafkaSource<Ctx> {
     }
 }
 
-/// Copies a message out of librdkafka: one buffer for key, payload and header values.
+/// Copies a message out of librdkafka: one buffer, sized once, for key, payload and headers.
 fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporter) -> KafkaMessage {
     let (key, payload) = (message.key(), message.payload());
-    let sizes = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
-    let mut data = Data {
-        bytes: Vec::with_capacity(sizes + HEADER_ROOM),
-        ..Data::default()
-    };
+    let size = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + header_bytes(message);
+    let mut data = Data::with_capacity(size);
     data.key = key.map(|key| data.push(key));
     data.payload = payload.map(|payload| data.push(payload));
     // Headers whose names are not UTF-8 are skipped and counted, never a panic.
