@@ -142,6 +142,16 @@ fn bootstrap() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// `BENCH_CONSUMER_CONFIG`: librdkafka settings (`key=value,…`) for every consumer.
+fn consumer_settings() -> Vec<(String, String)> {
+    let settings = std::env::var("BENCH_CONSUMER_CONFIG").unwrap_or_default();
+    settings
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
 /// Whether the first broker of the list accepts connections.
 fn reachable(servers: &str) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
@@ -190,6 +200,8 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 
 struct Bench {
     bootstrap: String,
+    /// From `BENCH_CONSUMER_CONFIG`.
+    consumer_settings: Vec<(String, String)>,
     n: usize,
     keys: Vec<Vec<u8>>,
     payload: Vec<u8>,
@@ -304,8 +316,14 @@ impl Bench {
         self.n as f64 / start.elapsed().as_secs_f64()
     }
 
+    /// eventscope's consumer configuration, with `BENCH_CONSUMER_CONFIG` (`key=value,…`) on
+    /// top, for every consume side alike.
     fn consumer_config(&self) -> ClientConfig {
-        consumer_config(&self.bootstrap, &unique("bench-group"))
+        let mut config = consumer_config(&self.bootstrap, &unique("bench-group"));
+        for (key, value) in &self.consumer_settings {
+            config.set(key, value);
+        }
+        config
     }
 
     fn assign_all<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str) {
@@ -564,12 +582,16 @@ fn main() {
             metrics: Metrics::new(),
             tracer: RefCell::new(None),
             bootstrap,
+            consumer_settings: consumer_settings(),
         };
         println!(
             "{n} messages of {PAYLOAD} B, {PARTITIONS} partitions, {reps} runs, broker {}, allocator: {ALLOCATOR}",
             bench.bootstrap
         );
         println!("(allocations/msg count Rust's allocator only: librdkafka's C mallocs are not seen)");
+        if !bench.consumer_settings.is_empty() {
+            println!("consumer settings: {:?}", bench.consumer_settings);
+        }
         for setup in setups.split(',').map(str::trim) {
             let sampler = match setup {
                 "none" => None,
