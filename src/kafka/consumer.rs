@@ -2,6 +2,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, StreamConsumer,
@@ -324,6 +325,14 @@ impl<Ctx: ConsumerContext + 'static> OrderedSource for KafkaSource<Ctx> {
                 continue;
             }
             let consumer = Arc::clone(&self.consumer);
+            // The usual case, a message already fetched: taken without arming the rebalance
+            // wake-up, which would add and remove a waiter under `Notify`'s lock per message.
+            // A rebalance queued meanwhile still comes first (`take_rebalances` below).
+            if let Some(received) = consumer.recv().now_or_never() {
+                self.take_rebalances();
+                self.received(received);
+                continue;
+            }
             let context = Arc::clone(&self.context);
             tokio::select! {
                 biased;
