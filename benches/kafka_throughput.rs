@@ -4,18 +4,26 @@
 //! ```text
 //! scripts/kafka.sh start
 //! cargo bench --features kafka --bench kafka_throughput
+//! cargo bench --features kafka,jemalloc --bench kafka_throughput   # jemalloc as the process's malloc
 //! ```
 //!
-//! Environment: `BENCH_MESSAGES` (default 50 000), `BENCH_REPS` (default 5), `BENCH_SETUPS`
+//! Environment: `KAFKA_BOOTSTRAP` (the broker list), else `127.0.0.1:$KAFKA_PORT` (port 9092
+//! by default), as `scripts/kafka.sh` starts it; `BENCH_MESSAGES` (default 200 000: with
+//! fewer, start and shutdown weigh on the rates), `BENCH_REPS` (default 6), `BENCH_SETUPS`
 //! (comma-separated subset of `none,unsampled,sampled`; default all). Messages are 256 bytes
 //! with a 7-byte key, over 4 partitions. Each repetition produces into a fresh topic per side
-//! (the order of the sides rotating between repetitions) and then consumes the wrapped topic
-//! (which carries the headers the layer writes) with a fresh group per side, rotating too.
-//! Reported: median messages/s per side and its ratio to raw.
+//! and then consumes the wrapped topic (which carries the headers the layer writes) with a fresh
+//! group per side, the order of the sides rotating between repetitions. Printed: every run's
+//! rates and its ratios to raw, then the median of those within-run ratios and of the
+//! microseconds a side adds per message.
 //!
 //! - raw produce: `FutureProducer::send_result`, waiting 1 ms on `QueueFull`, then every
 //!   delivery report awaited;
 //! - adapter produce: `KafkaPublisher` alone (`ready` + `call`), no layer, no headers;
+//! - headers produce: `KafkaPublisher` alone with the headers the layer writes in the setup
+//!   (`message-id` and `correlation-id`, 36 bytes each, and `traceparent` under a tracer
+//!   provider), no layer: the floor for any propagation in Kafka headers, so wrapped ÷ headers
+//!   is the layer's own cost;
 //! - wrapped produce: `PublishLayer` over `KafkaPublisher`: ids, trace context and metrics;
 //! - raw consume: `StreamConsumer::recv`, then `store_offset_from_message` (what an
 //!   at-least-once consumer does), one message at a time;
@@ -23,10 +31,16 @@
 //! - wrapped consume: `KafkaConsumer::run` with a `ProcessLayer` handler. Consumer times include
 //!   the graceful shutdown and final commit.
 //!
+//! Allocations per consumed message: the bench's global allocator counts every allocation and
+//! reallocation made through Rust's allocator during each consume side (consumer start to
+//! shutdown), divided by the messages. librdkafka's own C `malloc` calls are not counted, with
+//! or without the `jemalloc` feature: they reach `malloc` directly, not Rust's allocator.
+//!
 //! Tracer setups: `none` (no tracer provider), `unsampled` (an SDK provider with
 //! `Sampler::AlwaysOff`) and `sampled` (`Sampler::AlwaysOn`, spans batched to an exporter that
 //! discards them), given to the layers and the consumer with `tracer_provider`.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::RefCell;
 use std::future::ready;
 use std::hint::black_box;
@@ -54,9 +68,99 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-const BOOTSTRAP: &str = "127.0.0.1:9092";
 const PARTITIONS: i32 = 4;
 const PAYLOAD: usize = 256;
+
+/// Allocation and reallocation calls made through Rust's allocator, on any thread.
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// The process's allocator, counting its calls into [`ALLOCATIONS`].
+struct Counting<A>(A);
+
+// SAFETY: every call is forwarded unchanged to the wrapped allocator, which upholds the
+// contract; counting touches no memory the allocator hands out.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
+/// jemalloc for Rust; built unprefixed, it is librdkafka's `malloc` as well.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: Counting<tikv_jemallocator::Jemalloc> = Counting(tikv_jemallocator::Jemalloc);
+
+#[cfg(not(feature = "jemalloc"))]
+#[global_allocator]
+static GLOBAL: Counting<std::alloc::System> = Counting(std::alloc::System);
+
+const ALLOCATOR: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc (Rust and librdkafka)"
+} else {
+    "the system malloc (glibc here)"
+};
+
+/// Allocations per message while `consume` runs.
+async fn counting_allocations<F: std::future::Future<Output = f64>>(
+    n: usize,
+    consume: F,
+) -> (f64, f64) {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let rate = consume.await;
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    (rate, allocations as f64 / n as f64)
+}
+
+/// `KAFKA_BOOTSTRAP`, else `127.0.0.1:$KAFKA_PORT` (9092 when unset), as `scripts/kafka.sh`.
+fn bootstrap() -> String {
+    if let Some(servers) = std::env::var("KAFKA_BOOTSTRAP")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        return servers;
+    }
+    let port = std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into());
+    format!("127.0.0.1:{port}")
+}
+
+/// `BENCH_CONSUMER_CONFIG`: librdkafka settings (`key=value,…`) for every consumer.
+fn consumer_settings() -> Vec<(String, String)> {
+    let settings = std::env::var("BENCH_CONSUMER_CONFIG").unwrap_or_default();
+    settings
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// Whether the first broker of the list accepts connections.
+fn reachable(servers: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let first = servers.split(',').next().unwrap_or_default().trim();
+    let first = first.split_once("://").map_or(first, |(_, rest)| rest);
+    first.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+    })
+}
 
 #[derive(Debug)]
 struct Discard;
@@ -82,12 +186,22 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
-fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[rates.len() / 2]
+/// The median; of an even count, the mean of the middle two.
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
 }
 
 struct Bench {
+    bootstrap: String,
+    /// From `BENCH_CONSUMER_CONFIG`.
+    consumer_settings: Vec<(String, String)>,
     n: usize,
     keys: Vec<Vec<u8>>,
     payload: Vec<u8>,
@@ -158,7 +272,8 @@ impl Bench {
     }
 
     /// The adapter alone, with the headers the layer writes in this setup (two ids, plus
-    /// `traceparent` under a tracer provider) and nothing else of eventscope.
+    /// `traceparent` under a tracer provider) and nothing else of eventscope: the floor for
+    /// propagation in Kafka headers.
     async fn produce_adapter_headers(&self, topic: &str) -> f64 {
         let mut publisher = KafkaPublisher::new(self.producer.clone());
         let traced = self.tracer.borrow().is_some();
@@ -201,8 +316,14 @@ impl Bench {
         self.n as f64 / start.elapsed().as_secs_f64()
     }
 
+    /// eventscope's consumer configuration, with `BENCH_CONSUMER_CONFIG` (`key=value,…`) on
+    /// top, for every consume side alike.
     fn consumer_config(&self) -> ClientConfig {
-        consumer_config(BOOTSTRAP, &unique("bench-group"))
+        let mut config = consumer_config(&self.bootstrap, &unique("bench-group"));
+        for (key, value) in &self.consumer_settings {
+            config.set(key, value);
+        }
+        config
     }
 
     fn assign_all<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str) {
@@ -297,21 +418,77 @@ fn provider(sampler: Sampler) -> SdkTracerProvider {
         .build()
 }
 
-fn report(what: &str, raw: Vec<f64>, adapter: Vec<f64>, wrapped: Vec<f64>) {
-    let (raw, adapter, wrapped) = (median(raw), median(adapter), median(wrapped));
+/// The sides of one repetition, in the order of [`PRODUCE`] and [`CONSUME`].
+struct Run {
+    produce: [f64; 4],
+    consume: [f64; 3],
+    /// Allocations per consumed message.
+    allocations: [f64; 3],
+}
+
+const PRODUCE: [&str; 4] = ["raw", "adapter", "headers", "wrapped"];
+const CONSUME: [&str; 3] = ["raw", "adapter", "wrapped"];
+
+/// Microseconds `side` adds per message over `base`, from their rates.
+fn added_micros(base: f64, side: f64) -> f64 {
+    (1.0 / side - 1.0 / base) * 1e6
+}
+
+fn print_run(rep: usize, run: &Run) {
+    let [raw, adapter, headers, wrapped] = run.produce;
     println!(
-        "  {what:<8} raw {raw:>8.0}/s   adapter {adapter:>8.0}/s ({:.3})   wrapped {wrapped:>8.0}/s ({:.3})",
+        "  run {rep}: produce raw {raw:>7.0}/s  adapter {adapter:>7.0} ({:.3})  headers {headers:>7.0} ({:.3})  wrapped {wrapped:>7.0} ({:.3}; {:.3} of headers)",
         adapter / raw,
-        wrapped / raw
+        headers / raw,
+        wrapped / raw,
+        wrapped / headers,
+    );
+    let [raw, adapter, wrapped] = run.consume;
+    let [raw_allocs, adapter_allocs, wrapped_allocs] = run.allocations;
+    println!(
+        "         consume raw {raw:>7.0}/s  adapter {adapter:>7.0} ({:.3})  wrapped {wrapped:>7.0} ({:.3})  allocations/msg raw {raw_allocs:.2}  adapter {adapter_allocs:.2}  wrapped {wrapped_allocs:.2}",
+        adapter / raw,
+        wrapped / raw,
     );
 }
 
-/// One side of the comparison.
-#[derive(Clone, Copy)]
-enum Side {
-    Raw,
-    Adapter,
-    Wrapped,
+/// Medians over the runs of each within-run ratio and added time.
+fn print_summary(runs: &[Run]) {
+    let produce = |f: fn(&[f64; 4]) -> f64| median(runs.iter().map(|r| f(&r.produce)));
+    let consume = |f: fn(&[f64; 3]) -> f64| median(runs.iter().map(|r| f(&r.consume)));
+    println!(
+        "  median of {} runs (ratios and µs within each run):",
+        runs.len()
+    );
+    println!(
+        "    produce: adapter ÷ raw {:.3}, headers ÷ raw {:.3}, wrapped ÷ raw {:.3}, wrapped ÷ headers {:.3}",
+        produce(|[r, a, _, _]| a / r),
+        produce(|[r, _, h, _]| h / r),
+        produce(|[r, _, _, w]| w / r),
+        produce(|[_, _, h, w]| w / h),
+    );
+    println!(
+        "             µs/msg: raw {:.2}, headers {:+.2} over raw, wrapped {:+.2} over raw, {:+.2} over headers",
+        produce(|[r, _, _, _]| 1e6 / r),
+        produce(|[r, _, h, _]| added_micros(*r, *h)),
+        produce(|[r, _, _, w]| added_micros(*r, *w)),
+        produce(|[_, _, h, w]| added_micros(*h, *w)),
+    );
+    println!(
+        "    consume: adapter ÷ raw {:.3}, wrapped ÷ raw {:.3}; µs/msg: raw {:.2}, adapter {:+.2}, wrapped {:+.2} over raw",
+        consume(|[r, a, _]| a / r),
+        consume(|[r, _, w]| w / r),
+        consume(|[r, _, _]| 1e6 / r),
+        consume(|[r, a, _]| added_micros(*r, *a)),
+        consume(|[r, _, w]| added_micros(*r, *w)),
+    );
+    let allocations = |i: usize| median(runs.iter().map(|r| r.allocations[i]));
+    println!(
+        "    allocations per consumed message (Rust's allocator only): raw {:.2}, adapter {:.2}, wrapped {:.2}",
+        allocations(0),
+        allocations(1),
+        allocations(2),
+    );
 }
 
 async fn run_setup(bench: &Bench, reps: usize) {
@@ -336,52 +513,57 @@ async fn run_setup(bench: &Bench, reps: usize) {
         bench.delete_topics(&[topic]).await;
         return;
     }
-    let mut produced = [vec![], vec![], vec![]];
-    let mut consumed = [vec![], vec![], vec![]];
-    let sides = [Side::Raw, Side::Adapter, Side::Wrapped];
+    let mut runs = Vec::with_capacity(reps);
     for rep in 0..reps {
-        let topics = [
-            bench.create_topic("bench-raw").await,
-            bench.create_topic("bench-adapter").await,
-            bench.create_topic("bench-wrapped").await,
-        ];
-        // Each side goes first, second and third in turn.
-        for i in 0..sides.len() {
-            let side = (i + rep) % sides.len();
+        let mut run = Run {
+            produce: [0.0; 4],
+            consume: [0.0; 3],
+            allocations: [0.0; 3],
+        };
+        let mut topics = Vec::with_capacity(PRODUCE.len());
+        for side in PRODUCE {
+            topics.push(bench.create_topic(&format!("bench-{side}")).await);
+        }
+        // Each side goes first, second, … in turn.
+        for i in 0..PRODUCE.len() {
+            let side = (i + rep) % PRODUCE.len();
             let topic = &topics[side];
-            produced[side].push(match sides[side] {
-                Side::Raw => bench.produce_raw(topic).await,
-                Side::Adapter => bench.produce_adapter(topic).await,
-                Side::Wrapped => bench.produce_wrapped(topic).await,
-            });
+            run.produce[side] = match side {
+                0 => bench.produce_raw(topic).await,
+                1 => bench.produce_adapter(topic).await,
+                2 => bench.produce_adapter_headers(topic).await,
+                _ => bench.produce_wrapped(topic).await,
+            };
         }
         // Everyone consumes the wrapped topic: the same messages, trace headers included.
-        for i in 0..sides.len() {
-            let side = (i + rep) % sides.len();
-            let topic = &topics[2];
-            consumed[side].push(match sides[side] {
-                Side::Raw => bench.consume_raw(topic).await,
-                Side::Adapter => bench.consume_adapter(topic).await,
-                Side::Wrapped => bench.consume_wrapped(topic).await,
-            });
+        let wrapped_topic = &topics[PRODUCE.len() - 1];
+        for i in 0..CONSUME.len() {
+            let side = (i + rep) % CONSUME.len();
+            let consume = async {
+                match side {
+                    0 => bench.consume_raw(wrapped_topic).await,
+                    1 => bench.consume_adapter(wrapped_topic).await,
+                    _ => bench.consume_wrapped(wrapped_topic).await,
+                }
+            };
+            (run.consume[side], run.allocations[side]) =
+                counting_allocations(bench.n, consume).await;
         }
         bench.delete_topics(&topics).await;
+        print_run(rep + 1, &run);
+        runs.push(run);
     }
-    let [raw, adapter, wrapped] = produced;
-    report("produce", raw, adapter, wrapped);
-    let [raw, adapter, wrapped] = consumed;
-    report("consume", raw, adapter, wrapped);
+    print_summary(&runs);
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let n = env_usize("BENCH_MESSAGES", 50_000);
-    let reps = env_usize("BENCH_REPS", 5).max(1);
+    let n = env_usize("BENCH_MESSAGES", 200_000);
+    let reps = env_usize("BENCH_REPS", 6).max(1);
     let setups = std::env::var("BENCH_SETUPS").unwrap_or_else(|_| "none,unsampled,sampled".into());
-    if std::net::TcpStream::connect_timeout(&BOOTSTRAP.parse().unwrap(), Duration::from_secs(2))
-        .is_err()
-    {
-        eprintln!("no broker on {BOOTSTRAP}: run `scripts/kafka.sh start` first");
+    let bootstrap = bootstrap();
+    if !reachable(&bootstrap) {
+        eprintln!("no broker on {bootstrap}: run `scripts/kafka.sh start` first (KAFKA_PORT, KAFKA_BOOTSTRAP)");
         std::process::exit(1);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -395,12 +577,21 @@ fn main() {
                 .map(|i| format!("k{:06}", i % 1_000_000).into_bytes())
                 .collect(),
             payload: vec![b'p'; PAYLOAD],
-            producer: producer_config(BOOTSTRAP).create().expect("producer"),
-            admin: producer_config(BOOTSTRAP).create().expect("admin"),
+            producer: producer_config(&bootstrap).create().expect("producer"),
+            admin: producer_config(&bootstrap).create().expect("admin"),
             metrics: Metrics::new(),
             tracer: RefCell::new(None),
+            bootstrap,
+            consumer_settings: consumer_settings(),
         };
-        println!("{n} messages of {PAYLOAD} B, {PARTITIONS} partitions, median of {reps} runs");
+        println!(
+            "{n} messages of {PAYLOAD} B, {PARTITIONS} partitions, {reps} runs, broker {}, allocator: {ALLOCATOR}",
+            bench.bootstrap
+        );
+        println!("(allocations/msg count Rust's allocator only: librdkafka's C mallocs are not seen)");
+        if !bench.consumer_settings.is_empty() {
+            println!("consumer settings: {:?}", bench.consumer_settings);
+        }
         for setup in setups.split(',').map(str::trim) {
             let sampler = match setup {
                 "none" => None,

@@ -31,6 +31,16 @@ pub(crate) fn to_owned_headers(headers: &HeaderList) -> Option<OwnedHeaders> {
     Some(owned)
 }
 
+/// How many bytes the names and values of `message`'s headers take, to size the one buffer
+/// [`read_headers`] copies them into.
+pub(crate) fn header_bytes(message: &BorrowedMessage<'_>) -> usize {
+    let mut total = 0;
+    for_each_raw_header(message, |name, value| {
+        total += name.len() + value.map_or(0, <[u8]>::len);
+    });
+    total
+}
+
 /// Copies the headers of `message` into `data`; a header without value reads as an empty
 /// value. Returns how many headers were skipped because their name is not UTF-8.
 ///
@@ -111,14 +121,8 @@ mod tests {
 
     fn to_list(data: &Data) -> HeaderList {
         let pairs = data
-            .headers
-            .iter()
-            .map(|((ns, ne), (vs, ve))| {
-                (
-                    data.names[*ns..*ne].to_owned(),
-                    data.bytes[*vs..*ve].to_vec(),
-                )
-            })
+            .headers()
+            .map(|(name, value)| (name.to_owned(), value.to_vec()))
             .collect::<Vec<_>>();
         HeaderList::from(pairs)
     }
@@ -138,6 +142,20 @@ mod tests {
             assert!(copy_header(&mut data, header.key.as_bytes(), header.value));
         }
         assert_eq!(to_list(&data), list);
+    }
+
+    #[test]
+    fn headers_past_the_inline_ones_keep_their_order() {
+        let mut data = Data::default();
+        let names: Vec<String> = (0..20).map(|i| format!("h-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            assert!(copy_header(&mut data, name.as_bytes(), Some(&[i as u8])));
+        }
+        let read: Vec<(&str, &[u8])> = data.headers().collect();
+        assert_eq!(read.len(), names.len());
+        for (i, (name, value)) in read.into_iter().enumerate() {
+            assert_eq!((name, value), (names[i].as_str(), &[i as u8][..]));
+        }
     }
 
     #[test]

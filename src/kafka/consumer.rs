@@ -2,6 +2,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, StreamConsumer,
@@ -11,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::carrier::read_headers;
+use super::carrier::{header_bytes, read_headers};
 use super::config::{check, Settings};
 use super::context::{EventscopeContext, RebalanceEvent};
 use super::error::ConfigError;
@@ -236,10 +237,6 @@ impl Positioned for KafkaMessage {
     }
 }
 
-/// Room reserved for headers when a message is copied out of librdkafka (trace context and
-/// ids take about 200 bytes).
-const HEADER_ROOM: usize = 256;
-
 /// librdkafka's stream and rebalances, as the core's events.
 pub struct KafkaSource<Ctx: ConsumerContext + 'static> {
     consumer: Arc<StreamConsumer<EventscopeContext<Ctx>>>,
@@ -328,6 +325,14 @@ impl<Ctx: ConsumerContext + 'static> OrderedSource for KafkaSource<Ctx> {
                 continue;
             }
             let consumer = Arc::clone(&self.consumer);
+            // The usual case, a message already fetched: taken without arming the rebalance
+            // wake-up, which would add and remove a waiter under `Notify`'s lock per message.
+            // A rebalance queued meanwhile still comes first (`take_rebalances` below).
+            if let Some(received) = consumer.recv().now_or_never() {
+                self.take_rebalances();
+                self.received(received);
+                continue;
+            }
             let context = Arc::clone(&self.context);
             tokio::select! {
                 biased;
@@ -353,14 +358,11 @@ impl<Ctx: ConsumerContext + 'static> OrderedSource for KafkaSource<Ctx> {
     }
 }
 
-/// Copies a message out of librdkafka: one buffer for key, payload and header values.
+/// Copies a message out of librdkafka: one buffer, sized once, for key, payload and headers.
 fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporter) -> KafkaMessage {
     let (key, payload) = (message.key(), message.payload());
-    let sizes = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
-    let mut data = Data {
-        bytes: Vec::with_capacity(sizes + HEADER_ROOM),
-        ..Data::default()
-    };
+    let size = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + header_bytes(message);
+    let mut data = Data::with_capacity(size);
     data.key = key.map(|key| data.push(key));
     data.payload = payload.map(|payload| data.push(payload));
     // Headers whose names are not UTF-8 are skipped and counted, never a panic.

@@ -3,6 +3,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arrayvec::ArrayVec;
 #[cfg(test)]
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
@@ -175,20 +176,33 @@ pub(crate) struct Origin {
 /// Start and end of a field in [`Data::bytes`].
 pub(crate) type Bounds = (usize, usize);
 
-/// Key, payload and header values of one message in a single buffer, header names in one
-/// string: copying a message out of librdkafka costs a few allocations, not one per field and
-/// header, and reading a header name needs no UTF-8 check.
+/// Headers whose places [`Data`] keeps inline; the places of any more take one more allocation.
+const INLINE_HEADERS: usize = 8;
+
+/// Key, payload and headers of one message in a single buffer: copying a message out of
+/// librdkafka costs two allocations (this, in its `Arc`, and the buffer), not one per field
+/// and header.
 #[derive(Debug, Default)]
 pub(crate) struct Data {
+    /// Key, payload, then each header's name and value.
     pub(crate) bytes: Vec<u8>,
-    pub(crate) names: String,
     pub(crate) key: Option<Bounds>,
     pub(crate) payload: Option<Bounds>,
-    /// Each header's name (in `names`) and value (in `bytes`), in order.
-    pub(crate) headers: Vec<(Bounds, Bounds)>,
+    /// Each header's name (UTF-8, checked when copied) and value, in order.
+    headers: ArrayVec<(Bounds, Bounds), INLINE_HEADERS>,
+    /// Headers past the first [`INLINE_HEADERS`].
+    more_headers: Vec<(Bounds, Bounds)>,
 }
 
 impl Data {
+    /// Room for `size` bytes of key, payload and headers.
+    pub(crate) fn with_capacity(size: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(size),
+            ..Self::default()
+        }
+    }
+
     /// Appends `field` to the buffer.
     pub(crate) fn push(&mut self, field: &[u8]) -> Bounds {
         let start = self.bytes.len();
@@ -198,23 +212,25 @@ impl Data {
 
     /// Appends a header.
     pub(crate) fn push_header(&mut self, name: &str, value: &[u8]) {
-        let start = self.names.len();
-        self.names.push_str(name);
-        let value = self.push(value);
-        self.headers.push(((start, self.names.len()), value));
+        let header = (self.push(name.as_bytes()), self.push(value));
+        if let Err(full) = self.headers.try_push(header) {
+            self.more_headers.push(full.element());
+        }
     }
 
     fn get(&self, (start, end): Bounds) -> &[u8] {
         self.bytes.get(start..end).unwrap_or_default()
     }
 
-    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers.iter().map(|((start, end), value)| {
-            (
-                self.names.get(*start..*end).unwrap_or_default(),
-                self.get(*value),
-            )
-        })
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers
+            .iter()
+            .chain(&self.more_headers)
+            .map(|(name, value)| {
+                // Only UTF-8 names are copied in, so this never falls back to "".
+                let name = crate::text::utf8(self.get(*name)).unwrap_or_default();
+                (name, self.get(*value))
+            })
     }
 }
 
