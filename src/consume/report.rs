@@ -101,17 +101,28 @@ type Series = (Arc<str>, Option<i32>);
 /// Where an adapter reports what only the broker knows, for its consumer's system and group.
 ///
 /// Lag series reported here are removed by the core when their partition is revoked and when
-/// the consumer returns.
+/// the consumer returns; a report that arrives after the consumer returned (a broker client's
+/// statistics thread outliving it) is ignored, so no series comes back.
 #[derive(Clone)]
 pub struct Reporter {
     metrics: Metrics,
     system: &'static str,
     group: Arc<str>,
     reconnects: prometheus::IntCounter,
-    /// The lag series reported, to remove them when the consumer returns.
-    series: Arc<Mutex<HashSet<Series>>>,
-    /// The destinations whose unacked count was reported, likewise.
-    unacked: Arc<Mutex<HashSet<Arc<str>>>>,
+    /// The gauges reported. Every gauge is written under this lock, so none is written after
+    /// [`remove_all`](Self::remove_all).
+    reported: Arc<Mutex<Reported>>,
+}
+
+/// The gauge series a [`Reporter`] wrote, to remove them when the consumer returns.
+#[derive(Default)]
+struct Reported {
+    /// The consumer returned: nothing is reported any more.
+    closed: bool,
+    /// Lag series.
+    series: HashSet<Series>,
+    /// The destinations whose unacked count was reported.
+    unacked: HashSet<Arc<str>>,
 }
 
 impl fmt::Debug for Reporter {
@@ -130,8 +141,7 @@ impl Reporter {
             metrics,
             system,
             group,
-            series: Arc::default(),
-            unacked: Arc::default(),
+            reported: Arc::default(),
         }
     }
 
@@ -147,9 +157,11 @@ impl Reporter {
         if messages < 0 || partition.is_some_and(|p| p < 0) {
             return;
         }
-        self.series
-            .locked()
-            .insert((Arc::from(destination), partition));
+        let mut reported = self.reported.locked();
+        if reported.closed {
+            return;
+        }
+        reported.series.insert((Arc::from(destination), partition));
         self.metrics
             .record_lag(self.system, destination, &self.group, partition, messages);
     }
@@ -158,8 +170,13 @@ impl Reporter {
     /// report `false` while the client cannot reach the broker and retries, so an outage
     /// shows (and alerts) even when the lag cannot be read.
     pub fn connected(&self, connected: bool) {
+        let reported = self.reported.locked();
+        if reported.closed {
+            return;
+        }
         self.metrics
             .set_connected(self.system, &self.group, Some(connected));
+        drop(reported);
     }
 
     /// The broker removed `count` messages before this consumer received them (retention
@@ -176,7 +193,11 @@ impl Reporter {
         if messages < 0 {
             return;
         }
-        self.unacked.locked().insert(Arc::from(destination));
+        let mut reported = self.reported.locked();
+        if reported.closed {
+            return;
+        }
+        reported.unacked.insert(Arc::from(destination));
         self.metrics
             .record_unacked(self.system, destination, &self.group, messages);
     }
@@ -198,25 +219,60 @@ impl Reporter {
 
     /// Removes a partition's series (it was revoked).
     pub(crate) fn remove_partition(&self, destination: &str, partition: Option<i32>) {
-        self.series
-            .locked()
-            .remove(&(Arc::from(destination), partition));
+        let mut reported = self.reported.locked();
+        reported.series.remove(&(Arc::from(destination), partition));
         self.metrics
             .remove_partition(self.system, destination, &self.group, partition);
     }
 
     /// Removes every series reported (the consumer returned).
     pub(crate) fn remove_all(&self) {
+        let mut reported = self.reported.locked();
+        reported.closed = true;
         self.metrics.set_connected(self.system, &self.group, None);
-        let series: Vec<_> = self.series.locked().drain().collect();
-        for (destination, partition) in series {
+        for (destination, partition) in reported.series.drain() {
             self.metrics
                 .remove_partition(self.system, &destination, &self.group, partition);
         }
-        let unacked: Vec<_> = self.unacked.locked().drain().collect();
-        for destination in unacked {
+        for destination in reported.unacked.drain() {
             self.metrics
                 .remove_unacked(self.system, &destination, &self.group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_reported_after_the_consumer_returned() {
+        let metrics = Metrics::new();
+        let reporter = Reporter::new(metrics.clone(), "kafka", Arc::from("billing"));
+        reporter.connected(true);
+        reporter.lag("orders", Some(0), 5);
+        reporter.unacked("orders", 2);
+        let text = metrics.encode();
+        for family in [
+            "messaging_consumer_connected{",
+            "messaging_consumer_lag_messages{",
+            "messaging_consumer_unacked_messages{",
+        ] {
+            assert!(text.contains(family), "{family} reported:\n{text}");
+        }
+
+        reporter.remove_all();
+        // A broker client's statistics thread reporting once more after the consumer returned.
+        reporter.connected(false);
+        reporter.lag("orders", Some(0), 7);
+        reporter.unacked("orders", 3);
+        let text = metrics.encode();
+        for family in [
+            "messaging_consumer_connected{",
+            "messaging_consumer_lag_messages{",
+            "messaging_consumer_unacked_messages{",
+        ] {
+            assert!(!text.contains(family), "{family} came back:\n{text}");
         }
     }
 }
