@@ -193,7 +193,6 @@ fn failure_path_queries() -> Vec<(String, String)> {
 }
 
 /// Panels without NATS data, and why: the NATS demo must feed every other one.
-#[cfg(feature = "nats")]
 const NOT_NATS: &[(&str, &str)] = &[
     (
         "Stopped partitions",
@@ -254,8 +253,9 @@ async fn dashboards_and_rules_work_against_the_running_example() {
 /// every query and rule works with `messaging_system="rabbitmq"` and an empty partition label.
 /// Queries on families an unordered broker never has may be empty: a stopped partition (a
 /// RabbitMQ consumer that a failure stops stops as a whole), rebalances (a queue's consumers
-/// share it without partitions) and dropped messages (RabbitMQ tells no consumer what its
-/// overflow or TTL removed).
+/// share it without partitions), dropped messages (RabbitMQ tells no consumer what its
+/// overflow or TTL removed) and unacked messages (AMQP tells a client only a queue's ready
+/// count; JetStream's demo feeds that panel in the embedded-broker run).
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_and_rules_work_against_the_running_example_on_rabbitmq() {
@@ -271,6 +271,7 @@ async fn dashboards_and_rules_work_against_the_running_example_on_rabbitmq() {
             name::PARTITION_STOPPED,
             name::REBALANCES,
             name::DROPPED_MESSAGES,
+            name::UNACKED_MESSAGES,
         ],
         &[
             empty_partition(name::LAG_MESSAGES),
@@ -307,18 +308,20 @@ async fn dashboards_and_rules_work_against(
     let tmp = TempDir::new();
     let demo_addr = free_port();
     let prom_addr = free_port();
+    // The embedded-broker run also runs the demo on JetStream. Only that one: the demo's
+    // streams have fixed names, and two runs at once would delete each other's.
+    let nats_addr = (cfg!(feature = "nats") && demo_args.is_empty()).then(free_port);
     #[cfg(feature = "nats")]
-    let nats_addr = free_port();
-    #[cfg(feature = "nats")]
-    common::remove_nats_demo_streams().await;
-    #[cfg(feature = "nats")]
-    let targets = format!("'{demo_addr}', '{nats_addr}'");
-    #[cfg(not(feature = "nats"))]
-    let targets = format!("'{demo_addr}'");
-    #[cfg(feature = "nats")]
-    let instances = format!("{demo_addr}|{nats_addr}");
-    #[cfg(not(feature = "nats"))]
-    let instances = demo_addr.to_string();
+    if nats_addr.is_some() {
+        common::remove_nats_demo_streams().await;
+    }
+    let (targets, instances) = match nats_addr {
+        Some(nats_addr) => (
+            format!("'{demo_addr}', '{nats_addr}'"),
+            format!("{demo_addr}|{nats_addr}"),
+        ),
+        None => (format!("'{demo_addr}'"), demo_addr.to_string()),
+    };
 
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
@@ -339,23 +342,23 @@ async fn dashboards_and_rules_work_against(
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
         &demo_log,
     );
-    #[cfg(feature = "nats")]
     let nats_log = tmp.0.join("demo-nats.log");
-    #[cfg(feature = "nats")]
-    let mut nats_demo = spawn(
-        "order_pipeline --nats",
-        Command::new(&demo_bin)
-            .args([
-                "--forever",
-                "--nats",
-                "nats://127.0.0.1:4222",
-                "--metrics-addr",
-                &nats_addr.to_string(),
-            ])
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        &nats_log,
-    );
+    let mut nats_demo = nats_addr.map(|nats_addr| {
+        spawn(
+            "order_pipeline --nats",
+            Command::new(&demo_bin)
+                .args([
+                    "--forever",
+                    "--nats",
+                    "nats://127.0.0.1:4222",
+                    "--metrics-addr",
+                    &nats_addr.to_string(),
+                ])
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            &nats_log,
+        )
+    });
     let prom_log = tmp.0.join("prometheus.log");
     let mut prometheus = spawn(
         "prometheus",
@@ -394,13 +397,14 @@ async fn dashboards_and_rules_work_against(
     let mut unhealthy: Vec<String>;
     loop {
         demo.assert_running(&demo_log);
-        #[cfg(feature = "nats")]
-        nats_demo.assert_running(&nats_log);
+        if let Some(nats_demo) = &mut nats_demo {
+            nats_demo.assert_running(&nats_log);
+        }
         prometheus.assert_running(&prom_log);
         empty = BTreeMap::new();
         unhealthy = Vec::new();
         let ready = instant_query(&client, &base, &format!("up{{job=\"{JOB}\"}} == 1")).await;
-        let targets = if cfg!(feature = "nats") { 2 } else { 1 };
+        let targets = if nats_addr.is_some() { 2 } else { 1 };
         match ready {
             Ok(n) if n >= targets => {
                 for (file, panel, expr) in &queries {
@@ -416,17 +420,18 @@ async fn dashboards_and_rules_work_against(
                     }
                 }
                 // The NATS demo alone feeds every panel that applies to NATS.
-                #[cfg(feature = "nats")]
-                for (file, panel, expr) in &queries {
-                    if NOT_NATS.iter().any(|(title, _)| title == panel) {
-                        continue;
-                    }
-                    let q = substitute(expr, &nats_addr.to_string());
-                    if !matches!(instant_query(&client, &base, &q).await, Ok(n) if n > 0) {
-                        empty.insert(
-                            format!("NATS demo: {file} / {panel}: {q}"),
-                            "no series".to_owned(),
-                        );
+                if let Some(nats_addr) = nats_addr {
+                    for (file, panel, expr) in &queries {
+                        if NOT_NATS.iter().any(|(title, _)| title == panel) {
+                            continue;
+                        }
+                        let q = substitute(expr, &nats_addr.to_string());
+                        if !matches!(instant_query(&client, &base, &q).await, Ok(n) if n > 0) {
+                            empty.insert(
+                                format!("NATS demo: {file} / {panel}: {q}"),
+                                "no series".to_owned(),
+                            );
+                        }
                     }
                 }
                 let url = reqwest::Url::parse(&format!("{base}/api/v1/rules")).expect("url");
@@ -512,11 +517,14 @@ async fn dashboards_and_rules_work_against(
     );
     drop(prometheus);
     drop(demo);
+    let nats_ran = nats_demo.is_some();
+    drop(nats_demo);
     #[cfg(feature = "nats")]
-    {
-        drop(nats_demo);
+    if nats_ran {
         common::remove_nats_demo_streams().await;
     }
+    #[cfg(not(feature = "nats"))]
+    let _ = nats_ran;
 }
 
 fn tail(path: &Path) -> String {
