@@ -185,11 +185,12 @@ fn abort_probe() -> PathBuf {
                 probe.display()
             )
         });
-    // A probe older than the code it runs would test yesterday's consumer.
+    // A probe older than the code it runs would test yesterday's consumer. (Not compared with
+    // Cargo.toml: `cargo hack --no-dev-deps`, as CI runs it, rewrites the manifest without
+    // changing what the probe is built from, and cargo then rightly builds nothing.)
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let sources = newest_change(&root.join("src"))
-        .max(newest_change(&root.join("examples/kafka_abort_probe.rs")))
-        .max(newest_change(&root.join("Cargo.toml")));
+        .max(newest_change(&root.join("examples/kafka_abort_probe.rs")));
     assert!(
         built >= sources,
         "{} is older than the sources: rebuild it with `{build}`",
