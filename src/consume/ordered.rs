@@ -75,7 +75,7 @@ where
         settler: Arc::new(settler),
         max_batch,
         control,
-        lanes: HashMap::new(),
+        lanes: HashMap::default(),
         assigned: HashSet::new(),
         tasks: HashMap::new(),
         retiring: HashMap::new(),
@@ -160,7 +160,7 @@ struct Driver<M, H, Set: OrderedSettler> {
     permits: Arc<Semaphore>,
     max_batch: usize,
     control: mpsc::UnboundedSender<Lane>,
-    lanes: HashMap<Lane, Slot<M>>,
+    lanes: HashMap<Lane, Slot<M>, foldhash::fast::RandomState>,
     assigned: HashSet<Lane>,
     tasks: HashMap<Id, Lane>,
     /// Workers of revoked lanes still finishing a call; a new worker of the same lane waits
@@ -244,11 +244,16 @@ where
             topic: Arc::clone(message.lane_topic()),
             partition: message.lane_partition(),
         };
-        if !self.lanes.contains_key(&lane) {
-            self.spawn(&lane);
-        }
-        let Some(slot) = self.lanes.get_mut(&lane) else {
-            return;
+        // One look-up for a lane that exists, as every message but a lane's first finds it.
+        let slot = match self.lanes.get_mut(&lane) {
+            Some(slot) => slot,
+            None => {
+                self.spawn(&lane);
+                let Some(slot) = self.lanes.get_mut(&lane) else {
+                    return;
+                };
+                slot
+            }
         };
         let SlotState::Running { tx, buffered, .. } = &slot.state else {
             // Fetched before the pause took effect: left unsettled, like everything after the
