@@ -20,6 +20,8 @@
 
 #[cfg(feature = "nats")]
 mod common;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq_support;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -154,8 +156,9 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     out
 }
 
-/// Queries about the demo's failure path that must return data, with what each shows.
-fn failure_path_queries() -> Vec<(String, String)> {
+/// Queries about the demo's failure path that must return data, with what each shows; the
+/// demo's names start with `prefix`.
+fn failure_path_queries(prefix: &str) -> Vec<(String, String)> {
     let group = label::GROUP;
     let error_type = label::ERROR_TYPE;
     let reason = label::REASON;
@@ -163,13 +166,13 @@ fn failure_path_queries() -> Vec<(String, String)> {
         (
             "the dead-letter alert fires for the declined payments".to_owned(),
             format!(
-                r#"ALERTS{{alertname="DeadLettersIncreasing",alertstate="firing",{group}="payment-service"}}"#
+                r#"ALERTS{{alertname="DeadLettersIncreasing",alertstate="firing",{group}="{prefix}payment-service"}}"#
             ),
         ),
         (
             "the core dead-letters declined payments".to_owned(),
             format!(
-                r#"{}{{{error_type}="PaymentDeclined",{group}="payment-service"}} > 0"#,
+                r#"{}{{{error_type}="PaymentDeclined",{group}="{prefix}payment-service"}} > 0"#,
                 name::DEAD_LETTERED
             ),
         ),
@@ -187,7 +190,10 @@ fn failure_path_queries() -> Vec<(String, String)> {
         ),
         (
             "duplicates are counted".to_owned(),
-            format!(r#"{}{{{group}="payment-service"}} > 0"#, name::DUPLICATES),
+            format!(
+                r#"{}{{{group}="{prefix}payment-service"}} > 0"#,
+                name::DUPLICATES
+            ),
         ),
     ]
 }
@@ -260,13 +266,16 @@ async fn dashboards_and_rules_work_against_the_running_example() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_and_rules_work_against_the_running_example_on_rabbitmq() {
     use eventscope::metrics::name;
+    // Queues and exchanges of this run's own on the shared broker, deleted at the end.
+    let prefix = format!("eventscope-live-{}-", std::process::id());
+    let _cleanup = RabbitDemoCleanup(prefix.clone());
     let empty_partition = |family: &str| {
         format!(
             "{family}{{job=\"{JOB}\", messaging_system=\"rabbitmq\", messaging_destination_partition_id=\"\"}}"
         )
     };
     dashboards_and_rules_work_against(
-        &["--rabbitmq", "amqp://127.0.0.1:5672"],
+        &["--rabbitmq", "amqp://127.0.0.1:5672", "--prefix", &prefix],
         &[
             name::PARTITION_STOPPED,
             name::REBALANCES,
@@ -286,6 +295,53 @@ async fn dashboards_and_rules_work_against_the_running_example_on_rabbitmq() {
     .await;
 }
 
+/// Deletes the queues and exchanges of the demo run whose names start with the prefix it holds,
+/// from the shared RabbitMQ, when dropped: also when the test fails.
+#[cfg(feature = "rabbitmq")]
+struct RabbitDemoCleanup(String);
+
+#[cfg(feature = "rabbitmq")]
+impl Drop for RabbitDemoCleanup {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        // A runtime of its own, on a thread of its own: the test's may be unwinding.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let connection = rabbitmq_support::connect("eventscope-live-cleanup").await;
+                let channel = connection.create_channel().await.expect("channel");
+                for service in [
+                    "payment-service",
+                    "inventory-service",
+                    "notification-service",
+                    "ledger-service",
+                ] {
+                    for queue in [
+                        format!("{prefix}{service}"),
+                        format!("{prefix}{service}.dlq"),
+                    ] {
+                        rabbitmq_support::delete_queue(&channel, &queue).await;
+                    }
+                }
+                // A topic nobody consumes has a queue of its name (the demo's sinks).
+                for topic in common::DEMO_TOPICS {
+                    rabbitmq_support::delete_queue(&channel, &format!("{prefix}{topic}")).await;
+                    let _ = channel
+                        .exchange_delete(
+                            format!("{prefix}{topic}").as_str().into(),
+                            Default::default(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// The catalogue families a query reads.
 fn families_in(query: &str) -> Vec<&'static str> {
     eventscope::metrics::CATALOGUE
@@ -303,6 +359,10 @@ async fn dashboards_and_rules_work_against(
     may_be_empty: &[&str],
     must_have: &[String],
 ) {
+    let prefix = demo_args
+        .windows(2)
+        .find(|pair| pair[0] == "--prefix")
+        .map_or("", |pair| pair[1]);
     let demo_bin = demo_binary();
     let prometheus_bin = std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".to_owned());
     let tmp = TempDir::new();
@@ -460,7 +520,7 @@ async fn dashboards_and_rules_work_against(
                     }
                     Err(e) => unhealthy.push(e),
                 }
-                for (what, q) in failure_path_queries() {
+                for (what, q) in failure_path_queries(prefix) {
                     match instant_query(&client, &base, &q).await {
                         Ok(n) if n > 0 => {}
                         Ok(_) => {

@@ -118,6 +118,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The demo's topics (`examples/order_pipeline/main.rs`): a stream each on JetStream, an exchange
+/// each on RabbitMQ.
+pub const DEMO_TOPICS: [&str; 7] = [
+    "orders",
+    "orders.dlq",
+    "ledger",
+    "ledger.dlq",
+    "payments",
+    "inventory",
+    "notifications",
+];
+
 /// Removes the streams of the demo on JetStream (`order_pipeline --nats`, `bus::Nats`).
 #[cfg(feature = "nats")]
 pub async fn remove_nats_demo_streams() {
@@ -126,14 +138,7 @@ pub async fn remove_nats_demo_streams() {
         return;
     };
     let js = async_nats::jetstream::new(client);
-    for topic in [
-        "orders",
-        "orders.dlq",
-        "ledger",
-        "payments",
-        "inventory",
-        "notifications",
-    ] {
+    for topic in DEMO_TOPICS {
         let name = format!(
             "EVENTSCOPE_DEMO_{}",
             topic.to_ascii_uppercase().replace('.', "_")
