@@ -19,6 +19,17 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub type Publisher<R> = BoxCloneSyncService<R, (), BoxError>;
 pub type Handler<M> = BoxCloneSyncService<M, (), BoxError>;
 
+/// A publisher as the pipeline holds it: its receipt dropped, its error boxed.
+fn boxed<R, S>(service: S) -> Publisher<R>
+where
+    R: 'static,
+    S: tower::Service<R> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(service.map_response(|_| ()).map_err(Into::into))
+}
+
 pub trait Bus: Clone + Send + Sync + 'static {
     type Record: OutgoingMessage + Send + 'static;
     type Message: IncomingMessage + Clone + Send + Sync + 'static;
@@ -36,7 +47,6 @@ pub trait Bus: Clone + Send + Sync + 'static {
     fn publisher(&self, layer: PublishLayer) -> Publisher<Self::Record>;
     /// A plain publisher: a legacy client that knows nothing of tracing.
     fn raw_publisher(&self) -> Publisher<Self::Record>;
-    fn payload(message: &Self::Message) -> &[u8];
     /// Runs `handler` wrapped in the consumer's process layer, which shares the consumer's
     /// metrics and classifier; what fails for good goes to `{topic}.dlq`.
     #[allow(clippy::too_many_arguments)] // the demo's one seam between a service and its broker
@@ -78,25 +88,11 @@ impl Bus for Memory {
     }
 
     fn publisher(&self, layer: PublishLayer) -> Publisher<MemoryRecord> {
-        BoxCloneSyncService::new(
-            layer
-                .layer(self.0.publisher())
-                .map_response(|_| ())
-                .map_err(BoxError::from),
-        )
+        boxed(layer.layer(self.0.publisher()))
     }
 
     fn raw_publisher(&self) -> Publisher<MemoryRecord> {
-        BoxCloneSyncService::new(
-            self.0
-                .publisher()
-                .map_response(|_| ())
-                .map_err(BoxError::from),
-        )
-    }
-
-    fn payload(message: &MemoryMessage) -> &[u8] {
-        message.payload()
+        boxed(self.0.publisher())
     }
 
     fn consume(
@@ -144,10 +140,9 @@ mod kafka_bus {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::FutureProducer;
     use rdkafka::types::RDKafkaErrorCode;
-    use tower::util::BoxCloneSyncService;
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
 
-    use super::{BoxFuture, Bus, Handler, Publisher};
+    use super::{boxed, BoxFuture, Bus, Handler, Publisher};
 
     /// The pipeline over a Kafka-compatible broker.
     #[derive(Clone)]
@@ -201,25 +196,15 @@ mod kafka_bus {
         }
 
         fn publisher(&self, layer: PublishLayer) -> Publisher<KafkaRecord> {
-            BoxCloneSyncService::new(
+            boxed(
                 layer
                     .classify_errors(KafkaErrorClassifier)
-                    .layer(KafkaPublisher::new(self.producer.clone()))
-                    .map_response(|_| ())
-                    .map_err(BoxError::from),
+                    .layer(KafkaPublisher::new(self.producer.clone())),
             )
         }
 
         fn raw_publisher(&self) -> Publisher<KafkaRecord> {
-            BoxCloneSyncService::new(
-                KafkaPublisher::new(self.producer.clone())
-                    .map_response(|_| ())
-                    .map_err(BoxError::from),
-            )
-        }
-
-        fn payload(message: &KafkaMessage) -> &[u8] {
-            message.payload()
+            boxed(KafkaPublisher::new(self.producer.clone()))
         }
 
         fn consume(
@@ -268,10 +253,9 @@ mod nats_bus {
     };
     use eventscope::publish::PublishLayer;
     use eventscope::BoxError;
-    use tower::util::BoxCloneSyncService;
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
 
-    use super::{BoxFuture, Bus, Handler, Publisher};
+    use super::{boxed, BoxFuture, Bus, Handler, Publisher};
 
     /// The pipeline over JetStream: a stream per topic (`EVENTSCOPE_DEMO_ORDERS` captures
     /// `orders`), a durable pull consumer per service.
@@ -335,25 +319,15 @@ mod nats_bus {
         }
 
         fn publisher(&self, layer: PublishLayer) -> Publisher<NatsRecord> {
-            BoxCloneSyncService::new(
+            boxed(
                 layer
                     .classify_errors(NatsErrorClassifier)
-                    .layer(JetStreamPublisher::new(self.js.clone()))
-                    .map_response(|_| ())
-                    .map_err(BoxError::from),
+                    .layer(JetStreamPublisher::new(self.js.clone())),
             )
         }
 
         fn raw_publisher(&self) -> Publisher<NatsRecord> {
-            BoxCloneSyncService::new(
-                JetStreamPublisher::new(self.js.clone())
-                    .map_response(|_| ())
-                    .map_err(BoxError::from),
-            )
-        }
-
-        fn payload(message: &JetStreamMessage) -> &[u8] {
-            message.payload()
+            boxed(JetStreamPublisher::new(self.js.clone()))
         }
 
         fn consume(
@@ -427,10 +401,9 @@ mod rabbit_bus {
         RabbitConsumer, RabbitErrorClassifier, RabbitMessage, RabbitPublisher, RabbitRecord,
     };
     use eventscope::BoxError;
-    use tower::util::BoxCloneSyncService;
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
 
-    use super::{BoxFuture, Bus, Handler, Publisher};
+    use super::{boxed, BoxFuture, Bus, Handler, Publisher};
 
     /// The pipeline over RabbitMQ: a fanout exchange per topic, and per consuming service a
     /// queue of its name (its consumer group) bound to it, so every service gets every event.
@@ -551,26 +524,15 @@ mod rabbit_bus {
         }
 
         fn publisher(&self, layer: PublishLayer) -> Publisher<RabbitRecord> {
-            BoxCloneSyncService::new(
+            boxed(
                 layer
                     .classify_errors(RabbitErrorClassifier)
-                    .layer(self.publisher.clone())
-                    .map_response(|_| ())
-                    .map_err(BoxError::from),
+                    .layer(self.publisher.clone()),
             )
         }
 
         fn raw_publisher(&self) -> Publisher<RabbitRecord> {
-            BoxCloneSyncService::new(
-                self.publisher
-                    .clone()
-                    .map_response(|_| ())
-                    .map_err(BoxError::from),
-            )
-        }
-
-        fn payload(message: &RabbitMessage) -> &[u8] {
-            message.payload()
+            boxed(self.publisher.clone())
         }
 
         /// Consumes the queue named after the group (declared by `connect`).

@@ -32,7 +32,7 @@ use envelope::{Envelope, FollowUp, Item, OrderCreated};
 use eventscope::classify::{Classifier, Decision, RetryPolicy};
 use eventscope::dedup::{DedupError, DedupLayer, DedupStore, MemoryStore, Processed};
 use eventscope::memory::MemoryBroker;
-use eventscope::message::new_id;
+use eventscope::message::{new_id, IncomingMessage};
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
 use eventscope::schema::error::{DECODE, SCHEMA, UNKNOWN_SCHEMA};
@@ -255,7 +255,7 @@ async fn handle<B: Bus>(
     publisher: Publisher<B::Record>,
     message: B::Message,
 ) -> Result<(), BoxError> {
-    let order: Envelope<OrderCreated> = serde_json::from_slice(B::payload(&message))?;
+    let order: Envelope<OrderCreated> = serde_json::from_slice(IncomingMessage::payload(&message))?;
     let work_ms = match role {
         Role::Payment => 2.0 + 8.0 * shared.roll(),
         Role::Inventory => 5.0 + 35.0 * shared.roll(),
@@ -687,7 +687,7 @@ async fn run<B: Bus, St: DedupStore>(
     let mut ledger = None;
     if args.forever {
         let handler: Handler<B::Message> = BoxCloneSyncService::new(service_fn(|m: B::Message| {
-            let balanced = B::payload(&m) != b"unbalanced";
+            let balanced = IncomingMessage::payload(&m) != b"unbalanced";
             async move {
                 if balanced {
                     Ok(())
