@@ -2,9 +2,10 @@
 //! and in `messaging_client_sent_messages_total`: an unroutable mandatory message (`NO_ROUTE`,
 //! which RabbitMQ confirms with an ack carrying the returned message), a nack (`nack`), a
 //! missing exchange (`NOT_FOUND`, after which the channel is closed: `channel_closed`), a
-//! connection the broker closed (`connection` / `channel_closed`, at once, no hang). On a
-//! connection with lapin's auto-recover, publishing resumes by itself after the connection was
-//! closed.
+//! connection the broker closed (`connection` / `channel_closed`, at once, no hang). A
+//! publisher that owns its connection (`RabbitPublisher::connect`) replaces it, or only its
+//! channel when the broker closed that, and publishing resumes by itself; so it does on a
+//! connection with lapin's auto-recover.
 
 mod rabbitmq_support;
 
@@ -215,5 +216,91 @@ async fn a_closed_connection_fails_at_once_or_resumes_with_auto_recover() {
 
     delete_queue(&channel, &queue).await;
     let _ = recovering.close(200, "OK".into()).await;
+    let _ = setup.close(200, "OK".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_with_its_own_connection_replaces_it_and_its_channel() {
+    let setup = connect("eventscope-publish-setup").await;
+    let channel = setup.create_channel().await.expect("channel");
+    let queue = unique("own-connection");
+    declare_queue(&channel, &queue).await;
+
+    let name = unique("owning-publisher");
+    let mut publisher = rabbitmq::RabbitPublisher::connect_with(URI, properties(&name))
+        .await
+        .expect("connect")
+        .timeout(Duration::from_secs(10))
+        .max_reconnect_delay(Duration::from_millis(200));
+    publish_once(&mut publisher, &queue).await.expect("before");
+    let first_channel = publisher.channel();
+
+    // The broker closes the connection: the next publishes wait for a new one and go out.
+    assert_eq!(
+        tokio::task::spawn_blocking({
+            let name = name.clone();
+            move || close_connections_named("rabbit@localhost", &name)
+        })
+        .await
+        .unwrap(),
+        1
+    );
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(publish_once(&mut publisher, &queue).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A publish already on its way when the connection closed may fail; every later one is
+    // sent on the new connection.
+    assert!(
+        outcomes.iter().skip(1).all(Result::is_ok),
+        "{:?}",
+        outcomes
+            .iter()
+            .map(|o| o.as_ref().map_err(|e| e.error_type()))
+            .collect::<Vec<_>>()
+    );
+    assert!(publisher.channel().status().connected());
+    assert!(
+        !first_channel.status().connected(),
+        "the old channel is gone"
+    );
+    let connections = rabbitmqctl(&[
+        "list_connections",
+        "--no-table-headers",
+        "client_properties",
+    ]);
+    assert_eq!(
+        connections
+            .matches(&format!("{{\"connection_name\",\"{name}\"}}"))
+            .count(),
+        1,
+        "one connection of its own, the replacement"
+    );
+
+    // A missing exchange: the broker closes the channel over it (`NOT_FOUND`); the next
+    // publish goes out on a new channel of the same connection.
+    let missing = RabbitRecord::new(unique("no-such-exchange"), "k", b"x".to_vec());
+    let refused = publisher.ready().await.unwrap().call(missing).await;
+    assert_eq!(refused.unwrap_err().error_type(), "NOT_FOUND");
+    let before = publisher.channel();
+    publish_once(&mut publisher, &queue)
+        .await
+        .expect("a new channel after NOT_FOUND");
+    assert_ne!(publisher.channel().id(), before.id(), "a new channel");
+    let connections = rabbitmqctl(&[
+        "list_connections",
+        "--no-table-headers",
+        "client_properties",
+    ]);
+    assert_eq!(
+        connections
+            .matches(&format!("{{\"connection_name\",\"{name}\"}}"))
+            .count(),
+        1,
+        "still the same connection"
+    );
+
+    delete_queue(&channel, &queue).await;
     let _ = setup.close(200, "OK".into()).await;
 }

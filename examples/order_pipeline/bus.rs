@@ -429,9 +429,7 @@ mod rabbit_bus {
         ) -> Result<Self, BoxError> {
             let connection = Connection::connect(
                 uri,
-                ConnectionProperties::default()
-                    .with_connection_name("eventscope-demo".into())
-                    .enable_auto_recover(),
+                ConnectionProperties::default().with_connection_name("eventscope-demo".into()),
             )
             .await?;
             let channel = connection.create_channel().await?;
@@ -489,7 +487,13 @@ mod rabbit_bus {
                     )
                     .await?;
             }
-            let publisher = RabbitPublisher::new(channel).await?.server_uri(uri);
+            // A connection of the publisher's own, replaced when it breaks.
+            let publisher = RabbitPublisher::connect_with(
+                uri,
+                ConnectionProperties::default()
+                    .with_connection_name("eventscope-demo-publisher".into()),
+            )
+            .await?;
             Ok(Self {
                 uri: uri.to_owned(),
                 publisher,

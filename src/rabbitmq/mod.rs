@@ -16,9 +16,11 @@
 //!   processed as a new root and counted in `eventscope_trace_context_invalid_total`, never a
 //!   panic or a lost message;
 //! - **publisher** (`publisher.rs`): [`RabbitPublisher`], a `tower::Service<RabbitRecord>` over
-//!   your lapin [`Channel`](lapin::Channel) in confirm mode, resolving with the broker's
+//!   a lapin [`Channel`](lapin::Channel) in confirm mode, resolving with the broker's
 //!   confirm; wrap it in [`publish_layer`], which names failures (`NO_ROUTE`, `nack`,
-//!   `timeout`, ...);
+//!   `timeout`, ...). Made with [`connect`](RabbitPublisher::connect) it owns its connection
+//!   and replaces it when it breaks (`link.rs`); made with [`new`](RabbitPublisher::new) it
+//!   publishes on your channel;
 //! - **consumer** (`consumer.rs`): [`RabbitConsumer`], built from the URI and the queue, with
 //!   a connection of its own that it opens again after a loss, logging it and counting it in
 //!   `messaging_consumer_reconnects_total`;
@@ -66,7 +68,6 @@
 //!
 //! ```no_run
 //! use eventscope::metrics::Metrics;
-//! use eventscope::rabbitmq::lapin::{Connection, ConnectionProperties};
 //! use eventscope::rabbitmq::{self, RabbitConsumer, RabbitMessage, RabbitPublisher, RabbitRecord};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
@@ -75,13 +76,10 @@
 //! let uri = "amqp://guest:guest@127.0.0.1:5672/%2f";
 //! let metrics = Metrics::new();
 //!
-//! // Publish: your channel, in confirm mode, wrapped. Auto-recover lets publishing resume by
-//! // itself after a broker restart.
-//! let connection =
-//!     Connection::connect(uri, ConnectionProperties::default().enable_auto_recover()).await?;
-//! let channel = connection.create_channel().await?;
+//! // Publish: a connection of the publisher's own, in confirm mode, wrapped. It is replaced
+//! // when it breaks, so publishing resumes by itself after a broker restart.
 //! let publisher = rabbitmq::publish_layer(metrics.clone())
-//!     .layer(RabbitPublisher::new(channel).await?.server_uri(uri));
+//!     .layer(RabbitPublisher::connect(uri).await?);
 //! publisher
 //!     .clone()
 //!     .oneshot(RabbitRecord::new("orders", "created", b"{\"id\":1}".to_vec()).persistent())
@@ -107,6 +105,7 @@ mod consumer;
 pub mod error;
 pub mod future;
 mod lag;
+mod link;
 mod publisher;
 mod record;
 

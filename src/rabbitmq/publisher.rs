@@ -4,13 +4,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation};
+use lapin::{Channel, Confirmation, ConnectionProperties};
 use tower_service::Service;
 
 use super::carrier;
 use super::config::ServerAddress;
 use super::error::{PublishError, RabbitErrorClassifier};
 use super::future::ResponseFuture;
+use super::link::{Link, Owned};
 use super::record::{RabbitReceipt, RabbitRecord};
 use crate::metrics::Metrics;
 use crate::publish::PublishLayer;
@@ -42,10 +43,18 @@ const FRAME_OVERHEAD: usize = 8;
 /// exchange, ...), when the channel or connection is down (`channel_closed`, `connection`), or
 /// when no confirm came within the [timeout](Self::timeout) (default 30 s): never a hang.
 ///
-/// On a connection made with lapin's `enable_auto_recover()` a publish that meets the channel
-/// recovering waits for it (within the timeout) and is sent then, so publishing resumes by
-/// itself after a broker restart; without it every publish fails at once with `connection` or
-/// `channel_closed` until you give the publisher a new channel.
+/// After a broker restart or a lost connection:
+/// - a publisher made with [`connect`](Self::connect) owns its connection and replaces it: a
+///   publish that finds it broken waits (within the timeout) for a new one, made by one
+///   background task that tries again with a doubling delay. This is the reliable way to
+///   resume by itself.
+/// - on your channel ([`new`](Self::new)), of a connection made with lapin's
+///   `enable_auto_recover()`, a publish that meets the channel recovering waits for it (within
+///   the timeout) and is sent then. lapin 4.12 resumes most outages so, but not all: its I/O
+///   loop can stall after a connection reset when a publish is queued in the same instant,
+///   and then publishes fail with `timeout` until you give the publisher a new channel.
+///   Without auto-recover every publish fails at once with `connection` or `channel_closed`
+///   until then.
 ///
 /// Each message is handed to lapin in [`call`](Service::call), so messages go out in the order
 /// of the calls. lapin has no window of unconfirmed publishes: [`poll_ready`](Service::poll_ready)
@@ -58,7 +67,7 @@ const FRAME_OVERHEAD: usize = 8;
 /// connection (`FRAME_ERROR`), every channel on it with it.
 #[derive(Clone)]
 pub struct RabbitPublisher {
-    channel: Channel,
+    link: Link,
     timeout: Duration,
     frame_max: u32,
     server: Option<Arc<ServerAddress>>,
@@ -67,7 +76,8 @@ pub struct RabbitPublisher {
 impl fmt::Debug for RabbitPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitPublisher")
-            .field("channel", &self.channel.id())
+            .field("channel", &self.link.current_channel().id())
+            .field("own_connection", &matches!(self.link, Link::Owned(_)))
             .field("timeout", &self.timeout)
             .field("frame_max", &self.frame_max)
             .field("server", &self.server)
@@ -90,11 +100,76 @@ impl RabbitPublisher {
                 .map_err(PublishError::client)?;
         }
         Ok(Self {
-            channel,
+            link: Link::Given(channel),
             timeout: DEFAULT_TIMEOUT,
             frame_max: DEFAULT_FRAME_MAX,
             server: None,
         })
+    }
+
+    /// Connects to `uri` and publishes on a channel of a connection of its own, which it
+    /// replaces when it breaks (see the type's documentation). The `send` spans name the
+    /// broker (`server.address`, `server.port`) from `uri`.
+    ///
+    /// lapin's `enable_auto_recover` is not needed and would only compete with the
+    /// publisher's own reconnection. A `heartbeat` in the URI (`?heartbeat=10`) bounds how long
+    /// a broker that stops answering goes unnoticed.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use eventscope::rabbitmq::{self, RabbitPublisher, RabbitRecord};
+    /// use eventscope::metrics::Metrics;
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let publisher = RabbitPublisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// let mut publisher = rabbitmq::publish_layer(Metrics::new()).layer(publisher);
+    /// publisher
+    ///     .ready()
+    ///     .await?
+    ///     .call(RabbitRecord::to_queue("orders", b"{}".to_vec()))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the first connection, its channel or confirm mode fails.
+    pub async fn connect(uri: &str) -> Result<Self, PublishError> {
+        Self::connect_with(uri, ConnectionProperties::default()).await
+    }
+
+    /// [`connect`](Self::connect) with lapin connection properties: a connection name, a TLS
+    /// configuration, ...
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with(
+        uri: &str,
+        properties: ConnectionProperties,
+    ) -> Result<Self, PublishError> {
+        let owned = Owned::connect(uri, properties)
+            .await
+            .map_err(PublishError::client)?;
+        Ok(Self {
+            link: Link::Owned(Arc::new(owned)),
+            timeout: DEFAULT_TIMEOUT,
+            frame_max: DEFAULT_FRAME_MAX,
+            server: ServerAddress::from_uri(uri).map(Arc::new),
+        })
+    }
+
+    /// For a publisher that owns its connection ([`connect`](Self::connect)): the most time
+    /// between two attempts to connect again (default 5 s; the first comes after 100 ms, and
+    /// the delay doubles). Does nothing for a publisher on your channel.
+    pub fn max_reconnect_delay(self, delay: Duration) -> Self {
+        if let Link::Owned(owned) = &self.link {
+            owned.set_max_delay(delay);
+        }
+        self
     }
 
     /// How long a publish may take until the broker confirmed it (default 30 s); after it the
@@ -120,9 +195,10 @@ impl RabbitPublisher {
         self
     }
 
-    /// The channel.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// The channel publishes go out on now (for a publisher that owns its connection, the
+    /// current connection's).
+    pub fn channel(&self) -> Channel {
+        self.link.current_channel()
     }
 }
 
@@ -137,7 +213,7 @@ impl Service<RabbitRecord> for RabbitPublisher {
 
     fn call(&mut self, record: RabbitRecord) -> Self::Future {
         ResponseFuture::start(publish(
-            self.channel.clone(),
+            self.link.clone(),
             record,
             self.timeout,
             self.frame_max,
@@ -148,7 +224,7 @@ impl Service<RabbitRecord> for RabbitPublisher {
 
 /// Publishes `record` and waits for the broker's confirm, all within `timeout`.
 async fn publish(
-    channel: Channel,
+    link: Link,
     record: RabbitRecord,
     timeout: Duration,
     frame_max: u32,
@@ -163,6 +239,7 @@ async fn publish(
             immediate: false,
         };
         let mut recoveries = 0;
+        let (mut channel, mut generation) = link.channel().await.map_err(PublishError::client)?;
         let confirm = loop {
             let properties = record.amqp_properties(now);
             if carrier::content_header_len(&properties) + FRAME_OVERHEAD > frame_max as usize {
@@ -176,14 +253,15 @@ async fn publish(
             {
                 Ok(confirm) => break confirm,
                 Err(error) => {
-                    // Not written: when the channel recovers (lapin's auto-recover), send it
-                    // then; otherwise this is the error.
+                    // Not written: when the channel recovers (lapin's auto-recover) or the
+                    // publisher's own connection is replaced, send it then; otherwise this is
+                    // the error.
                     recoveries += 1;
                     if recoveries > MAX_RECOVERIES {
                         return Err(PublishError::client(error));
                     }
-                    channel
-                        .wait_for_recovery(error)
+                    (channel, generation) = link
+                        .after_failure(&channel, generation, error)
                         .await
                         .map_err(PublishError::client)?;
                     (exchange, routing_key) =
