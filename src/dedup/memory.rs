@@ -86,16 +86,9 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The shard of `key`, chosen by the last bytes of its id (the part that varies).
+    /// The shard of `key`, chosen by the top bits of its hash.
     fn lock(&self, key: &DedupKey) -> MutexGuard<'_, Cache<DedupKey, Entry>> {
-        let bytes = key.as_str().as_bytes();
-        let tail = bytes
-            .get(bytes.len().saturating_sub(8)..)
-            .unwrap_or_default();
-        let mut word = [0u8; 8];
-        word[..tail.len()].copy_from_slice(tail);
-        let mixed = u64::from_le_bytes(word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.lock_index((mixed >> 60) as usize)
+        self.lock_index((key.hash_value() >> 60) as usize)
     }
 }
 

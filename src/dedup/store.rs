@@ -83,12 +83,33 @@ pub const KEY_PREFIX: &str = "eventscope:dedup:";
 /// What a message is deduplicated on: its consumer group and its id (SPEC §2), written as
 /// `eventscope:dedup:{group}:{id}` (SPEC §8), which is also the Redis key.
 ///
-/// Cloning shares the text.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Cloning shares the text. The key's hash is computed once, when it is made: hashing a key
+/// (as a store's map does on every look-up) hashes that number, not the text again.
+#[derive(Clone, Debug)]
 pub struct DedupKey {
     key: Arc<str>,
     /// Where the group ends in `key`.
     group_end: u32,
+    /// `key` hashed with [`KEY_HASHER`].
+    hash: u64,
+}
+
+/// How a key's text is hashed, once per key: foldhash, seeded with a constant so equal keys
+/// hash alike in every process.
+const KEY_HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x6576_656e);
+
+impl PartialEq for DedupKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.group_end == other.group_end && self.key == other.key
+    }
+}
+
+impl Eq for DedupKey {}
+
+impl std::hash::Hash for DedupKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 /// Room for the prefix, a group name and the longest id, so building a key allocates once.
@@ -105,9 +126,15 @@ impl DedupKey {
             Arc::from(parts.concat())
         };
         Self {
+            hash: std::hash::BuildHasher::hash_one(&KEY_HASHER, &*key),
             key,
             group_end: (KEY_PREFIX.len() + group.len()) as u32,
         }
+    }
+
+    /// The key's hash, computed when it was made (a store picks its shard by it).
+    pub(crate) fn hash_value(&self) -> u64 {
+        self.hash
     }
 
     /// `eventscope:dedup:{group}:{id}`.
@@ -133,6 +160,24 @@ impl DedupKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_keys_hash_alike_and_groups_stay_apart() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let (a, b) = (DedupKey::new("g", "m-1"), DedupKey::new("g", "m-1"));
+        assert_eq!(a, b);
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        assert_ne!(a, DedupKey::new("g", "m-2"));
+        assert_ne!(
+            DedupKey::new("g", "m-1").hash_value(),
+            DedupKey::new("g", "m-2").hash_value()
+        );
+        // The same text, split into group and id differently, is another key.
+        let (left, right) = (DedupKey::new("a", "b:c"), DedupKey::new("a:b", "c"));
+        assert_eq!(left.as_str(), right.as_str());
+        assert_ne!(left, right);
+    }
 
     #[test]
     fn keys_read_back() {
