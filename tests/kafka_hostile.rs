@@ -185,35 +185,66 @@ fn abort_probe() -> PathBuf {
                 probe.display()
             )
         });
-    // A probe older than the code it runs would test yesterday's consumer. (Not compared with
-    // Cargo.toml: `cargo hack --no-dev-deps`, as CI runs it, rewrites the manifest without
-    // changing what the probe is built from, and cargo then rightly builds nothing.)
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = newest_change(&root.join("src"))
-        .max(newest_change(&root.join("examples/kafka_abort_probe.rs")));
+    // A probe older than the code it runs would test yesterday's consumer. Compared with the
+    // files it was built from, as cargo listed them in its dep-info file next to it: a change
+    // to a module the probe does not compile (another feature's) makes cargo rightly build
+    // nothing, and so does `cargo hack --no-dev-deps` rewriting Cargo.toml.
+    let dep_info = probe.with_extension("d");
+    let listed = std::fs::read_to_string(&dep_info).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: build the probe with `{build}`",
+            dep_info.display()
+        )
+    });
+    let sources = dep_info_sources(&listed);
     assert!(
-        built >= sources,
-        "{} is older than the sources: rebuild it with `{build}`",
+        sources
+            .iter()
+            .any(|s| s.ends_with("examples/kafka_abort_probe.rs")),
+        "{} does not list the probe's source",
+        dep_info.display()
+    );
+    let newest = sources
+        .iter()
+        .map(|source| {
+            std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                // A source that is gone is a change too.
+                .unwrap_or_else(|_| std::time::SystemTime::now())
+        })
+        .max()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    assert!(
+        built >= newest,
+        "{} is older than its sources: rebuild it with `{build}`",
         probe.display()
     );
     probe
 }
 
-/// When a file, or any file under a directory, was last modified.
-fn newest_change(path: &std::path::Path) -> std::time::SystemTime {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return std::time::SystemTime::UNIX_EPOCH;
-    };
-    if !meta.is_dir() {
-        return meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+/// The source files of a make-style dep-info line (`target: source source ...`, a space in a
+/// path escaped with `\`).
+fn dep_info_sources(text: &str) -> Vec<PathBuf> {
+    let line = text.lines().next().unwrap_or_default();
+    let (_target, sources) = line.split_once(": ").unwrap_or_default();
+    let mut paths = Vec::new();
+    let mut current = String::new();
+    let mut chars = sources.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => {
+                if !current.is_empty() {
+                    paths.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
     }
-    std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| newest_change(&entry.path()))
-        .max()
-        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+    if !current.is_empty() {
+        paths.push(PathBuf::from(current));
+    }
+    paths
 }
 
 /// The value of `field=` in the probe's report line.
