@@ -402,15 +402,7 @@ async fn a_header_name_lapin_cannot_read_never_stops_the_consumer_for_good() {
                 let _ = stopped.wait_for(|s| *s).await;
             }),
     );
-    let reconnects = || {
-        samples(
-            &metrics.encode(),
-            name::RECONNECTS,
-            &[(label::GROUP, queue.as_str())],
-        )
-        .first()
-        .map_or(0.0, |(_, v)| *v)
-    };
+    let reconnects = || reconnects(&metrics, &queue).unwrap_or(0.0);
     eventually(
         "the consumer to keep reconnecting",
         Duration::from_secs(30),

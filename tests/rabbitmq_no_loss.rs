@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventscope::metrics::{label, name, Metrics};
+use eventscope::metrics::Metrics;
 use eventscope::rabbitmq::{RabbitConsumer, RabbitMessage, RabbitRecord};
 use futures_util::future::try_join_all;
 use rabbitmq_support::*;
@@ -127,23 +127,10 @@ async fn a_lost_connection_redelivers_only_what_was_in_flight() {
     })
     .await;
     let first_window = handlers.hold_a_window().await;
-    let closed = tokio::task::spawn_blocking({
-        let name = consumer_name.clone();
-        move || close_connections_named("rabbit@localhost", &name)
-    })
-    .await
-    .unwrap();
+    let closed = close_shared_connections_named(&consumer_name).await;
     assert_eq!(closed, 1, "one connection of that name");
     handlers.release();
-    let reconnects = || {
-        samples(
-            &metrics.encode(),
-            name::RECONNECTS,
-            &[(label::GROUP, queue.as_str())],
-        )
-        .first()
-        .map(|(_, v)| *v)
-    };
+    let reconnects = || reconnects(&metrics, &queue);
     eventually("the consumer to reconnect", Duration::from_secs(30), || {
         reconnects() == Some(1.0)
     })

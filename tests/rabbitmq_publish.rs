@@ -169,15 +169,7 @@ async fn a_closed_connection_fails_at_once_or_resumes_with_auto_recover() {
     let plain = connect(&plain_name).await;
     let mut publisher = rabbitmq_support::publisher(&plain).await;
     publish_once(&mut publisher, &queue).await.expect("before");
-    assert_eq!(
-        tokio::task::spawn_blocking({
-            let name = plain_name.clone();
-            move || close_connections_named("rabbit@localhost", &name)
-        })
-        .await
-        .unwrap(),
-        1
-    );
+    assert_eq!(close_shared_connections_named(&plain_name).await, 1);
     let started = Instant::now();
     let mut failures = Vec::new();
     for _ in 0..3 {
@@ -197,12 +189,7 @@ async fn a_closed_connection_fails_at_once_or_resumes_with_auto_recover() {
         .expect("connect");
     let mut publisher = rabbitmq_support::publisher(&recovering).await;
     publish_once(&mut publisher, &queue).await.expect("before");
-    tokio::task::spawn_blocking({
-        let name = recovering_name.clone();
-        move || close_connections_named("rabbit@localhost", &name)
-    })
-    .await
-    .unwrap();
+    close_shared_connections_named(&recovering_name).await;
     let mut confirmed = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while confirmed < 3 {
@@ -236,15 +223,7 @@ async fn a_publisher_with_its_own_connection_replaces_it_and_its_channel() {
     let first_channel = publisher.channel();
 
     // The broker closes the connection: the next publishes wait for a new one and go out.
-    assert_eq!(
-        tokio::task::spawn_blocking({
-            let name = name.clone();
-            move || close_connections_named("rabbit@localhost", &name)
-        })
-        .await
-        .unwrap(),
-        1
-    );
+    assert_eq!(close_shared_connections_named(&name).await, 1);
     let mut outcomes = Vec::new();
     for _ in 0..5 {
         outcomes.push(publish_once(&mut publisher, &queue).await);

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use eventscope::metrics::{label, name, Metrics};
 use eventscope::rabbitmq::lapin::{Connection, ConnectionProperties};
 use eventscope::rabbitmq::{self, RabbitConsumer, RabbitMessage, RabbitPublisher, RabbitRecord};
-use rabbitmq_support::{declare_queue, eventually, samples, unique};
+use rabbitmq_support::{
+    declare_queue, eventually, eventually_or_report, reconnects, samples, unique,
+};
 use tokio::sync::watch;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -93,22 +95,6 @@ impl Drop for Node {
         let _ = Command::new(Self::script())
             .args(["wipe", &self.name])
             .output();
-    }
-}
-
-/// Polls `condition` for up to 60 s like `eventually`; on a timeout the panic says what
-/// `report` describes, so a failed run shows what the publisher saw.
-async fn eventually_or_report(
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-    report: impl FnOnce() -> String,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after 60 s waiting for {what}; {}", report());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -207,15 +193,7 @@ async fn consumer_and_publisher_come_back_and_no_confirmed_message_is_lost() {
                 let _ = stopped.wait_for(|s| *s).await;
             }),
     );
-    let reconnects = || {
-        samples(
-            &metrics.encode(),
-            name::RECONNECTS,
-            &[(label::GROUP, queue.as_str())],
-        )
-        .first()
-        .map_or(0.0, |(_, v)| *v)
-    };
+    let reconnects = || reconnects(&metrics, &queue).unwrap_or(0.0);
     let processed_count = || processed.lock().unwrap().len();
     eventually("a first stream", Duration::from_secs(60), || {
         confirmed() >= 100 && processed_count() >= 50
@@ -230,6 +208,7 @@ async fn consumer_and_publisher_come_back_and_no_confirmed_message_is_lost() {
     node.command("start").await;
     eventually_or_report(
         "publishing to resume",
+        Duration::from_secs(60),
         || confirmed() >= before_restart + 100,
         || publishing_report(&published, &publishing),
     )
@@ -247,6 +226,7 @@ async fn consumer_and_publisher_come_back_and_no_confirmed_message_is_lost() {
     let before_thaw = confirmed();
     eventually_or_report(
         "publishing to resume after the freeze",
+        Duration::from_secs(60),
         || confirmed() >= before_thaw + 100,
         || publishing_report(&published, &publishing),
     )

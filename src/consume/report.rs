@@ -247,17 +247,18 @@ mod tests {
 
     #[test]
     fn nothing_is_reported_after_the_consumer_returned() {
+        const FAMILIES: [&str; 3] = [
+            "messaging_consumer_connected{",
+            "messaging_consumer_lag_messages{",
+            "messaging_consumer_unacked_messages{",
+        ];
         let metrics = Metrics::new();
         let reporter = Reporter::new(metrics.clone(), "kafka", Arc::from("billing"));
         reporter.connected(true);
         reporter.lag("orders", Some(0), 5);
         reporter.unacked("orders", 2);
         let text = metrics.encode();
-        for family in [
-            "messaging_consumer_connected{",
-            "messaging_consumer_lag_messages{",
-            "messaging_consumer_unacked_messages{",
-        ] {
+        for family in FAMILIES {
             assert!(text.contains(family), "{family} reported:\n{text}");
         }
 
@@ -267,11 +268,7 @@ mod tests {
         reporter.lag("orders", Some(0), 7);
         reporter.unacked("orders", 3);
         let text = metrics.encode();
-        for family in [
-            "messaging_consumer_connected{",
-            "messaging_consumer_lag_messages{",
-            "messaging_consumer_unacked_messages{",
-        ] {
+        for family in FAMILIES {
             assert!(!text.contains(family), "{family} came back:\n{text}");
         }
     }

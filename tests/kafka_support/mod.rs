@@ -2,6 +2,11 @@
 //! 127.0.0.1:9092 (`scripts/kafka.sh start`), each with topics and groups of its own.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "../shared/mod.rs"]
+mod shared;
+#[allow(unused_imports)] // each test crate uses some of them
+pub use shared::{eventually, eventually_or_report, samples};
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -130,40 +135,6 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Opt
                 _ => None,
             };
             (e.partition(), offset)
-        })
-        .collect()
-}
-
-/// Polls `condition` until it holds; panics with `what` after `limit`. Tests assert outcomes,
-/// never timings: the limit only keeps a broken run from hanging.
-pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if condition() {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The samples of one metric family in the exposition text whose labels include every
-/// `label="value"` pair in `with`, as (labels, value).
-pub fn samples(text: &str, name: &str, with: &[(&str, &str)]) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            with.iter()
-                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
-                .then(|| (labels.to_owned(), value.parse().ok()))
-                .and_then(|(labels, v)| v.map(|v| (labels, v)))
         })
         .collect()
 }

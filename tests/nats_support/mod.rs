@@ -4,6 +4,11 @@
 //! private one (`nats-server`, or `NATS_SERVER_BIN`) on a free port with a store of its own.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "../shared/mod.rs"]
+mod shared;
+#[allow(unused_imports)] // each test crate uses some of them
+pub use shared::{eventually, eventually_or_report, samples};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -298,30 +303,12 @@ impl Drop for Proxy {
     }
 }
 
-/// Polls `condition` every 20 ms until it holds, failing after `limit`.
-pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The value of one sample of the exposition: family `name` with every `label="value"`.
+/// The sum of the samples of family `name` with every `label="value"` (one sample when the
+/// labels pick one), `None` when there is none.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name)
-                && l[name.len()..].starts_with(['{', ' '])
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    samples(text, name, labels)
+        .into_iter()
+        .map(|(_, value)| value)
         .reduce(|a, b| a + b)
 }
 

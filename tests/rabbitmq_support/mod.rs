@@ -3,9 +3,15 @@
 //! an idle hour should a test die before deleting them).
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "../shared/mod.rs"]
+mod shared;
+#[allow(unused_imports)] // each test crate uses some of them
+pub use shared::{eventually, eventually_or_report, samples};
+
 use std::process::Command;
 use std::time::Duration;
 
+use eventscope::metrics::{label, name, Metrics};
 use eventscope::rabbitmq::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use eventscope::rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use eventscope::rabbitmq::lapin::{Channel, Connection, ConnectionProperties};
@@ -124,6 +130,25 @@ pub fn queue_counts_on(node: &str, queue: &str) -> Option<(u64, u64)> {
     })
 }
 
+/// [`close_connections_named`] on the shared node, off the async runtime's threads.
+pub async fn close_shared_connections_named(name: &str) -> usize {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || close_connections_named("rabbit@localhost", &name))
+        .await
+        .expect("rabbitmqctl ran")
+}
+
+/// `messaging_consumer_reconnects_total` of the consumer group `group`, if it was reported.
+pub fn reconnects(metrics: &Metrics, group: &str) -> Option<f64> {
+    samples(
+        &metrics.encode(),
+        name::RECONNECTS,
+        &[(label::GROUP, group)],
+    )
+    .first()
+    .map(|(_, v)| *v)
+}
+
 /// Force-closes the connections named `name` (`connection_name` client property) on `node`:
 /// the broker sends `connection.close` (320 CONNECTION_FORCED), as an operator or a network
 /// appliance would. Returns how many were closed.
@@ -150,38 +175,4 @@ pub fn close_connections_named(node: &str, name: &str) -> usize {
         );
     }
     pids.len()
-}
-
-/// Polls `condition` until it holds; panics with `what` after `limit`. Tests assert outcomes,
-/// never timings: the limit only keeps a broken run from hanging.
-pub async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if condition() {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The samples of one metric family in the exposition text whose labels include every
-/// `label="value"` pair in `with`, as (labels, value).
-pub fn samples(text: &str, name: &str, with: &[(&str, &str)]) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            with.iter()
-                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
-                .then(|| (labels.to_owned(), value.parse().ok()))
-                .and_then(|(labels, v)| v.map(|v| (labels, v)))
-        })
-        .collect()
 }
