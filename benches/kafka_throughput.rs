@@ -40,6 +40,11 @@
 //! `Sampler::AlwaysOff`) and `sampled` (`Sampler::AlwaysOn`, spans batched to an exporter that
 //! discards them), given to the layers and the consumer with `tracer_provider`.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{env_usize, median, Discard};
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::RefCell;
 use std::future::ready;
@@ -54,8 +59,7 @@ use eventscope::kafka::{
 };
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -161,41 +165,8 @@ fn reachable(servers: &str) -> bool {
         addrs.any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
     })
 }
-
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        drop(batch);
-        ready(Ok(()))
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
-
-/// The median; of an even count, the mean of the middle two.
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.into_iter().collect();
-    values.sort_by(|a, b| a.total_cmp(b));
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 struct Bench {

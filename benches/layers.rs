@@ -36,6 +36,11 @@
 //! stderr (`allocations N`), counted by the bench's global allocator over the measured round
 //! trips only (on every thread: in `sampled` the batch processor's too).
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::Discard;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,8 +59,7 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tower::{service_fn, Layer, Service};
 
 /// The system allocator, counting allocations (one relaxed add each: a few instructions in
@@ -191,19 +195,6 @@ fn broker() -> impl Service<Msg, Response = Sent, Error = std::io::Error> + Clon
 /// The handler completes at once.
 fn handler() -> impl Service<Msg, Response = usize, Error = std::io::Error> + Clone {
     service_fn(|m: Msg| ready(Ok(m.payload.len())))
-}
-
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        drop(batch);
-        ready(Ok(()))
-    }
 }
 
 const CASES: [&str; 7] = [

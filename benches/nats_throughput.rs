@@ -31,6 +31,11 @@
 //! - wrapped consume: `JetStreamConsumer::run` with the process layer, the same unsampled
 //!   provider. Consumer times include the start (first pull) and the shutdown.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{env_usize, median};
+
 use std::future::IntoFuture;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,14 +56,6 @@ use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 const PAYLOAD: usize = 256;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
@@ -79,12 +76,6 @@ where
         None => Some(publish),
     }
 }
-
-fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[rates.len() / 2]
-}
-
 struct Bench {
     n: usize,
     concurrency: usize,
@@ -304,10 +295,10 @@ fn report(what: &str, columns: &[&str], runs: &[Vec<f64>]) {
         row((i + 1).to_string(), run, &ratios);
     }
     let medians: Vec<f64> = (0..columns.len())
-        .map(|c| median(runs.iter().map(|r| r[c]).collect()))
+        .map(|c| median(runs.iter().map(|r| r[c])))
         .collect();
     let ratios: Vec<f64> = (0..columns.len())
-        .map(|c| median(runs.iter().map(|r| r[c] / r[0]).collect()))
+        .map(|c| median(runs.iter().map(|r| r[c] / r[0])))
         .collect();
     row("med".into(), &medians, &ratios);
     println!("(median ratios are the medians of the per-run ratios)");

@@ -36,6 +36,11 @@
 //! `Sampler::AlwaysOff`) and `sampled` (`Sampler::AlwaysOn`, spans batched to an exporter that
 //! discards them), given to the layers and the consumer with `tracer_provider`.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{env_usize, median, Discard};
+
 use std::cell::RefCell;
 use std::future::{ready, Future};
 use std::hint::black_box;
@@ -57,46 +62,18 @@ use eventscope::rabbitmq::lapin::{
 use eventscope::rabbitmq::{self, RabbitConsumer, RabbitMessage, RabbitPublisher, RabbitRecord};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const PAYLOAD: usize = 256;
-
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        drop(batch);
-        ready(Ok(()))
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn unique(prefix: &str) -> String {
     format!(
         "eventscope-bench-{prefix}-{}",
         uuid::Uuid::now_v7().simple()
     )
 }
-
-fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[rates.len() / 2]
-}
-
 /// The queues and exchanges of one repetition: each publishing side has a fanout exchange
 /// of its own with three queues bound (the broker does the same work for every side); the
 /// wrapped side's queues are the ones consumed, one per consuming side.
@@ -452,7 +429,7 @@ fn report(what: &str, raw: Vec<f64>, adapter: Vec<f64>, wrapped: Vec<f64>) {
     );
     // Sides of one repetition run back to back: the median of their ratios is the steadier
     // figure on a machine whose load changes between repetitions.
-    let median_ratio = |side: &[f64]| median(side.iter().zip(&raw).map(|(s, r)| s / r).collect());
+    let median_ratio = |side: &[f64]| median(side.iter().zip(&raw).map(|(s, r)| s / r));
     println!(
         "    {what} median of the per-run ratios: adapter {:.3} wrapped {:.3}",
         median_ratio(&adapter),
