@@ -554,7 +554,35 @@ pub(crate) fn header_id<H: Headers + ?Sized>(headers: &H) -> Option<&str> {
         .and_then(|(_, value)| crate::header::usable_id(value))
 }
 
+/// A broker's id for a message that carries none of its own, from where it sits: `name`
+/// followed by each number, `/` before each (`orders/0/42`). Written with `itoa`: through
+/// `format!` this cost about a thousand instructions per message, more than the rest of an
+/// unsampled process span.
+pub(crate) fn position_id<N: itoa::Integer + Copy>(name: &str, numbers: &[N]) -> String {
+    let mut id = String::with_capacity(name.len() + 21 * numbers.len());
+    id.push_str(name);
+    let mut digits = itoa::Buffer::new();
+    for &number in numbers {
+        id.push('/');
+        id.push_str(digits.format(number));
+    }
+    id
+}
+
 /// Generates a new unique id (a UUIDv7: unique, and sortable by creation time).
 pub fn new_id() -> String {
     crate::header::IdBuffer::new().new_id().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::position_id;
+
+    #[test]
+    fn a_position_id_names_where_the_message_sits() {
+        assert_eq!(position_id("orders", &[0i64, 42]), "orders/0/42");
+        assert_eq!(position_id("t", &[-1i64, i64::MAX]), "t/-1/9223372036854775807");
+        assert_eq!(position_id("stream", &[u64::MAX]), "stream/18446744073709551615");
+        assert_eq!(position_id::<u64>("alone", &[]), "alone");
+    }
 }

@@ -1,5 +1,4 @@
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -342,11 +341,10 @@ impl IncomingMessage for KafkaMessage {
         if let Some(id) = crate::message::header_id(self) {
             return Some(Cow::Borrowed(id));
         }
-        let topic = self.topic();
-        let mut id = String::with_capacity(topic.len() + 32);
-        // Writing to a `String` cannot fail.
-        let _ = write!(id, "{topic}/{}/{}", self.partition, self.offset);
-        Some(Cow::Owned(id))
+        Some(Cow::Owned(crate::message::position_id(
+            self.topic(),
+            &[i64::from(self.partition), self.offset],
+        )))
     }
 
     fn consumer_group(&self) -> Option<&str> {

@@ -151,9 +151,9 @@ impl IncomingMessage for MemoryMessage {
     fn message_id(&self) -> Option<Cow<'_, str>> {
         match crate::message::header_id(self) {
             Some(id) => Some(Cow::Borrowed(id)),
-            None => Some(Cow::Owned(format!(
-                "{}/{}/{}",
-                self.topic, self.partition, self.offset
+            None => Some(Cow::Owned(crate::message::position_id(
+                &self.topic,
+                &[i64::from(self.partition), self.offset],
             ))),
         }
     }

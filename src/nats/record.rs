@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -528,11 +527,10 @@ impl IncomingMessage for JetStreamMessage {
         if let Some(id) = header_id(self.inner.message.headers.as_ref()) {
             return Some(Cow::Borrowed(id));
         }
-        let stream = &*self.inner.origin.stream;
-        let mut id = String::with_capacity(stream.len() + 21);
-        // Writing to a `String` cannot fail.
-        let _ = write!(id, "{stream}/{}", self.inner.position.stream_sequence);
-        Some(Cow::Owned(id))
+        Some(Cow::Owned(crate::message::position_id(
+            &self.inner.origin.stream,
+            &[self.inner.position.stream_sequence],
+        )))
     }
 
     fn consumer_group(&self) -> Option<&str> {
