@@ -581,8 +581,14 @@ mod tests {
     #[test]
     fn a_position_id_names_where_the_message_sits() {
         assert_eq!(position_id("orders", &[0i64, 42]), "orders/0/42");
-        assert_eq!(position_id("t", &[-1i64, i64::MAX]), "t/-1/9223372036854775807");
-        assert_eq!(position_id("stream", &[u64::MAX]), "stream/18446744073709551615");
+        assert_eq!(
+            position_id("t", &[-1i64, i64::MAX]),
+            "t/-1/9223372036854775807"
+        );
+        assert_eq!(
+            position_id("stream", &[u64::MAX]),
+            "stream/18446744073709551615"
+        );
         assert_eq!(position_id::<u64>("alone", &[]), "alone");
     }
 }

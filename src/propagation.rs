@@ -139,6 +139,20 @@ impl Propagation {
         self.inject_w3c(cx.span().span_context(), cx, headers, false);
     }
 
+    /// [`inject`](Self::inject) for a publish with no span of its own; `fresh` as for
+    /// [`inject_span`](Self::inject_span).
+    pub(crate) fn inject_current<H: HeadersMut + ?Sized>(
+        &self,
+        cx: &Context,
+        headers: &mut H,
+        fresh: bool,
+    ) {
+        match &self.custom {
+            Some(_) => self.inject(cx, headers),
+            None => self.inject_w3c(cx.span().span_context(), cx, headers, fresh),
+        }
+    }
+
     /// Writes a started span's context, without building an OpenTelemetry `Context` for a span
     /// that does not record. `fresh`: the caller knows there is no `traceparent` or
     /// `tracestate` header yet, so the W3C ones are appended without looking.

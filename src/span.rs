@@ -80,6 +80,15 @@ impl Tracer {
         }
     }
 
+    /// No span will be started: no provider was given and the global one is the no-op
+    /// provider. The layers then pass the parent context on without building anything.
+    pub(crate) fn is_off(&self) -> bool {
+        match &*self.source {
+            Source::Global(cell) => cell.get_or_init(resolve_global).is_none(),
+            Source::Provider(_) => false,
+        }
+    }
+
     /// Starts a span under `parent`: the sampler sees `start` and nothing else.
     pub(crate) fn start(&self, start: &SpanStart<'_>, parent: &Context) -> ActiveSpan {
         self.start_with(start, parent, None)
@@ -180,8 +189,6 @@ pub(crate) struct ActiveSpan {
     parent: Context,
     cx: Option<Context>,
     kind: Kind,
-    /// Whether there is anything to make current, once asked (see `attachable`).
-    attach: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,7 +220,6 @@ impl ActiveSpan {
                 parent: parent.clone(),
                 cx: Some(parent.with_span(span)),
                 kind: Kind::Recording,
-                attach: Some(true),
             };
         }
         let sc = span.span_context();
@@ -225,7 +231,6 @@ impl ActiveSpan {
             parent: parent.clone(),
             cx: None,
             kind: Kind::Unrecorded,
-            attach: None,
         }
     }
 
@@ -241,7 +246,6 @@ impl ActiveSpan {
             parent: parent.clone(),
             cx: None,
             kind: Kind::Passthrough,
-            attach: None,
         }
     }
 
@@ -253,28 +257,6 @@ impl ActiveSpan {
     /// The context the span was started in (its baggage travels on).
     pub(crate) fn parent(&self) -> &Context {
         &self.parent
-    }
-
-    /// The context to make current while the operation runs, built once.
-    pub(crate) fn context(&mut self) -> &Context {
-        if self.kind == Kind::Passthrough {
-            return &self.parent;
-        }
-        let (parent, sc) = (&self.parent, &self.span_context);
-        self.cx
-            .get_or_insert_with(|| parent.with_remote_span_context(sc.clone()))
-    }
-
-    /// The context to attach while the operation runs; `None` when there is nothing to make
-    /// current (no span of our own and an empty parent), which saves the attach on every poll.
-    /// The answer is kept, so later polls do not look again.
-    pub(crate) fn attachable(&mut self) -> Option<&Context> {
-        let attach = *self.attach.get_or_insert_with(|| {
-            self.kind == Kind::Recording
-                || self.span_context.is_valid()
-                || !self.parent.baggage().is_empty()
-        });
-        attach.then(|| self.context())
     }
 
     /// The current context if it was built.
@@ -312,6 +294,90 @@ impl ActiveSpan {
     pub(crate) fn link(&self, to: &SpanContext, attributes: Vec<KeyValue>) {
         if let Some(span) = self.recording_span().filter(|_| to.is_valid()) {
             span.add_link(to.clone(), attributes);
+        }
+    }
+
+    /// What the operation's future keeps once it is under way, for an operation that runs
+    /// with the span current (the process layers): the context to attach, built now.
+    pub(crate) fn into_running(self) -> RunningSpan {
+        let attach = self.attaches();
+        let recording = self.is_recording();
+        let cx = match (attach, self.kind, self.cx) {
+            (false, _, _) => None,
+            (true, Kind::Passthrough, _) => Some(self.parent),
+            (true, _, Some(cx)) => Some(cx),
+            (true, _, None) => Some(self.parent.with_remote_span_context(self.span_context)),
+        };
+        RunningSpan { cx, recording }
+    }
+
+    /// Whether there is anything to make current while the operation runs: not for no span of
+    /// our own and an empty parent, which saves an attach on every poll.
+    fn attaches(&self) -> bool {
+        self.kind == Kind::Recording || attaches(&self.span_context, &self.parent)
+    }
+
+    /// What the operation's future keeps, for an operation that only ends its span (a
+    /// publish, a settle): a recording span, or nothing.
+    pub(crate) fn into_ending(self) -> RunningSpan {
+        match (self.kind, self.cx) {
+            (Kind::Recording, cx @ Some(_)) => RunningSpan {
+                cx,
+                recording: true,
+            },
+            _ => RunningSpan::default(),
+        }
+    }
+}
+
+/// A span whose operation is under way, as its future keeps it: only the context it makes
+/// current and whether that holds a recording span. Small, so the futures that carry it stay
+/// cheap to move (an [`ActiveSpan`] is five times its size).
+#[derive(Default)]
+pub(crate) struct RunningSpan {
+    /// The context to make current on each poll; `None` when there is nothing to make current.
+    cx: Option<Context>,
+    recording: bool,
+}
+
+impl fmt::Debug for RunningSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningSpan")
+            .field("attaches", &self.cx.is_some())
+            .field("recording", &self.recording)
+            .finish()
+    }
+}
+
+/// A context worth making current: it holds a valid span context or baggage.
+fn attaches(span_context: &SpanContext, cx: &Context) -> bool {
+    span_context.is_valid() || !cx.baggage().is_empty()
+}
+
+impl RunningSpan {
+    /// No span of our own (no provider): `parent` is made current if it carries anything.
+    pub(crate) fn passthrough(parent: Context) -> Self {
+        let cx = attaches(parent.span().span_context(), &parent).then_some(parent);
+        Self {
+            cx,
+            recording: false,
+        }
+    }
+
+    /// The context to attach while the operation runs, if there is anything to make current.
+    pub(crate) fn attachable(&self) -> Option<&Context> {
+        self.cx.as_ref()
+    }
+
+    /// The operation's context, for what follows a failure (a retry, a dead letter).
+    pub(crate) fn context(&self) -> Context {
+        self.cx.clone().unwrap_or_default()
+    }
+
+    fn recording_span(&self) -> Option<opentelemetry::trace::SpanRef<'_>> {
+        match (&self.cx, self.recording) {
+            (Some(cx), true) => Some(cx.span()),
+            _ => None,
         }
     }
 

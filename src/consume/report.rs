@@ -67,6 +67,7 @@ impl Core {
             self.spans.tracer.start_at(&start, parent, started)
         });
         span.describe(&start, |_| {});
+        let span = span.into_ending();
         if let Some(error_type) = error_type {
             span.fail(error_type);
         }

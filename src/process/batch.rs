@@ -160,7 +160,7 @@ where
             batch_size: Some(batch.len()),
             name_slot: Some(&instruments.span_name),
         };
-        let mut span =
+        let span =
             opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
         span.describe(&start, |_| {});
 
@@ -206,6 +206,7 @@ where
 
         let count = batch.len() as i64;
         let pending = Pending::new(Recorded::Batch(instruments, processed), count);
+        let span = span.into_running();
         let called = {
             let _cx = span.attachable().map(|cx| cx.clone().attach());
             let _calling = super::Calling::enter();

@@ -12,12 +12,12 @@ use crate::classify::{ClassifyError, CANCELLED};
 use crate::clock::Monotonic;
 use crate::metrics::{ConsumerInstruments, ConsumerPartition, PartitionState};
 use crate::scope::MessageScope;
-use crate::span::ActiveSpan;
+use crate::span::RunningSpan;
 
 /// Records the handler's outcome exactly once: on completion, or as cancelled on drop.
 pub(crate) struct Outcome {
     pub(crate) pending: Option<Pending>,
-    pub(crate) span: Option<ActiveSpan>,
+    pub(crate) span: RunningSpan,
 }
 
 /// Where a handler call's outcome goes.
@@ -65,10 +65,10 @@ impl Drop for Pending {
 }
 
 impl Outcome {
-    pub(crate) fn new(pending: Pending, span: ActiveSpan) -> Self {
+    pub(crate) fn new(pending: Pending, span: RunningSpan) -> Self {
         Self {
             pending: Some(pending),
-            span: Some(span),
+            span,
         }
     }
 
@@ -92,15 +92,11 @@ impl Outcome {
                 }
             }
             Some(error_type) => {
-                if let Some(span) = &self.span {
-                    span.fail(error_type);
-                }
+                self.span.fail(error_type);
                 instruments.error_duration(error_type).observe(seconds);
             }
         }
-        if let Some(span) = &self.span {
-            span.end();
-        }
+        self.span.end();
     }
 }
 
@@ -132,7 +128,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn with_pending(
         inner: F,
-        span: ActiveSpan,
+        span: RunningSpan,
         scope: Option<MessageScope>,
         classifier: C,
         pending: Pending,
@@ -141,7 +137,7 @@ impl<F, C> ResponseFuture<F, C> {
             inner,
             outcome: Outcome {
                 pending: Some(pending),
-                span: Some(span),
+                span,
             },
             scope,
             classifier,
@@ -154,7 +150,7 @@ impl<F, C> ResponseFuture<F, C> {
             inner,
             outcome: Outcome {
                 pending: None,
-                span: None,
+                span: RunningSpan::default(),
             },
             scope: None,
             classifier,
@@ -165,8 +161,8 @@ impl<F, C> ResponseFuture<F, C> {
 /// Tells the consumer core which span and scope the failed call had (the dead-letter publish
 /// is their child; a retry in process continues the trace).
 fn note_failed(outcome: &mut Outcome, scope: &mut Option<MessageScope>) {
-    if let (Some(span), Some(scope)) = (outcome.span.as_mut(), scope.take()) {
-        super::note_failed(span.context().clone(), scope);
+    if let Some(scope) = scope.take() {
+        super::note_failed(outcome.span.context(), scope);
     }
 }
 
@@ -180,11 +176,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let polled = {
-            let _cx = this
-                .outcome
-                .span
-                .as_mut()
-                .and_then(|span| span.attachable().map(|cx| cx.clone().attach()));
+            let _cx = this.outcome.span.attachable().map(|cx| cx.clone().attach());
             let _scope = this.scope.as_ref().map(MessageScope::enter);
             // A panic is recorded as such (SPEC §3), then goes on to the consumer core.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.inner.poll(cx)))

@@ -11,7 +11,7 @@ use crate::classify::{Classifier, ClassifyError};
 use crate::message::IncomingMessage;
 use crate::metrics::{ConsumerPartition, Memo};
 use crate::propagation::Extracted;
-use crate::span::{self, ActiveSpan, SpanStart, Tracer};
+use crate::span::{self, ActiveSpan, RunningSpan, SpanStart, Tracer};
 
 /// A handler that traces and measures every message; built by [`ProcessLayer`].
 #[derive(Clone, Debug)]
@@ -103,21 +103,23 @@ where
             batch_size: None,
             name_slot: Some(&instruments.span_name),
         };
-        let mut span = start_process(
-            &config.tracer,
-            &start,
-            &extracted,
-            config.policy.use_as_parent(),
-        );
-        if span.is_recording() {
-            span.describe(&start, |attributes| {
-                if let Some(attempt) = message.delivery_attempt() {
-                    attributes.int(span::DELIVERY_ATTEMPT, i64::from(attempt));
-                }
-                message.extra_attributes(attributes);
-            });
-            span.link(extracted.context.span().span_context(), Vec::new());
-        }
+        let as_parent = config.policy.use_as_parent();
+        let span = if as_parent && config.tracer.is_off() {
+            // No provider: the creation context is passed on as it is, nothing is built.
+            RunningSpan::passthrough(extracted.context)
+        } else {
+            let span = start_process(&config.tracer, &start, &extracted, as_parent);
+            if span.is_recording() {
+                span.describe(&start, |attributes| {
+                    if let Some(attempt) = message.delivery_attempt() {
+                        attributes.int(span::DELIVERY_ATTEMPT, i64::from(attempt));
+                    }
+                    message.extra_attributes(attributes);
+                });
+                span.link(extracted.context.span().span_context(), Vec::new());
+            }
+            span.into_running()
+        };
 
         instruments.consumed.inc();
         let created = message.created_at().map(crate::clock::unix_nanos);
@@ -145,9 +147,7 @@ where
             // then goes on to the consumer core.
             Err(panic) => {
                 let mut outcome = Outcome::new(pending, span);
-                if let Some(span) = outcome.span.as_mut() {
-                    super::note_failed(span.context().clone(), scope);
-                }
+                super::note_failed(outcome.span.context(), scope);
                 outcome.finish(Some(crate::classify::PANIC));
                 std::panic::resume_unwind(panic)
             }

@@ -11,7 +11,7 @@ use crate::classify::{ClassifyError, CANCELLED};
 use crate::clock::Monotonic;
 use crate::message::Receipt;
 use crate::metrics::PublishInstruments;
-use crate::span::ActiveSpan;
+use crate::span::RunningSpan;
 
 pin_project! {
     /// Resolves when the inner publish resolves; ends the span and records the metrics.
@@ -33,7 +33,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 /// Records the outcome exactly once: on completion, or as cancelled on drop.
 struct Outcome {
     pending: Option<(Monotonic, Arc<PublishInstruments>)>,
-    span: ActiveSpan,
+    span: RunningSpan,
 }
 
 impl Outcome {
@@ -65,7 +65,7 @@ impl Drop for Outcome {
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(
         inner: F,
-        span: ActiveSpan,
+        span: RunningSpan,
         start: Monotonic,
         instruments: Arc<PublishInstruments>,
         classifier: C,

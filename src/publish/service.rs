@@ -11,7 +11,7 @@ use crate::header::{self, id_ok, usable_id, IdBuffer, Known};
 use crate::message::{Headers, OutgoingMessage, Receipt};
 use crate::metrics::{Memo, PublishInstruments};
 use crate::scope::MessageScope;
-use crate::span::{self, SpanStart};
+use crate::span::{self, RunningSpan, SpanStart};
 
 /// A publisher service that traces and measures every message; built by [`PublishLayer`].
 #[derive(Clone, Debug)]
@@ -136,53 +136,74 @@ where
             }
         });
 
-        let start = SpanStart {
-            operation: span::OP_SEND,
-            kind: SpanKind::Producer,
-            system,
-            destination: message.destination(),
-            label: Some(&instruments.destination),
-            message_id: None,
-            conversation_id: None,
-            body_size: message.body_size(),
-            partition: message.partition(),
-            group: None,
-            group_label: None,
-            batch_size: None,
-            name_slot: Some(&instruments.span_name),
-        };
-        let span =
-            opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
-        if span.is_recording() {
-            // The ids as written above, found in one pass (a protocol with a native id field
-            // is asked for it).
-            let written = IdHeaders::of(&message);
-            let message_id = match written.message_id.and_then(crate::text::utf8) {
-                Some(id) => Some(Cow::Borrowed(id)),
-                None => message.message_id(),
-            };
-            span.describe(
-                &SpanStart {
-                    message_id: message_id.as_deref(),
-                    conversation_id: written.correlation.and_then(crate::text::utf8),
-                    ..start
-                },
-                |attributes| message.extra_attributes(attributes),
-            );
-            if let Some(to) = super::link() {
-                span.link(&to, Vec::new());
+        let span = if config.tracer.is_off() {
+            // No provider: no span; the current trace context and baggage pass on as they are.
+            if config.inject {
+                opentelemetry::Context::map_current(|cx| {
+                    config
+                        .propagation
+                        .inject_current(cx, &mut message, trace_headers == 0)
+                });
             }
-        }
-        if config.inject {
-            config
-                .propagation
-                .inject_span(&span, &mut message, trace_headers == 0);
-        }
+            RunningSpan::default()
+        } else {
+            send_span(config, &mut message, &instruments, trace_headers == 0)
+        };
 
         let started = crate::clock::Monotonic::now();
         let inner = self.inner.call(message);
         ResponseFuture::new(inner, span, started, instruments, config.classifier.clone())
     }
+}
+
+/// Starts the send span of `message` and writes its trace context (SPEC §3).
+fn send_span<C, M: OutgoingMessage>(
+    config: &PublishLayer<C>,
+    message: &mut M,
+    instruments: &PublishInstruments,
+    fresh: bool,
+) -> RunningSpan {
+    let system = message.system();
+    let start = SpanStart {
+        operation: span::OP_SEND,
+        kind: SpanKind::Producer,
+        system,
+        destination: message.destination(),
+        label: Some(&instruments.destination),
+        message_id: None,
+        conversation_id: None,
+        body_size: message.body_size(),
+        partition: message.partition(),
+        group: None,
+        group_label: None,
+        batch_size: None,
+        name_slot: Some(&instruments.span_name),
+    };
+    let span = opentelemetry::Context::map_current(|parent| config.tracer.start(&start, parent));
+    if span.is_recording() {
+        // The ids as written above, found in one pass (a protocol with a native id field
+        // is asked for it).
+        let written = IdHeaders::of(message);
+        let message_id = match written.message_id.and_then(crate::text::utf8) {
+            Some(id) => Some(Cow::Borrowed(id)),
+            None => message.message_id(),
+        };
+        span.describe(
+            &SpanStart {
+                message_id: message_id.as_deref(),
+                conversation_id: written.correlation.and_then(crate::text::utf8),
+                ..start
+            },
+            |attributes| message.extra_attributes(attributes),
+        );
+        if let Some(to) = super::link() {
+            span.link(&to, Vec::new());
+        }
+    }
+    if config.inject {
+        config.propagation.inject_span(&span, message, fresh);
+    }
+    span.into_ending()
 }
 
 /// The first `correlation-id` and `message-id` headers, and how many of them, of
