@@ -43,7 +43,7 @@ async fn first_of(broker: &MemoryBroker, topic: &str) -> HeaderList {
     };
     let wait = seen.clone();
     broker
-        .consumer(&format!("reader-{topic}"))
+        .consumer(format!("reader-{topic}"))
         .subscribe([topic])
         .run(handler, async move {
             while wait.lock().unwrap().is_empty() {
@@ -116,14 +116,28 @@ async fn without_a_provider_the_creation_context_and_baggage_reach_the_follow_up
 
     let follow_up = first_of(&broker, "payments").await;
     let text = |name: &str| {
-        String::from_utf8(follow_up.get(name).unwrap_or_else(|| panic!("{name}")).to_vec())
-            .unwrap()
+        String::from_utf8(
+            follow_up
+                .get(name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .to_vec(),
+        )
+        .unwrap()
     };
-    assert_eq!(text(header::TRACEPARENT), format!("00-{TRACE_ID}-{SPAN_ID}-01"));
+    assert_eq!(
+        text(header::TRACEPARENT),
+        format!("00-{TRACE_ID}-{SPAN_ID}-01")
+    );
     assert_eq!(text(header::BAGGAGE), "tenant=acme");
     assert_eq!(text(header::CORRELATION_ID), "order-42");
     assert_eq!(text(header::CAUSATION_ID), "evt-1");
-    assert_eq!(follow_up.iter().filter(|(k, _)| *k == header::TRACEPARENT).count(), 1);
+    assert_eq!(
+        follow_up
+            .iter()
+            .filter(|(k, _)| *k == header::TRACEPARENT)
+            .count(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
