@@ -211,6 +211,12 @@ impl Propagation {
         }
     }
 
+    /// Whether what [`extract_scanned`](Self::extract_scanned) makes of `scan` can hold
+    /// baggage: W3C Baggage only from a `baggage` header; a custom propagator's may always.
+    pub(crate) fn may_extract_baggage(&self, scan: &Scan<'_>) -> bool {
+        self.custom.is_some() || scan.baggage_members > 0
+    }
+
     /// Reads the creation context from `headers`. Never fails and never panics.
     pub fn extract<H: Headers + ?Sized>(&self, headers: &H) -> Extracted {
         let mut scan = Scan::default();

@@ -356,8 +356,11 @@ fn attaches(span_context: &SpanContext, cx: &Context) -> bool {
 
 impl RunningSpan {
     /// No span of our own (no provider): `parent` is made current if it carries anything.
-    pub(crate) fn passthrough(parent: Context) -> Self {
-        let cx = attaches(parent.span().span_context(), &parent).then_some(parent);
+    /// `may_have_baggage`: false when the caller knows `parent` has none, which saves looking.
+    pub(crate) fn passthrough(parent: Context, may_have_baggage: bool) -> Self {
+        let attach = parent.span().span_context().is_valid()
+            || (may_have_baggage && !parent.baggage().is_empty());
+        let cx = attach.then_some(parent);
         Self {
             cx,
             recording: false,

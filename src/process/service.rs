@@ -9,8 +9,9 @@ use super::future::{Outcome, Pending, Recorded, ResponseFuture};
 use super::ProcessLayer;
 use crate::classify::{Classifier, ClassifyError};
 use crate::message::IncomingMessage;
-use crate::metrics::{ConsumerPartition, Memo};
+use crate::metrics::{ConsumerInstruments, ConsumerPartition, Memo};
 use crate::propagation::Extracted;
+use crate::scope::MessageScope;
 use crate::span::{self, ActiveSpan, RunningSpan, SpanStart, Tracer};
 
 /// A handler that traces and measures every message; built by [`ProcessLayer`].
@@ -88,37 +89,13 @@ where
         );
         let instruments = &entry.consumer;
 
-        let start = SpanStart {
-            operation: span::OP_PROCESS,
-            kind: SpanKind::Consumer,
-            system,
-            destination: message.destination(),
-            label: Some(&instruments.destination),
-            message_id: scope.message_id(),
-            conversation_id: Some(scope.correlation_id()),
-            body_size: message.body_size(),
-            partition: message.partition(),
-            group: message.consumer_group(),
-            group_label: Some(&instruments.group),
-            batch_size: None,
-            name_slot: Some(&instruments.span_name),
-        };
         let as_parent = config.policy.use_as_parent();
         let span = if as_parent && config.tracer.is_off() {
             // No provider: the creation context is passed on as it is, nothing is built.
-            RunningSpan::passthrough(extracted.context)
+            let baggage = config.propagation.may_extract_baggage(&trace);
+            RunningSpan::passthrough(extracted.context, baggage)
         } else {
-            let span = start_process(&config.tracer, &start, &extracted, as_parent);
-            if span.is_recording() {
-                span.describe(&start, |attributes| {
-                    if let Some(attempt) = message.delivery_attempt() {
-                        attributes.int(span::DELIVERY_ATTEMPT, i64::from(attempt));
-                    }
-                    message.extra_attributes(attributes);
-                });
-                span.link(extracted.context.span().span_context(), Vec::new());
-            }
-            span.into_running()
+            process_span(config, &message, &scope, instruments, &extracted, as_parent)
         };
 
         instruments.consumed.inc();
@@ -153,6 +130,43 @@ where
             }
         }
     }
+}
+
+/// Starts the process span of `message` (SPEC §3) and makes it ready to run under.
+fn process_span<C, M: IncomingMessage>(
+    config: &ProcessLayer<C>,
+    message: &M,
+    scope: &MessageScope,
+    instruments: &ConsumerInstruments,
+    extracted: &Extracted,
+    as_parent: bool,
+) -> RunningSpan {
+    let start = SpanStart {
+        operation: span::OP_PROCESS,
+        kind: SpanKind::Consumer,
+        system: message.system(),
+        destination: message.destination(),
+        label: Some(&instruments.destination),
+        message_id: scope.message_id(),
+        conversation_id: Some(scope.correlation_id()),
+        body_size: message.body_size(),
+        partition: message.partition(),
+        group: message.consumer_group(),
+        group_label: Some(&instruments.group),
+        batch_size: None,
+        name_slot: Some(&instruments.span_name),
+    };
+    let span = start_process(&config.tracer, &start, extracted, as_parent);
+    if span.is_recording() {
+        span.describe(&start, |attributes| {
+            if let Some(attempt) = message.delivery_attempt() {
+                attributes.int(span::DELIVERY_ATTEMPT, i64::from(attempt));
+            }
+            message.extra_attributes(attributes);
+        });
+        span.link(extracted.context.span().span_context(), Vec::new());
+    }
+    span.into_running()
 }
 
 /// Starts a process span related to the message's creation context (SPEC §3): as its parent,
