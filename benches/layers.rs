@@ -98,8 +98,9 @@ static GLOBAL: Counting = Counting;
 struct Msg {
     headers: HeaderList,
     payload: Vec<u8>,
-    /// As on a broker's record, the creation time is a field, not a clock read.
-    created: std::time::SystemTime,
+    /// As on a broker's record, the creation time is a field, not a clock read: milliseconds
+    /// since the epoch, as a Kafka record keeps it.
+    created_millis: u64,
     /// The attempt the consumer core hands it for, as adapters keep it.
     attempt: u32,
 }
@@ -109,7 +110,9 @@ impl Msg {
         Self {
             headers: HeaderList::new(),
             payload: vec![0u8; 256],
-            created: std::time::SystemTime::now(),
+            created_millis: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             attempt: 1,
         }
     }
@@ -165,7 +168,11 @@ impl IncomingMessage for Msg {
         Some("bench")
     }
     fn created_at(&self) -> Option<std::time::SystemTime> {
-        Some(self.created)
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.created_millis))
+    }
+    /// As the Kafka adapter reads it.
+    fn created_at_unix_nanos(&self) -> Option<u64> {
+        Some(self.created_millis * 1_000_000)
     }
     fn payload(&self) -> &[u8] {
         &self.payload

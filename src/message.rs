@@ -117,6 +117,13 @@ pub trait IncomingMessage: Headers {
     fn created_at(&self) -> Option<SystemTime> {
         None
     }
+    /// [`created_at`](Self::created_at) in nanoseconds since the Unix epoch: what the layers
+    /// read for the queue time and the lag in seconds. The default converts `created_at`; an
+    /// adapter whose broker gives a number (Kafka's milliseconds, JetStream's nanoseconds)
+    /// overrides it and skips the round trip through `SystemTime` on every message.
+    fn created_at_unix_nanos(&self) -> Option<u64> {
+        self.created_at().map(crate::clock::unix_nanos)
+    }
     /// Size of the payload in bytes; the default is the length of [`payload`](Self::payload).
     fn body_size(&self) -> Option<usize> {
         Some(self.payload().len())
@@ -407,28 +414,26 @@ impl HeaderList {
     }
 
     fn replace(&mut self, name: Cow<'static, str>, value: &str) {
-        let value = Value::copy(value.as_bytes());
-        // Overwrite the first of the same name in place; drop any later duplicates.
-        match self
+        // Overwrite the first of the same name in place; drop any later duplicates. The value
+        // is made where it is stored, not first on the stack.
+        let Some(first) = self
             .0
             .iter()
             .position(|(key, _)| key.eq_ignore_ascii_case(&name))
-        {
-            Some(first) => {
-                let duplicated = self.0[first + 1..]
-                    .iter()
-                    .any(|(key, _)| key.eq_ignore_ascii_case(&name));
-                if duplicated {
-                    let mut index = 0;
-                    self.0.retain(|(key, _)| {
-                        index += 1;
-                        index <= first + 1 || !key.eq_ignore_ascii_case(&name)
-                    });
-                }
-                self.0[first] = (name, value);
-            }
-            None => self.append(name, value),
+        else {
+            return self.append(name, Value::copy(value.as_bytes()));
+        };
+        let duplicated = self.0[first + 1..]
+            .iter()
+            .any(|(key, _)| key.eq_ignore_ascii_case(&name));
+        if duplicated {
+            let mut index = 0;
+            self.0.retain(|(key, _)| {
+                index += 1;
+                index <= first + 1 || !key.eq_ignore_ascii_case(&name)
+            });
         }
+        self.0[first] = (name, Value::copy(value.as_bytes()));
     }
 }
 

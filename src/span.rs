@@ -82,6 +82,7 @@ impl Tracer {
 
     /// No span will be started: no provider was given and the global one is the no-op
     /// provider. The layers then pass the parent context on without building anything.
+    #[inline]
     pub(crate) fn is_off(&self) -> bool {
         match &*self.source {
             Source::Global(cell) => cell.get_or_init(resolve_global).is_none(),

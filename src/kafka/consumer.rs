@@ -16,7 +16,7 @@ use super::carrier::{header_bytes, read_headers};
 use super::config::{check, Settings};
 use super::context::{EventscopeContext, RebalanceEvent};
 use super::error::ConfigError;
-use super::record::{system_time_from_millis, Data, KafkaMessage, Origin};
+use super::record::{timestamp_millis, Data, KafkaMessage, Origin};
 use crate::classify::Classifier;
 use crate::consume::{
     Adapter, ConsumeError, Consumer, DeadLetterRule, Event, Lane, Opening, Options, Ordered,
@@ -372,7 +372,7 @@ fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporte
         origin,
         partition: message.partition(),
         offset: message.offset(),
-        timestamp: system_time_from_millis(message.timestamp().to_millis()),
+        timestamp_millis: timestamp_millis(message.timestamp().to_millis()),
         data: Arc::new(data),
         attempt: 1,
     }

@@ -158,7 +158,8 @@ pub struct KafkaMessage {
     pub(crate) origin: Arc<Origin>,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
-    pub(crate) timestamp: Option<SystemTime>,
+    /// Milliseconds since the epoch, as Kafka keeps them (`None` for its sentinels).
+    pub(crate) timestamp_millis: Option<u64>,
     pub(crate) data: Arc<Data>,
     /// Which attempt the consumer core hands it for (1 = the first).
     pub(crate) attempt: u32,
@@ -283,7 +284,7 @@ impl KafkaMessage {
 
     /// The record's timestamp (create or log-append time), when the broker reported one.
     pub fn timestamp(&self) -> Option<SystemTime> {
-        self.timestamp
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(self.timestamp_millis?))
     }
 
     /// The consumer group this message was consumed for.
@@ -353,7 +354,11 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn created_at(&self) -> Option<SystemTime> {
-        self.timestamp
+        self.timestamp()
+    }
+
+    fn created_at_unix_nanos(&self) -> Option<u64> {
+        Some(self.timestamp_millis?.saturating_mul(1_000_000))
     }
 
     fn body_size(&self) -> Option<usize> {
@@ -399,10 +404,9 @@ fn key_attributes(key: Option<&[u8]>, tombstone: bool, attrs: &mut SpanAttribute
     }
 }
 
-/// A Kafka timestamp in milliseconds, `None` for the "not available" sentinels.
-pub(crate) fn system_time_from_millis(millis: Option<i64>) -> Option<SystemTime> {
-    let millis = u64::try_from(millis?).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+/// A Kafka timestamp in milliseconds, `None` for the "not available" sentinels (negative).
+pub(crate) fn timestamp_millis(millis: Option<i64>) -> Option<u64> {
+    u64::try_from(millis?).ok()
 }
 
 #[cfg(test)]
@@ -459,7 +463,7 @@ mod tests {
             }),
             partition: 1,
             offset: 9,
-            timestamp: None,
+            timestamp_millis: None,
             data: Arc::new(data),
             attempt: 1,
         };
@@ -524,7 +528,7 @@ mod tests {
             }),
             partition: 2,
             offset: 7,
-            timestamp: None,
+            timestamp_millis: Some(1_700_000_000_123),
             data: Arc::new(data),
             attempt: 1,
         };
@@ -537,6 +541,13 @@ mod tests {
             Some("m-1")
         );
         assert_eq!(message.consumer_group(), None);
+        // The timestamp as the layers read it, and as a `SystemTime`: the same instant.
+        let nanos = 1_700_000_000_123_000_000;
+        assert_eq!(message.created_at_unix_nanos(), Some(nanos));
+        assert_eq!(
+            message.created_at().map(crate::clock::unix_nanos),
+            Some(nanos)
+        );
         let anonymous = KafkaMessage {
             data: Arc::new(Data::default()),
             ..message.clone()
@@ -558,9 +569,12 @@ mod tests {
 
     #[test]
     fn sentinel_timestamps_are_none() {
-        assert_eq!(system_time_from_millis(Some(-1)), None);
-        assert_eq!(system_time_from_millis(None), None);
-        assert!(system_time_from_millis(Some(1_700_000_000_000)).is_some());
+        assert_eq!(timestamp_millis(Some(-1)), None);
+        assert_eq!(timestamp_millis(None), None);
+        assert_eq!(
+            timestamp_millis(Some(1_700_000_000_000)),
+            Some(1_700_000_000_000)
+        );
         let record = KafkaRecord::new("t", Vec::new())
             .timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(42));
         assert_eq!(record.timestamp_millis(), Some(42));

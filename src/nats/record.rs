@@ -541,6 +541,11 @@ impl IncomingMessage for JetStreamMessage {
         self.published()
     }
 
+    fn created_at_unix_nanos(&self) -> Option<u64> {
+        let nanos = self.inner.position.published_nanos;
+        (nanos > 0).then_some(nanos)
+    }
+
     fn payload(&self) -> &[u8] {
         &self.inner.message.payload
     }
@@ -653,7 +658,14 @@ mod tests {
         assert_eq!(none.message_id().as_deref(), Some("ORDERS/41"));
         assert_eq!(none.delivery_attempt(), Some(2));
         assert_eq!(none.consumer_group(), Some("billing"));
-        assert!(none.created_at().is_some());
+        assert_eq!(
+            none.created_at_unix_nanos(),
+            Some(1_765_120_222_685_930_485)
+        );
+        assert_eq!(
+            none.created_at().map(crate::clock::unix_nanos),
+            none.created_at_unix_nanos()
+        );
         let mut attrs = SpanAttributes::new();
         none.extra_attributes(&mut attrs);
         let attrs: Vec<KeyValue> = attrs.drain().collect();

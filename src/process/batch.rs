@@ -189,8 +189,7 @@ where
                 message.partition(),
             );
             entry.consumer.consumed.inc();
-            if let Some(created) = message.created_at() {
-                let created = crate::clock::unix_nanos(created);
+            if let Some(created) = message.created_at_unix_nanos() {
                 // Saturating: a creation time in the future (clock skew) reads as no wait.
                 let waited = now.saturating_sub(created) as f64 / 1e9;
                 entry.consumer.queue_time.observe(waited);

@@ -102,7 +102,10 @@ impl Outcome {
 
 impl Drop for Outcome {
     fn drop(&mut self) {
-        self.finish(Some(CANCELLED));
+        // Checked here, so a finished outcome (nearly all) drops without a call.
+        if self.pending.is_some() {
+            self.finish(Some(CANCELLED));
+        }
     }
 }
 

@@ -99,7 +99,7 @@ where
         };
 
         instruments.consumed.inc();
-        let created = message.created_at().map(crate::clock::unix_nanos);
+        let created = message.created_at_unix_nanos();
         if let Some(created) = created {
             // Saturating: a creation time in the future (clock skew) reads as no wait.
             let waited = crate::clock::unix_nanos_now().saturating_sub(created);
