@@ -154,6 +154,7 @@ impl MessageScope {
     }
 
     /// Sets this scope until the guard drops.
+    #[inline]
     pub(crate) fn enter(&self) -> ScopeGuard<'_> {
         ScopeGuard {
             previous: CURRENT.replace(self),

@@ -358,6 +358,7 @@ fn attaches(span_context: &SpanContext, cx: &Context) -> bool {
 impl RunningSpan {
     /// No span of our own (no provider): `parent` is made current if it carries anything.
     /// `may_have_baggage`: false when the caller knows `parent` has none, which saves looking.
+    #[inline]
     pub(crate) fn passthrough(parent: Context, may_have_baggage: bool) -> Self {
         let attach = parent.span().span_context().is_valid()
             || (may_have_baggage && !parent.baggage().is_empty());

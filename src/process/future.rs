@@ -48,6 +48,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    #[inline]
     pub(crate) fn new(recorded: Recorded, in_flight: i64) -> Self {
         recorded.instruments().in_flight.add(in_flight);
         Self {

@@ -81,6 +81,7 @@ pub(crate) struct Calling {
 }
 
 impl Calling {
+    #[inline]
     pub(crate) fn enter() -> Self {
         Self {
             was: CALLING.replace(true),
@@ -88,10 +89,17 @@ impl Calling {
     }
 
     /// Whether this call is inside another process layer's call; warns once if so.
+    #[inline]
     pub(crate) fn nested() -> bool {
         if !CALLING.get() {
             return false;
         }
+        Self::warn_nested();
+        true
+    }
+
+    #[cold]
+    fn warn_nested() {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
             tracing::warn!(
@@ -99,7 +107,6 @@ impl Calling {
                  configure the consumer (metrics, tracer_provider, classify_errors, parent_policy) and pass the bare handler"
             );
         });
-        true
     }
 }
 
@@ -135,6 +142,7 @@ pub(crate) fn take_failed() -> Option<(opentelemetry::Context, crate::scope::Mes
 
 /// The span a retry in process continues, if the core is polling one.
 #[allow(unsafe_code)]
+#[inline]
 pub(crate) fn retry_of() -> Option<opentelemetry::trace::SpanContext> {
     // SAFETY: a non-null pointer was set by `Retrying::poll` for the duration of its inner
     // poll, on this thread, pointing into the pinned future (neither moved nor changed while
@@ -195,6 +203,7 @@ pub enum ParentPolicy {
 }
 
 impl ParentPolicy {
+    #[inline]
     pub(crate) fn use_as_parent(self) -> bool {
         match self {
             Self::Link => false,
