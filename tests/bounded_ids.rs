@@ -62,26 +62,7 @@ async fn follow_up_of(
         .await
         .unwrap();
 
-    let reader = broker.consumer("reader").subscribe(["payments"]);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let handler = {
-        let seen = seen.clone();
-        service_fn(move |m: MemoryMessage| {
-            seen.lock().unwrap().push(m);
-            std::future::ready(Ok::<_, eventscope::BoxError>(()))
-        })
-    };
-    let wait = seen.clone();
-    reader
-        .run(handler, async move {
-            while wait.lock().unwrap().is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap();
-    let message = seen.lock().unwrap()[0].clone();
-    message.headers().clone()
+    first_message(&broker, "payments").await.headers().clone()
 }
 
 fn value(headers: &eventscope::message::HeaderList, name: &str) -> Vec<u8> {

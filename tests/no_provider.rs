@@ -6,11 +6,13 @@
 //!
 //! Its own test binary: nothing here may install a global provider.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
+use common::first_message;
 use eventscope::header;
 use eventscope::memory::{MemoryBroker, MemoryMessage, MemoryRecord};
-use eventscope::message::HeaderList;
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
 use eventscope::scope::MessageScope;
@@ -29,31 +31,6 @@ struct Seen {
     remote: bool,
     baggage: Option<String>,
     correlation_id: Option<String>,
-}
-
-/// The first message of `topic` on `broker`, read by a plain consumer.
-async fn first_of(broker: &MemoryBroker, topic: &str) -> HeaderList {
-    let seen = Arc::new(Mutex::new(Vec::<MemoryMessage>::new()));
-    let handler = {
-        let seen = seen.clone();
-        service_fn(move |m: MemoryMessage| {
-            seen.lock().unwrap().push(m);
-            std::future::ready(Ok::<_, eventscope::BoxError>(()))
-        })
-    };
-    let wait = seen.clone();
-    broker
-        .consumer(format!("reader-{topic}"))
-        .subscribe([topic])
-        .run(handler, async move {
-            while wait.lock().unwrap().is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap();
-    let message = seen.lock().unwrap()[0].clone();
-    message.headers().clone()
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -114,7 +91,7 @@ async fn without_a_provider_the_creation_context_and_baggage_reach_the_follow_up
     assert_eq!(seen.baggage.as_deref(), Some("acme"));
     assert_eq!(seen.correlation_id.as_deref(), Some("order-42"));
 
-    let follow_up = first_of(&broker, "payments").await;
+    let follow_up = first_message(&broker, "payments").await.headers().clone();
     let text = |name: &str| {
         String::from_utf8(
             follow_up
@@ -150,7 +127,7 @@ async fn without_a_provider_or_a_trace_a_publish_writes_ids_and_no_trace_headers
         .await
         .unwrap();
 
-    let headers = first_of(&broker, "audit").await;
+    let headers = first_message(&broker, "audit").await.headers().clone();
     let id = headers.get(header::MESSAGE_ID).expect("message-id");
     assert_eq!(id.len(), 36, "a UUID");
     assert_eq!(headers.get(header::CORRELATION_ID), Some(id), "a new flow");

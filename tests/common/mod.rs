@@ -146,3 +146,35 @@ pub async fn remove_nats_demo_streams() {
         let _ = js.delete_stream(&name).await;
     }
 }
+
+/// The first message of `topic` on the embedded broker, read by a plain consumer of its own
+/// group (`reader-{topic}`) that stops as soon as it has one.
+pub async fn first_message(
+    broker: &eventscope::memory::MemoryBroker,
+    topic: &str,
+) -> eventscope::memory::MemoryMessage {
+    use eventscope::memory::MemoryMessage;
+    use std::sync::{Arc, Mutex};
+
+    let seen = Arc::new(Mutex::new(Vec::<MemoryMessage>::new()));
+    let handler = {
+        let seen = seen.clone();
+        tower::service_fn(move |m: MemoryMessage| {
+            seen.lock().unwrap().push(m);
+            std::future::ready(Ok::<_, eventscope::BoxError>(()))
+        })
+    };
+    let wait = seen.clone();
+    broker
+        .consumer(format!("reader-{topic}"))
+        .subscribe([topic])
+        .run(handler, async move {
+            while wait.lock().unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    let first = seen.lock().unwrap()[0].clone();
+    first
+}
