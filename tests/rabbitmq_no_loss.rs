@@ -34,6 +34,8 @@ struct Handlers {
     seen: Arc<Mutex<Vec<(usize, bool)>>>,
     /// The messages in a handler now.
     inside: Arc<Mutex<BTreeSet<usize>>>,
+    /// Handler calls waiting at the gate now (two calls of one message count twice).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     open: watch::Sender<bool>,
 }
 
@@ -42,6 +44,7 @@ impl Handlers {
         Self {
             seen: Arc::default(),
             inside: Arc::default(),
+            waiting: Arc::default(),
             open: watch::channel(true).0,
         }
     }
@@ -68,20 +71,50 @@ impl Handlers {
                     .push((number, m.redelivered()));
                 handlers.inside.lock().unwrap().insert(number);
                 let mut open = handlers.open.subscribe();
+                handlers
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = open.wait_for(|open| *open).await;
+                handlers
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 handlers.inside.lock().unwrap().remove(&number);
                 Ok::<_, std::io::Error>(())
             }
         })
     }
 
-    /// Holds the handlers until a whole window is inside, and returns it.
-    async fn hold_a_window(&self) -> BTreeSet<usize> {
+    /// Holds the handlers until a whole window is inside, and returns it. On a timeout the
+    /// panic says what was inside and what the consumer's series said.
+    async fn hold_a_window(&self, metrics: &Metrics) -> BTreeSet<usize> {
         self.open.send_replace(false);
-        eventually(
+        eventually_or_report(
             "a full window in the handlers",
             Duration::from_secs(60),
             || self.inside.lock().unwrap().len() == WINDOW,
+            || {
+                let inside = self.inside.lock().unwrap().clone();
+                let seen = self.seen.lock().unwrap();
+                let series: Vec<String> = metrics
+                    .encode()
+                    .lines()
+                    .filter(|l| {
+                        !l.starts_with('#')
+                            && !l.contains("_bucket")
+                            && ["in_flight", "reconnects", "connected", "settle"]
+                                .iter()
+                                .any(|k| l.contains(k))
+                    })
+                    .map(str::to_owned)
+                    .collect();
+                format!(
+                    "{} distinct inside {inside:?}, {} calls waiting, {} seen (last 20: {:?}); {series:?}",
+                    inside.len(),
+                    self.waiting.load(std::sync::atomic::Ordering::SeqCst),
+                    seen.len(),
+                    &seen[seen.len().saturating_sub(20)..],
+                )
+            },
         )
         .await;
         // Acks of the messages before the window are on their way: let the broker take them.
@@ -126,7 +159,7 @@ async fn a_lost_connection_redelivers_only_what_was_in_flight() {
         handlers.seen() >= 300
     })
     .await;
-    let first_window = handlers.hold_a_window().await;
+    let first_window = handlers.hold_a_window(&metrics).await;
     let closed = close_shared_connections_named(&consumer_name).await;
     assert_eq!(closed, 1, "one connection of that name");
     handlers.release();
@@ -142,7 +175,7 @@ async fn a_lost_connection_redelivers_only_what_was_in_flight() {
         handlers.seen() >= resumed_at + 300
     })
     .await;
-    let second_window = handlers.hold_a_window().await;
+    let second_window = handlers.hold_a_window(&metrics).await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     handlers.release();
