@@ -1,14 +1,15 @@
 //! Per-message cost of the consumer core on the embedded broker: the same messages, all of
 //! which succeed, consumed with and without a retry policy and a dead-letter destination. The
 //! difference is what a message that succeeds pays for the failure path (issue 13's budget is
-//! 150 instructions).
+//! 150 instructions). A third case, `consume-core` (callgrind only), runs the consumer without
+//! its process layer: the core and the embedded broker alone, the floor under the other two.
 //!
 //! ```text
 //! cargo bench --bench consumer                                  # wall-clock, per message
 //! scripts/bench-instructions.sh                                 # also counts these, by callgrind
 //! ```
 //!
-//! With `EVENTSCOPE_CALLGRIND=consume|consume-dlq` the binary consumes
+//! With `EVENTSCOPE_CALLGRIND=consume|consume-dlq|consume-core` the binary consumes
 //! `EVENTSCOPE_CALLGRIND_MESSAGES` (default 20 000) messages once, for
 //! `valgrind --tool=callgrind --toggle-collect='*measured_consume*'`: only the consumer's run is
 //! counted, not publishing the messages or building the runtime.
@@ -89,6 +90,12 @@ async fn consume(case: &str, broker: &MemoryBroker, n: usize, provider: &SdkTrac
         consumer
             .classify_errors(Classifier::new().otherwise(policy))
             .dead_letter(broker.publisher())
+            .run(handler, finished)
+            .await
+            .expect("consumer");
+    } else if case == "consume-core" {
+        consumer
+            .without_process_layer_for_benchmarks()
             .run(handler, finished)
             .await
             .expect("consumer");

@@ -60,7 +60,7 @@ for line in sys.stdin:
         print(m["executable"])')"
 [[ -x "$consumer" ]] || { echo "bench-instructions.sh: could not build benches/consumer.rs" >&2; exit 1; }
 messages=20000
-for case in consume consume-dlq; do
+for case in consume consume-dlq consume-core; do
     EVENTSCOPE_CALLGRIND="$case" EVENTSCOPE_CALLGRIND_MESSAGES="$messages" \
         valgrind --tool=callgrind --callgrind-out-file="$out/$case.out" \
         --toggle-collect='*measured_consume*' "$consumer" >/dev/null 2>"$out/$case.log"
@@ -73,3 +73,5 @@ echo
 echo "consume ${per[consume]} per message"
 echo "consume-dlq ${per[consume-dlq]} per message"
 echo "added consume-dlq over consume $(( per[consume-dlq] - per[consume] ))"
+# The core and the embedded broker without the process layer: what the core itself costs.
+echo "consume-core ${per[consume-core]} per message (no process layer)"
