@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::instrument::WithSubscriber;
 
@@ -286,7 +286,6 @@ where
             control: self.control.clone(),
             stop: stop_rx,
             permits: Arc::clone(&self.permits),
-            held: None,
             progress: progress.clone(),
             max_batch: self.max_batch,
             predecessor: self.retiring.remove(lane),
@@ -496,9 +495,6 @@ struct LaneWorker<M> {
     control: mpsc::UnboundedSender<Lane>,
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
-    /// A permit kept from the call before for the message already waiting behind it (see
-    /// `keep_or_release`).
-    held: Option<OwnedSemaphorePermit>,
     progress: Progress,
     max_batch: usize,
     predecessor: Option<oneshot::Receiver<()>>,
@@ -559,17 +555,6 @@ impl<M: Positioned> LaneWorker<M> {
         }
     }
 
-    /// After a call that succeeded: keeps its permit for the lane's next message when that is
-    /// already here and a permit is still free, which means no other lane waits for one (a
-    /// lane waits only when none is free, and a released permit goes to a waiter first). Else
-    /// the permit goes back. `max_concurrency` still bounds the calls; a busy lane saves a
-    /// release and an acquire of the semaphore, whose release takes its lock, per message.
-    fn keep_or_release(&mut self, permit: Option<OwnedSemaphorePermit>) {
-        if !self.rx.is_empty() && self.permits.available_permits() > 0 {
-            self.held = permit;
-        }
-    }
-
     fn advance(&self, next: i64) {
         self.progress.set(next);
     }
@@ -588,17 +573,14 @@ impl<M: Positioned> LaneWorker<M> {
             if *self.stop.borrow() {
                 return Step::Interrupted;
             }
-            let permit = match self.held.take() {
-                Some(permit) => Some(permit),
-                None => match Arc::clone(&self.permits).try_acquire_owned() {
-                    // The usual case: a permit is free, and the stop signal was just checked.
-                    Ok(permit) => Some(permit),
-                    // Shutdown or a revoke may come while the lane waits for its turn.
-                    Err(_) => tokio::select! {
-                        biased;
-                        _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
-                        permit = Arc::clone(&self.permits).acquire_owned() => permit.ok(),
-                    },
+            let permit = match self.permits.try_acquire() {
+                // The usual case: a permit is free, and the stop signal was just checked.
+                Ok(permit) => Some(permit),
+                // Shutdown or a revoke may come while the lane waits for its turn.
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = self.stop.wait_for(|stop| *stop) => return Step::Interrupted,
+                    permit = self.permits.acquire() => permit.ok(),
                 },
             };
             let result = if attempt == 1 {
@@ -606,16 +588,13 @@ impl<M: Positioned> LaneWorker<M> {
             } else {
                 Retrying::new(handler.handle(work, attempt), retry_of.clone()).await
             };
+            drop(permit);
             let failure = match result {
                 Ok(()) => {
-                    self.keep_or_release(permit);
                     self.advance(last + 1);
                     return Step::Settled;
                 }
-                Err(failure) => {
-                    drop(permit);
-                    failure
-                }
+                Err(failure) => failure,
             };
             let failed = crate::process::take_failed();
             if let Some((cx, _)) = &failed {
