@@ -36,7 +36,10 @@ struct Handlers {
     inside: Arc<Mutex<BTreeSet<usize>>>,
     /// Handler calls waiting at the gate now (two calls of one message count twice).
     waiting: Arc<std::sync::atomic::AtomicUsize>,
-    open: watch::Sender<bool>,
+    /// The gate: the call that is the n-th delivery seen goes on when n is at most this. Set
+    /// ahead of the consumer, so a window is held after a given number of deliveries however
+    /// fast the consumer runs (it once drained the queue before a gate closed by a poll).
+    pass_up_to: watch::Sender<usize>,
 }
 
 impl Handlers {
@@ -45,8 +48,19 @@ impl Handlers {
             seen: Arc::default(),
             inside: Arc::default(),
             waiting: Arc::default(),
-            open: watch::channel(true).0,
+            pass_up_to: watch::channel(usize::MAX).0,
         }
+    }
+
+    /// The next `deliveries` calls go on; the ones after wait at the gate. The calls waiting
+    /// now are among those that go on.
+    fn hold_after(&self, deliveries: usize) {
+        self.pass_up_to.send_replace(self.seen() + deliveries);
+    }
+
+    /// Every call goes on.
+    fn release(&self) {
+        self.pass_up_to.send_replace(usize::MAX);
     }
 
     fn seen(&self) -> usize {
@@ -64,17 +78,17 @@ impl Handlers {
             let handlers = handlers.clone();
             async move {
                 let number: usize = std::str::from_utf8(m.payload()).unwrap().parse().unwrap();
-                handlers
-                    .seen
-                    .lock()
-                    .unwrap()
-                    .push((number, m.redelivered()));
+                let delivery = {
+                    let mut seen = handlers.seen.lock().unwrap();
+                    seen.push((number, m.redelivered()));
+                    seen.len()
+                };
                 handlers.inside.lock().unwrap().insert(number);
-                let mut open = handlers.open.subscribe();
+                let mut gate = handlers.pass_up_to.subscribe();
                 handlers
                     .waiting
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = open.wait_for(|open| *open).await;
+                let _ = gate.wait_for(|up_to| delivery <= *up_to).await;
                 handlers
                     .waiting
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -84,10 +98,10 @@ impl Handlers {
         })
     }
 
-    /// Holds the handlers until a whole window is inside, and returns it. On a timeout the
-    /// panic says what was inside and what the consumer's series said.
-    async fn hold_a_window(&self, metrics: &Metrics) -> BTreeSet<usize> {
-        self.open.send_replace(false);
+    /// Waits until a whole window is held inside the handlers (after `hold_after`), and
+    /// returns it. On a timeout the panic says what was inside and what the consumer's series
+    /// said.
+    async fn held_window(&self, metrics: &Metrics) -> BTreeSet<usize> {
         eventually_or_report(
             "a full window in the handlers",
             Duration::from_secs(60),
@@ -121,10 +135,6 @@ impl Handlers {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.inside.lock().unwrap().clone()
     }
-
-    fn release(&self) {
-        self.open.send_replace(true);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,6 +154,7 @@ async fn a_lost_connection_redelivers_only_what_was_in_flight() {
     let metrics = Metrics::new();
     let consumer_name = unique("no-loss-consumer");
     let handlers = Handlers::new();
+    handlers.hold_after(300);
     let first = tokio::spawn(
         RabbitConsumer::new(URI, &queue)
             .expect("consumer")
@@ -154,15 +165,13 @@ async fn a_lost_connection_redelivers_only_what_was_in_flight() {
             .run(handlers.service(), std::future::pending()),
     );
 
-    // Kill 1: the broker closes the consumer's connection while a window is in the handlers.
-    eventually("300 handled", Duration::from_secs(60), || {
-        handlers.seen() >= 300
-    })
-    .await;
-    let first_window = handlers.hold_a_window(&metrics).await;
+    // Kill 1: the broker closes the consumer's connection while a window is in the handlers
+    // (after 300 deliveries). The window goes on, and the gate closes again 300 deliveries
+    // later, for kill 2.
+    let first_window = handlers.held_window(&metrics).await;
     let closed = close_shared_connections_named(&consumer_name).await;
     assert_eq!(closed, 1, "one connection of that name");
-    handlers.release();
+    handlers.hold_after(300);
     let reconnects = || reconnects(&metrics, &queue);
     eventually("the consumer to reconnect", Duration::from_secs(30), || {
         reconnects() == Some(1.0)
@@ -170,12 +179,7 @@ async fn a_lost_connection_redelivers_only_what_was_in_flight() {
     .await;
 
     // Kill 2: with a window in the handlers, the consumer dies (its future dropped).
-    let resumed_at = handlers.seen();
-    eventually("the consumer to go on", Duration::from_secs(60), || {
-        handlers.seen() >= resumed_at + 300
-    })
-    .await;
-    let second_window = handlers.hold_a_window(&metrics).await;
+    let second_window = handlers.held_window(&metrics).await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     handlers.release();
