@@ -65,16 +65,36 @@ pub async fn create_topic_on(bootstrap: &str, topic: &str, partitions: i32) {
         }
     }
     // The topic is usable once its partitions show up in the metadata.
+    // Asking about a topic must not create it (tansu would, with 4 partitions).
     let probe: BaseConsumer = producer_config(bootstrap)
+        .set("allow.auto.create.topics", "false")
         .create()
         .expect("metadata client");
-    eventually("topic metadata", Duration::from_secs(20), || {
-        probe
-            .fetch_metadata(Some(topic), Duration::from_secs(2))
-            .ok()
-            .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
-            == Some(partitions as usize)
-    })
+    let seen =
+        |probe: &BaseConsumer| match probe.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+            Ok(metadata) => match metadata.topics().first() {
+                Some(t) => format!("{} partitions, error {:?}", t.partitions().len(), t.error()),
+                None => "no such topic in the answer".to_owned(),
+            },
+            Err(error) => format!("metadata request failed: {error}"),
+        };
+    eventually_or_report(
+        "topic metadata",
+        Duration::from_secs(20),
+        || {
+            probe
+                .fetch_metadata(Some(topic), Duration::from_secs(2))
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+                == Some(partitions as usize)
+        },
+        || {
+            format!(
+                "{topic} on {bootstrap}: wanted {partitions} partitions, the broker says {}",
+                seen(&probe)
+            )
+        },
+    )
     .await;
 }
 
