@@ -125,17 +125,15 @@ impl IdBuffer {
     /// A new UUIDv7, written into this buffer as lower-case hyphenated text.
     pub(crate) fn new_id(&mut self) -> &str {
         let (high, low) = new_uuid_v7();
-        // 8-4-4-4-12 digits: the high word's sixteen digits around two hyphens, then the low
-        // word's, each written eight at a time.
-        let [a, b] = [(high >> 32) as u32, high as u32].map(crate::hex::encode_u32);
-        let [c, d] = [(low >> 32) as u32, low as u32].map(crate::hex::encode_u32);
+        // The 32 digits at once, then set out 8-4-4-4-12 around the hyphens.
+        let digits =
+            crate::hex::encode_16(((u128::from(high) << 64) | u128::from(low)).to_be_bytes());
         let out = &mut self.0;
-        out[..8].copy_from_slice(&a);
-        out[9..13].copy_from_slice(&b[..4]);
-        out[14..18].copy_from_slice(&b[4..]);
-        out[19..23].copy_from_slice(&c[..4]);
-        out[24..28].copy_from_slice(&c[4..]);
-        out[28..36].copy_from_slice(&d);
+        out[..8].copy_from_slice(&digits[..8]);
+        out[9..13].copy_from_slice(&digits[8..12]);
+        out[14..18].copy_from_slice(&digits[12..16]);
+        out[19..23].copy_from_slice(&digits[16..20]);
+        out[24..36].copy_from_slice(&digits[20..]);
         crate::text::ascii(out)
     }
 }
