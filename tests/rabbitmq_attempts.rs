@@ -126,10 +126,7 @@ async fn a_quorum_queue_counts_every_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classic_queue_tells_only_a_redelivery() {
-    let connection = connect("eventscope-attempts-setup").await;
-    let channel = connection.create_channel().await.expect("channel");
-    let queue = unique("classic");
-    declare_queue(&channel, &queue).await;
+    let (connection, channel, queue) = queue_for_test("eventscope-attempts-setup", "classic").await;
     // With an id of its own: back through the broker, which says only "redelivered" from the
     // second delivery on; the core's count makes the third attempt 3.
     let (seen, redelivered, _) = attempts_seen(&queue, true).await;

@@ -66,10 +66,7 @@ async fn publish(publisher: &mut RabbitPublisher, queue: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_the_queue_depth_and_survives_a_deleted_queue() {
-    let setup = connect("eventscope-lag-setup").await;
-    let channel = setup.create_channel().await.expect("channel");
-    let queue = unique("lag");
-    declare_queue(&channel, &queue).await;
+    let (setup, channel, queue) = queue_for_test("eventscope-lag-setup", "lag").await;
     let mut publisher = publisher(&setup).await;
     publish(&mut publisher, &queue, BACKLOG).await;
 

@@ -139,10 +139,7 @@ impl Handlers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_redelivers_only_what_was_in_flight() {
-    let setup = connect("eventscope-no-loss-setup").await;
-    let channel = setup.create_channel().await.expect("channel");
-    let queue = unique("no-loss");
-    declare_queue(&channel, &queue).await;
+    let (setup, channel, queue) = queue_for_test("eventscope-no-loss-setup", "no-loss").await;
     let mut publisher = publisher(&setup).await;
     let mut confirms = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {

@@ -159,10 +159,8 @@ async fn publish_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_fails_at_once_or_resumes_with_auto_recover() {
-    let setup = connect("eventscope-publish-setup").await;
-    let channel = setup.create_channel().await.expect("channel");
-    let queue = unique("publish-after-close");
-    declare_queue(&channel, &queue).await;
+    let (setup, channel, queue) =
+        queue_for_test("eventscope-publish-setup", "publish-after-close").await;
 
     // Without auto-recover: the broker closes the connection, and every publish fails at once.
     let plain_name = unique("plain-publisher");
@@ -208,10 +206,8 @@ async fn a_closed_connection_fails_at_once_or_resumes_with_auto_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_with_its_own_connection_replaces_it_and_its_channel() {
-    let setup = connect("eventscope-publish-setup").await;
-    let channel = setup.create_channel().await.expect("channel");
-    let queue = unique("own-connection");
-    declare_queue(&channel, &queue).await;
+    let (setup, channel, queue) =
+        queue_for_test("eventscope-publish-setup", "own-connection").await;
 
     let name = unique("owning-publisher");
     let mut publisher = rabbitmq::RabbitPublisher::connect_with(URI, properties(&name))
@@ -244,15 +240,8 @@ async fn a_publisher_with_its_own_connection_replaces_it_and_its_channel() {
         !first_channel.status().connected(),
         "the old channel is gone"
     );
-    let connections = rabbitmqctl(&[
-        "list_connections",
-        "--no-table-headers",
-        "client_properties",
-    ]);
     assert_eq!(
-        connections
-            .matches(&format!("{{\"connection_name\",\"{name}\"}}"))
-            .count(),
+        count_connections_named(&name),
         1,
         "one connection of its own, the replacement"
     );
@@ -267,15 +256,8 @@ async fn a_publisher_with_its_own_connection_replaces_it_and_its_channel() {
         .await
         .expect("a new channel after NOT_FOUND");
     assert_ne!(publisher.channel().id(), before.id(), "a new channel");
-    let connections = rabbitmqctl(&[
-        "list_connections",
-        "--no-table-headers",
-        "client_properties",
-    ]);
     assert_eq!(
-        connections
-            .matches(&format!("{{\"connection_name\",\"{name}\"}}"))
-            .count(),
+        count_connections_named(&name),
         1,
         "still the same connection"
     );

@@ -71,6 +71,16 @@ pub async fn declare_queue(channel: &Channel, queue: &str) {
         .expect("declare queue");
 }
 
+/// A connection named `connection_name`, a channel on it and a new queue `unique(prefix)`
+/// declared there: what most tests start with.
+pub async fn queue_for_test(connection_name: &str, prefix: &str) -> (Connection, Channel, String) {
+    let connection = connect(connection_name).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = unique(prefix);
+    declare_queue(&channel, &queue).await;
+    (connection, channel, queue)
+}
+
 pub async fn delete_queue(channel: &Channel, queue: &str) {
     let _ = channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -153,6 +163,23 @@ pub fn reconnects(metrics: &Metrics, group: &str) -> Option<f64> {
 /// the broker sends `connection.close` (320 CONNECTION_FORCED), as an operator or a network
 /// appliance would. Returns how many were closed.
 pub fn close_connections_named(node: &str, name: &str) -> usize {
+    let pids = connection_pids(node, name);
+    for pid in &pids {
+        rabbitmqctl_on(
+            node,
+            &["close_connection", pid, "eventscope test: forced close"],
+        );
+    }
+    pids.len()
+}
+
+/// How many connections named `name` (`connection_name` client property) the shared node has.
+pub fn count_connections_named(name: &str) -> usize {
+    connection_pids("rabbit@localhost", name).len()
+}
+
+/// The pids of the connections named `name` on `node`.
+fn connection_pids(node: &str, name: &str) -> Vec<String> {
     let text = rabbitmqctl_on(
         node,
         &[
@@ -163,16 +190,9 @@ pub fn close_connections_named(node: &str, name: &str) -> usize {
         ],
     );
     let wanted = format!("{{\"connection_name\",\"{name}\"}}");
-    let pids: Vec<&str> = text
-        .lines()
+    text.lines()
         .filter(|line| line.contains(&wanted))
         .filter_map(|line| line.split('\t').next())
-        .collect();
-    for pid in &pids {
-        rabbitmqctl_on(
-            node,
-            &["close_connection", pid, "eventscope test: forced close"],
-        );
-    }
-    pids.len()
+        .map(str::to_owned)
+        .collect()
 }
