@@ -11,6 +11,12 @@
 //! (the concurrency bound) or say why they do not apply.
 #![allow(dead_code, unreachable_pub)]
 
+// Also included by the brokers' support modules a conformance binary may have beside this one:
+// a second copy of a few helpers in that binary, not a second definition anyone sees.
+#[allow(clippy::duplicate_mod)]
+#[path = "../shared/mod.rs"]
+mod shared;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -423,20 +429,12 @@ async fn finish(
         .expect("the consumer task")
 }
 
-/// The value of one sample: family `name` with every `label="value"` in `with`.
+/// The value of one sample: family `name` with every `label="value"` in `with` (summed when
+/// several series match).
 pub fn sample(text: &str, family: &str, with: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = series.strip_prefix(family)?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            with.iter()
-                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
-                .then(|| value.parse::<f64>().ok())?
-        })
+    shared::samples(text, family, with)
+        .into_iter()
+        .map(|(_, value)| value)
         .reduce(|a, b| a + b)
 }
 
