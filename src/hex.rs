@@ -91,6 +91,7 @@ pub(crate) fn decode_16(digits: &[u8; 16]) -> Option<[u8; 8]> {
 /// `2 * N` digits as `N` bytes, a word at a time: the reference, and the path of other targets.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn decode_words<const D: usize, const N: usize>(digits: &[u8; D]) -> Option<[u8; N]> {
+    debug_assert_eq!(D, 2 * N, "two digits per byte");
     let mut out = [0u8; N];
     let mut bad = 0;
     for (chunk, bytes) in digits.chunks_exact(8).zip(out.chunks_exact_mut(4)) {
