@@ -27,6 +27,13 @@
 //! - wrapped produce: `PublishLayer` over `KafkaPublisher`: ids, trace context and metrics;
 //! - raw consume: `StreamConsumer::recv`, then `store_offset_from_message` (what an
 //!   at-least-once consumer does), one message at a time;
+//! - otel consume: raw, instrumented by hand with plain OpenTelemetry as its guides show: the
+//!   SDK's W3C propagator extracts the parent from the headers, one consumer span starts with
+//!   the four attributes samplers see (SPEC §3), its context is current while the message is
+//!   handled, and it ends. No ids, no metrics, no lag, no consumer core: what tracing each
+//!   message costs an application that does it by hand, beside which wrapped ÷ raw can be read
+//!   (the span start and the attach are what any library that gives each message a span pays;
+//!   the propagator's parse is the SDK's, slower than eventscope's W3C fast path);
 //! - adapter consume: `KafkaConsumer::run` with the bare handler;
 //! - wrapped consume: `KafkaConsumer::run` with a `ProcessLayer` handler. Consumer times include
 //!   the graceful shutdown and final commit.
@@ -59,13 +66,17 @@ use eventscope::kafka::{
 };
 use eventscope::metrics::Metrics;
 use eventscope::publish::PublishLayer;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, TracerProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers as _, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -310,6 +321,50 @@ impl Bench {
         self.consume_raw_with(topic, false).await
     }
 
+    /// Raw, instrumented by hand with plain OpenTelemetry (see the module docs): with the
+    /// setup's provider's own tracer (no boxed spans), else the global one.
+    async fn consume_otel(&self, topic: &str) -> f64 {
+        let provider = self.tracer.borrow().clone();
+        match provider {
+            Some(provider) => {
+                self.consume_otel_with(provider.tracer("bench-otel"), topic)
+                    .await
+            }
+            None => {
+                self.consume_otel_with(opentelemetry::global::tracer("bench-otel"), topic)
+                    .await
+            }
+        }
+    }
+
+    async fn consume_otel_with<T>(&self, tracer: T, topic: &str) -> f64
+    where
+        T: opentelemetry::trace::Tracer,
+        T::Span: Send + Sync + 'static,
+    {
+        let propagator = TraceContextPropagator::new();
+        self.consume_plain(topic, |message| {
+            let parent = propagator.extract(&HeaderExtractor(message.headers()));
+            let span = tracer
+                .span_builder("process")
+                .with_kind(SpanKind::Consumer)
+                .with_attributes([
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.operation.name", "process"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.destination.name", message.topic().to_owned()),
+                ])
+                .start_with_context(&tracer, &parent);
+            let cx = parent.with_span(span);
+            {
+                let _current = cx.clone().attach();
+                black_box(message.payload().map(<[u8]>::len));
+            }
+            cx.span().end();
+        })
+        .await
+    }
+
     /// Raw, but reading every header as a traced consumer must (librdkafka parses the header
     /// list on first access); for `BENCH_ONLY=consume-raw-headers`.
     async fn consume_raw_headers(&self, topic: &str) -> f64 {
@@ -317,12 +372,7 @@ impl Bench {
     }
 
     async fn consume_raw_with(&self, topic: &str, read_headers: bool) -> f64 {
-        let consumer: StreamConsumer = self.consumer_config().create().expect("consumer");
-        Self::assign_all(&consumer, topic);
-        let start = Instant::now();
-        let mut seen = 0;
-        while seen < self.n {
-            let message = consumer.recv().await.expect("message");
+        self.consume_plain(topic, |message| {
             black_box(message.payload().map(<[u8]>::len));
             if read_headers {
                 if let Some(headers) = message.headers() {
@@ -331,6 +381,24 @@ impl Bench {
                     }
                 }
             }
+        })
+        .await
+    }
+
+    /// Consumes the messages of `topic` with a plain `StreamConsumer`, one at a time: `handle`,
+    /// then `store_offset_from_message` (what an at-least-once consumer does). The rate.
+    async fn consume_plain(
+        &self,
+        topic: &str,
+        mut handle: impl FnMut(&BorrowedMessage<'_>),
+    ) -> f64 {
+        let consumer: StreamConsumer = self.consumer_config().create().expect("consumer");
+        Self::assign_all(&consumer, topic);
+        let start = Instant::now();
+        let mut seen = 0;
+        while seen < self.n {
+            let message = consumer.recv().await.expect("message");
+            handle(&message);
             consumer
                 .store_offset_from_message(&message)
                 .expect("store offset");
@@ -382,6 +450,24 @@ impl Bench {
     }
 }
 
+/// rdkafka's headers as the OpenTelemetry propagator reads them (text values only).
+struct HeaderExtractor<'a>(Option<&'a BorrowedHeaders>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0?
+            .iter()
+            .find(|header| header.key.eq_ignore_ascii_case(key))
+            .and_then(|header| std::str::from_utf8(header.value?).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|headers| headers.iter().map(|header| header.key).collect())
+            .unwrap_or_default()
+    }
+}
+
 fn provider(sampler: Sampler) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_sampler(sampler)
@@ -392,13 +478,13 @@ fn provider(sampler: Sampler) -> SdkTracerProvider {
 /// The sides of one repetition, in the order of [`PRODUCE`] and [`CONSUME`].
 struct Run {
     produce: [f64; 4],
-    consume: [f64; 3],
+    consume: [f64; 4],
     /// Allocations per consumed message.
-    allocations: [f64; 3],
+    allocations: [f64; 4],
 }
 
 const PRODUCE: [&str; 4] = ["raw", "adapter", "headers", "wrapped"];
-const CONSUME: [&str; 3] = ["raw", "adapter", "wrapped"];
+const CONSUME: [&str; 4] = ["raw", "otel", "adapter", "wrapped"];
 
 /// Microseconds `side` adds per message over `base`, from their rates.
 fn added_micros(base: f64, side: f64) -> f64 {
@@ -414,10 +500,11 @@ fn print_run(rep: usize, run: &Run) {
         wrapped / raw,
         wrapped / headers,
     );
-    let [raw, adapter, wrapped] = run.consume;
-    let [raw_allocs, adapter_allocs, wrapped_allocs] = run.allocations;
+    let [raw, otel, adapter, wrapped] = run.consume;
+    let [raw_allocs, otel_allocs, adapter_allocs, wrapped_allocs] = run.allocations;
     println!(
-        "         consume raw {raw:>7.0}/s  adapter {adapter:>7.0} ({:.3})  wrapped {wrapped:>7.0} ({:.3})  allocations/msg raw {raw_allocs:.2}  adapter {adapter_allocs:.2}  wrapped {wrapped_allocs:.2}",
+        "         consume raw {raw:>7.0}/s  otel {otel:>7.0} ({:.3})  adapter {adapter:>7.0} ({:.3})  wrapped {wrapped:>7.0} ({:.3})  allocations/msg raw {raw_allocs:.2}  otel {otel_allocs:.2}  adapter {adapter_allocs:.2}  wrapped {wrapped_allocs:.2}",
+        otel / raw,
         adapter / raw,
         wrapped / raw,
     );
@@ -426,7 +513,7 @@ fn print_run(rep: usize, run: &Run) {
 /// Medians over the runs of each within-run ratio and added time.
 fn print_summary(runs: &[Run]) {
     let produce = |f: fn(&[f64; 4]) -> f64| median(runs.iter().map(|r| f(&r.produce)));
-    let consume = |f: fn(&[f64; 3]) -> f64| median(runs.iter().map(|r| f(&r.consume)));
+    let consume = |f: fn(&[f64; 4]) -> f64| median(runs.iter().map(|r| f(&r.consume)));
     println!(
         "  median of {} runs (ratios and µs within each run):",
         runs.len()
@@ -446,19 +533,22 @@ fn print_summary(runs: &[Run]) {
         produce(|[_, _, h, w]| added_micros(*h, *w)),
     );
     println!(
-        "    consume: adapter ÷ raw {:.3}, wrapped ÷ raw {:.3}; µs/msg: raw {:.2}, adapter {:+.2}, wrapped {:+.2} over raw",
-        consume(|[r, a, _]| a / r),
-        consume(|[r, _, w]| w / r),
-        consume(|[r, _, _]| 1e6 / r),
-        consume(|[r, a, _]| added_micros(*r, *a)),
-        consume(|[r, _, w]| added_micros(*r, *w)),
+        "    consume: otel ÷ raw {:.3}, adapter ÷ raw {:.3}, wrapped ÷ raw {:.3}; µs/msg: raw {:.2}, otel {:+.2}, adapter {:+.2}, wrapped {:+.2} over raw",
+        consume(|[r, o, _, _]| o / r),
+        consume(|[r, _, a, _]| a / r),
+        consume(|[r, _, _, w]| w / r),
+        consume(|[r, _, _, _]| 1e6 / r),
+        consume(|[r, o, _, _]| added_micros(*r, *o)),
+        consume(|[r, _, a, _]| added_micros(*r, *a)),
+        consume(|[r, _, _, w]| added_micros(*r, *w)),
     );
     let allocations = |i: usize| median(runs.iter().map(|r| r.allocations[i]));
     println!(
-        "    allocations per consumed message (Rust's allocator only): raw {:.2}, adapter {:.2}, wrapped {:.2}",
+        "    allocations per consumed message (Rust's allocator only): raw {:.2}, otel {:.2}, adapter {:.2}, wrapped {:.2}",
         allocations(0),
         allocations(1),
         allocations(2),
+        allocations(3),
     );
 }
 
@@ -475,6 +565,7 @@ async fn run_setup(bench: &Bench, reps: usize) {
                 "produce-wrapped" => bench.produce_wrapped(&topic).await,
                 "consume-raw" => bench.consume_raw(&topic).await,
                 "consume-raw-headers" => bench.consume_raw_headers(&topic).await,
+                "consume-otel" => bench.consume_otel(&topic).await,
                 "consume-adapter" => bench.consume_adapter(&topic).await,
                 "consume-wrapped" => bench.consume_wrapped(&topic).await,
                 other => panic!("unknown BENCH_ONLY {other}"),
@@ -488,8 +579,8 @@ async fn run_setup(bench: &Bench, reps: usize) {
     for rep in 0..reps {
         let mut run = Run {
             produce: [0.0; 4],
-            consume: [0.0; 3],
-            allocations: [0.0; 3],
+            consume: [0.0; 4],
+            allocations: [0.0; 4],
         };
         let mut topics = Vec::with_capacity(PRODUCE.len());
         for side in PRODUCE {
@@ -513,7 +604,8 @@ async fn run_setup(bench: &Bench, reps: usize) {
             let consume = async {
                 match side {
                     0 => bench.consume_raw(wrapped_topic).await,
-                    1 => bench.consume_adapter(wrapped_topic).await,
+                    1 => bench.consume_otel(wrapped_topic).await,
+                    2 => bench.consume_adapter(wrapped_topic).await,
                     _ => bench.consume_wrapped(wrapped_topic).await,
                 }
             };
