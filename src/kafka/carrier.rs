@@ -1,15 +1,18 @@
 //! Kafka headers ⇄ [`HeaderList`]: the carrier the layers read and write through.
 //!
 //! Outgoing records keep their headers as a [`HeaderList`] (so injection replaces same-named
-//! headers) and become librdkafka headers only at send time. Incoming headers are copied into a
-//! [`HeaderList`] once, when the message is taken from the consumer.
+//! headers) and become librdkafka headers only at send time. Incoming headers are copied once,
+//! when the message is taken from the consumer, into the one buffer that also holds its key and
+//! payload.
 
 use std::ffi::{c_char, c_void, CStr};
 
 use rdkafka::bindings as rdsys;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 
-use super::record::{Data, KafkaRecord};
+#[cfg(test)]
+use super::record::Data;
+use super::record::KafkaRecord;
 use crate::message::HeaderList;
 
 crate::message::header_list_carrier!(KafkaRecord);
@@ -31,45 +34,14 @@ pub(crate) fn to_owned_headers(headers: &HeaderList) -> Option<OwnedHeaders> {
     Some(owned)
 }
 
-/// How many bytes the names and values of `message`'s headers take, to size the one buffer
-/// [`read_headers`] copies them into.
-pub(crate) fn header_bytes(message: &BorrowedMessage<'_>) -> usize {
-    let mut total = 0;
-    for_each_raw_header(message, |name, value| {
-        total += name.len() + value.map_or(0, <[u8]>::len);
-    });
-    total
-}
-
-/// Copies the headers of `message` into `data`; a header without value reads as an empty
-/// value. Returns how many headers were skipped because their name is not UTF-8.
+/// Calls `each` with the raw name and value of every header of `message`, in order; a header
+/// without value has `None`.
 ///
 /// Kafka header names are bytes on the wire; only a hand-written client sends names that are
 /// not UTF-8, but such a record must neither panic nor abort the consumer (it would never be
 /// committed, so every restart would die on it again). The names are therefore read as bytes,
-/// not through `rdkafka`'s `Headers::try_get`, which `unwrap`s their UTF-8 conversion.
-pub(crate) fn read_headers(message: &BorrowedMessage<'_>, data: &mut Data) -> usize {
-    let mut skipped = 0;
-    for_each_raw_header(message, |name, value| {
-        if !copy_header(data, name, value) {
-            skipped += 1;
-        }
-    });
-    skipped
-}
-
-/// Appends one header to `data`; `false` (and nothing appended) when `name` is not UTF-8.
-fn copy_header(data: &mut Data, name: &[u8], value: Option<&[u8]>) -> bool {
-    match std::str::from_utf8(name) {
-        Ok(name) => {
-            data.push_header(name, value.unwrap_or_default());
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Calls `each` with the raw name and value of every header of `message`, in order.
+/// not through `rdkafka`'s `Headers::try_get`, which `unwrap`s their UTF-8 conversion; the
+/// consumer skips and counts those names (`Data::copy`).
 ///
 /// The one place eventscope calls librdkafka itself: `rdkafka` 0.39 has no way to read a
 /// header name as bytes (`Headers::try_get` and everything built on it, `get`, `get_as`,
@@ -79,7 +51,10 @@ fn copy_header(data: &mut Data, name: &[u8], value: Option<&[u8]>) -> bool {
 /// returning `None` / an error for such a name instead of panicking; with it, this function
 /// becomes safe code.
 #[allow(unsafe_code)]
-fn for_each_raw_header(message: &BorrowedMessage<'_>, mut each: impl FnMut(&[u8], Option<&[u8]>)) {
+pub(crate) fn for_each_raw_header(
+    message: &BorrowedMessage<'_>,
+    mut each: impl FnMut(&[u8], Option<&[u8]>),
+) {
     let mut headers: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
     // SAFETY: `message.ptr()` is the live `rd_kafka_message_t` that `message` borrows from the
     // consumer; `rd_kafka_message_headers` only reads it (parsing the headers on first use, as
@@ -127,6 +102,15 @@ mod tests {
         HeaderList::from(pairs)
     }
 
+    /// `headers` copied as the consumer copies a message's, and how many were skipped.
+    fn copied(headers: &[(&[u8], Option<&[u8]>)]) -> (Data, usize) {
+        Data::copy(None, None, |each| {
+            for (name, value) in headers {
+                each(name, *value);
+            }
+        })
+    }
+
     #[test]
     fn round_trip_keeps_order_duplicates_and_bytes() {
         let mut list = HeaderList::new();
@@ -137,20 +121,25 @@ mod tests {
         list.push_bytes("bin", vec![0xff, 0x00, 0xfe]);
         list.push("dup", "a").push("dup", "b");
         let owned = to_owned_headers(&list).expect("non-empty");
-        let mut data = Data::default();
-        for header in owned.iter() {
-            assert!(copy_header(&mut data, header.key.as_bytes(), header.value));
-        }
+        let raw: Vec<(&[u8], Option<&[u8]>)> = owned
+            .iter()
+            .map(|header| (header.key.as_bytes(), header.value))
+            .collect();
+        let (data, skipped) = copied(&raw);
+        assert_eq!(skipped, 0);
         assert_eq!(to_list(&data), list);
     }
 
     #[test]
-    fn headers_past_the_inline_ones_keep_their_order() {
-        let mut data = Data::default();
+    fn many_headers_keep_their_order() {
         let names: Vec<String> = (0..20).map(|i| format!("h-{i}")).collect();
-        for (i, name) in names.iter().enumerate() {
-            assert!(copy_header(&mut data, name.as_bytes(), Some(&[i as u8])));
-        }
+        let values: Vec<[u8; 1]> = (0..20).map(|i| [i as u8]).collect();
+        let raw: Vec<(&[u8], Option<&[u8]>)> = names
+            .iter()
+            .zip(&values)
+            .map(|(name, value)| (name.as_bytes(), Some(&value[..])))
+            .collect();
+        let (data, _) = copied(&raw);
         let read: Vec<(&str, &[u8])> = data.headers().collect();
         assert_eq!(read.len(), names.len());
         for (i, (name, value)) in read.into_iter().enumerate() {
@@ -165,19 +154,42 @@ mod tests {
 
     #[test]
     fn header_without_value_reads_empty() {
-        let mut data = Data::default();
-        assert!(copy_header(&mut data, b"flag", None));
+        let (data, _) = copied(&[(b"flag", None)]);
         assert_eq!(to_list(&data).get("flag"), Some(&b""[..]));
     }
 
     #[test]
     fn a_name_that_is_not_utf8_is_skipped_and_the_rest_kept() {
-        let mut data = Data::default();
-        assert!(!copy_header(&mut data, &[0xff, 0xfe, b'x'], Some(b"v")));
-        assert!(copy_header(&mut data, b"message-id", Some(b"m-1")));
+        let (data, skipped) = copied(&[
+            (&[0xff, 0xfe, b'x'], Some(b"v")),
+            (b"message-id", Some(b"m-1")),
+        ]);
+        assert_eq!(skipped, 1);
         assert_eq!(
             to_list(&data),
             HeaderList::from(vec![("message-id".to_owned(), b"m-1".to_vec())])
         );
+    }
+
+    #[test]
+    fn key_payload_and_headers_read_back_absent_empty_or_full() {
+        let headers: [(&[u8], Option<&[u8]>); 2] = [(b"a", Some(b"1")), (b"", Some(b""))];
+        for key in [None, Some(&b""[..]), Some(&[0xff, 0x00][..])] {
+            for payload in [None, Some(&b""[..]), Some(&b"{\"id\":7}"[..])] {
+                let (data, _) = Data::copy(key, payload, |each| {
+                    for (name, value) in headers {
+                        each(name, value);
+                    }
+                });
+                assert_eq!(data.key(), key);
+                assert_eq!(data.payload(), payload);
+                assert_eq!(data.payload_len(), payload.map(<[u8]>::len));
+                let read: Vec<(&str, &[u8])> = data.headers().collect();
+                assert_eq!(read, vec![("a", &b"1"[..]), ("", &b""[..])]);
+            }
+        }
+        let empty = Data::default();
+        assert_eq!((empty.key(), empty.payload()), (None, None));
+        assert_eq!(empty.headers().count(), 0);
     }
 }

@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::carrier::{header_bytes, read_headers};
+use super::carrier::for_each_raw_header;
 use super::config::{check, Settings};
 use super::context::{EventscopeContext, RebalanceEvent};
 use super::error::ConfigError;
@@ -358,22 +358,19 @@ impl<Ctx: ConsumerContext + 'static> OrderedSource for KafkaSource<Ctx> {
     }
 }
 
-/// Copies a message out of librdkafka: one buffer, sized once, for key, payload and headers.
+/// Copies a message out of librdkafka: one allocation for key, payload and headers.
 fn detach(message: &BorrowedMessage<'_>, origin: Arc<Origin>, reporter: &Reporter) -> KafkaMessage {
-    let (key, payload) = (message.key(), message.payload());
-    let size = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + header_bytes(message);
-    let mut data = Data::with_capacity(size);
-    data.key = key.map(|key| data.push(key));
-    data.payload = payload.map(|payload| data.push(payload));
     // Headers whose names are not UTF-8 are skipped and counted, never a panic.
-    let skipped = read_headers(message, &mut data);
+    let (data, skipped) = Data::copy(message.key(), message.payload(), |each| {
+        for_each_raw_header(message, each);
+    });
     reporter.unreadable_headers(skipped);
     KafkaMessage {
         origin,
         partition: message.partition(),
         offset: message.offset(),
         timestamp_millis: timestamp_millis(message.timestamp().to_millis()),
-        data: Arc::new(data),
+        data,
         attempt: 1,
     }
 }

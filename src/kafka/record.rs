@@ -2,7 +2,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arrayvec::ArrayVec;
 #[cfg(test)]
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as semconv;
@@ -160,7 +159,7 @@ pub struct KafkaMessage {
     pub(crate) offset: i64,
     /// Milliseconds since the epoch, as Kafka keeps them (`None` for its sentinels).
     pub(crate) timestamp_millis: Option<u64>,
-    pub(crate) data: Arc<Data>,
+    pub(crate) data: Data,
     /// Which attempt the consumer core hands it for (1 = the first).
     pub(crate) attempt: u32,
 }
@@ -173,64 +172,165 @@ pub(crate) struct Origin {
     pub(crate) endpoint: Arc<super::config::Endpoint>,
 }
 
-/// Start and end of a field in [`Data::bytes`].
-pub(crate) type Bounds = (usize, usize);
+/// Key, payload and headers of one consumed message, copied out of librdkafka into a single
+/// shared allocation: copying a message costs one allocation, not one per field and header.
+///
+/// The buffer starts with a table of machine words, then holds the bytes:
+///
+/// ```text
+/// [key length] [payload length] [header count] ([name length] [value length]) × count
+/// key, payload, then each header's name and value
+/// ```
+///
+/// A key or payload that is absent (not empty) has the length [`ABSENT`]. Header names are
+/// UTF-8, checked when copied.
+#[derive(Clone, Debug)]
+pub(crate) struct Data(Arc<[u8]>);
 
-/// Headers whose places [`Data`] keeps inline; the places of any more take one more allocation.
-const INLINE_HEADERS: usize = 8;
+const WORD: usize = std::mem::size_of::<usize>();
 
-/// Key, payload and headers of one message in a single buffer: copying a message out of
-/// librdkafka costs two allocations (this, in its `Arc`, and the buffer), not one per field
-/// and header.
-#[derive(Debug, Default)]
-pub(crate) struct Data {
-    /// Key, payload, then each header's name and value.
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) key: Option<Bounds>,
-    pub(crate) payload: Option<Bounds>,
-    /// Each header's name (UTF-8, checked when copied) and value, in order.
-    headers: ArrayVec<(Bounds, Bounds), INLINE_HEADERS>,
-    /// Headers past the first [`INLINE_HEADERS`].
-    more_headers: Vec<(Bounds, Bounds)>,
-}
+/// The length of a key or payload that is absent.
+const ABSENT: usize = usize::MAX;
+
+/// Table words before the headers' lengths: key length, payload length, header count.
+const FIXED_WORDS: usize = 3;
 
 impl Data {
-    /// Room for `size` bytes of key, payload and headers.
-    pub(crate) fn with_capacity(size: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(size),
-            ..Self::default()
+    /// Copies `key`, `payload` and the headers that `headers` hands to its callback, skipping
+    /// (and counting) those whose name is not UTF-8. `headers` is called twice, to size the
+    /// buffer and then to fill it, and must hand out the same headers both times.
+    pub(crate) fn copy(
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: impl Fn(&mut dyn FnMut(&[u8], Option<&[u8]>)),
+    ) -> (Self, usize) {
+        let (mut count, mut header_bytes, mut skipped) = (0, 0, 0);
+        headers(&mut |name, value| {
+            if crate::text::utf8(name).is_some() {
+                count += 1;
+                header_bytes += name.len() + value.map_or(0, <[u8]>::len);
+            } else {
+                skipped += 1;
+            }
+        });
+        let table = (FIXED_WORDS + 2 * count) * WORD;
+        let size =
+            table + key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + header_bytes;
+        // An iterator of known length makes `Arc<[u8]>` allocate once, with room for the counts.
+        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0, size).collect();
+        if let Some(buffer) = Arc::get_mut(&mut bytes) {
+            let mut writer = Writer {
+                buffer,
+                word: 0,
+                at: table,
+            };
+            writer.word(key.map_or(ABSENT, <[u8]>::len));
+            writer.word(payload.map_or(ABSENT, <[u8]>::len));
+            writer.word(count);
+            writer.bytes(key.unwrap_or_default());
+            writer.bytes(payload.unwrap_or_default());
+            let mut written = 0;
+            headers(&mut |name, value| {
+                if written < count && crate::text::utf8(name).is_some() {
+                    let value = value.unwrap_or_default();
+                    writer.word(name.len());
+                    writer.word(value.len());
+                    writer.bytes(name);
+                    writer.bytes(value);
+                    written += 1;
+                }
+            });
         }
+        (Self(bytes), skipped)
     }
 
-    /// Appends `field` to the buffer.
-    pub(crate) fn push(&mut self, field: &[u8]) -> Bounds {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(field);
-        (start, self.bytes.len())
+    /// Table word `index`.
+    fn word(&self, index: usize) -> usize {
+        self.0
+            .get(index * WORD..(index + 1) * WORD)
+            .and_then(|word| word.try_into().ok())
+            .map_or(0, usize::from_ne_bytes)
     }
 
-    /// Appends a header.
-    pub(crate) fn push_header(&mut self, name: &str, value: &[u8]) {
-        let header = (self.push(name.as_bytes()), self.push(value));
-        if let Err(full) = self.headers.try_push(header) {
-            self.more_headers.push(full.element());
-        }
+    fn slice(&self, start: usize, len: usize) -> &[u8] {
+        self.0
+            .get(start..start.saturating_add(len))
+            .unwrap_or_default()
     }
 
-    fn get(&self, (start, end): Bounds) -> &[u8] {
-        self.bytes.get(start..end).unwrap_or_default()
+    fn header_count(&self) -> usize {
+        self.word(2)
+    }
+
+    /// Where the key starts: after the table.
+    fn fields(&self) -> usize {
+        (FIXED_WORDS + 2 * self.header_count()) * WORD
+    }
+
+    fn field_len(&self, index: usize) -> Option<usize> {
+        Some(self.word(index)).filter(|&len| len != ABSENT)
+    }
+
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        let len = self.field_len(0)?;
+        Some(self.slice(self.fields(), len))
+    }
+
+    pub(crate) fn payload(&self) -> Option<&[u8]> {
+        let len = self.payload_len()?;
+        Some(self.slice(self.fields() + self.field_len(0).unwrap_or(0), len))
+    }
+
+    pub(crate) fn payload_len(&self) -> Option<usize> {
+        self.field_len(1)
     }
 
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers
-            .iter()
-            .chain(&self.more_headers)
-            .map(|(name, value)| {
-                // Only UTF-8 names are copied in, so this never falls back to "".
-                let name = crate::text::utf8(self.get(*name)).unwrap_or_default();
-                (name, self.get(*value))
-            })
+        let mut at =
+            self.fields() + self.field_len(0).unwrap_or(0) + self.payload_len().unwrap_or(0);
+        (0..self.header_count()).map(move |index| {
+            let name_len = self.word(FIXED_WORDS + 2 * index);
+            let value_len = self.word(FIXED_WORDS + 2 * index + 1);
+            let name = self.slice(at, name_len);
+            let value = self.slice(at.saturating_add(name_len), value_len);
+            at = at.saturating_add(name_len).saturating_add(value_len);
+            // Only UTF-8 names are copied in, so this never falls back to "".
+            (crate::text::utf8(name).unwrap_or_default(), value)
+        })
+    }
+}
+
+impl Default for Data {
+    /// No key, no payload, no headers.
+    fn default() -> Self {
+        Self::copy(None, None, |_| {}).0
+    }
+}
+
+/// Fills a [`Data`] buffer: the table from its start, the bytes after it. Writes that would not
+/// fit are dropped (they cannot happen: the buffer is sized from the same fields).
+struct Writer<'a> {
+    buffer: &'a mut [u8],
+    /// The next table word's offset.
+    word: usize,
+    /// The next byte's offset.
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn word(&mut self, value: usize) {
+        if let Some(slot) = self.buffer.get_mut(self.word..self.word + WORD) {
+            slot.copy_from_slice(&value.to_ne_bytes());
+        }
+        self.word += WORD;
+    }
+
+    fn bytes(&mut self, field: &[u8]) {
+        let end = self.at.saturating_add(field.len());
+        if let Some(slot) = self.buffer.get_mut(self.at..end) {
+            slot.copy_from_slice(field);
+        }
+        self.at = end;
     }
 }
 
@@ -253,21 +353,18 @@ impl KafkaMessage {
 
     /// Key, if any (any bytes; not necessarily UTF-8).
     pub fn key(&self) -> Option<&[u8]> {
-        self.data.key.map(|span| self.data.get(span))
+        self.data.key()
     }
 
     /// Payload; empty for a tombstone (see [`is_tombstone`](Self::is_tombstone)).
     pub fn payload(&self) -> &[u8] {
-        self.data
-            .payload
-            .map(|bounds| self.data.get(bounds))
-            .unwrap_or_default()
+        self.data.payload().unwrap_or_default()
     }
 
     /// `true` for a record without payload (a tombstone deletes its key from a compacted
     /// topic), as opposed to an empty payload.
     pub fn is_tombstone(&self) -> bool {
-        self.data.payload.is_none()
+        self.data.payload_len().is_none()
     }
 
     /// Headers, in the order the producer wrote them, duplicates included.
@@ -362,7 +459,7 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn body_size(&self) -> Option<usize> {
-        self.data.payload.map(|(start, end)| end - start)
+        self.data.payload_len()
     }
 
     fn payload(&self) -> &[u8] {
@@ -388,7 +485,7 @@ impl IncomingMessage for KafkaMessage {
     }
 
     fn extra_attributes(&self, attrs: &mut SpanAttributes) {
-        key_attributes(KafkaMessage::key(self), self.data.payload.is_none(), attrs);
+        key_attributes(KafkaMessage::key(self), self.is_tombstone(), attrs);
         attrs.int(semconv::MESSAGING_KAFKA_OFFSET, self.offset);
         self.origin.endpoint.attributes(attrs);
     }
@@ -448,13 +545,17 @@ mod tests {
 
     #[test]
     fn a_republished_copy_keeps_key_payload_and_headers_but_not_the_ids() {
-        let mut data = Data::default();
-        data.key = Some(data.push(b"k-1"));
-        data.payload = Some(data.push(b"{}"));
-        data.push_header("message-id", b"m-1");
-        data.push_header("Causation-Id", b"c-0");
-        data.push_header("correlation-id", b"flow-1");
-        data.push_header("bin", &[0xff]);
+        let headers: [(&str, &[u8]); 4] = [
+            ("message-id", b"m-1"),
+            ("Causation-Id", b"c-0"),
+            ("correlation-id", b"flow-1"),
+            ("bin", &[0xff]),
+        ];
+        let (data, _) = Data::copy(Some(b"k-1"), Some(b"{}"), |each| {
+            for (name, value) in headers {
+                each(name.as_bytes(), Some(value));
+            }
+        });
         let message = KafkaMessage {
             origin: Arc::new(Origin {
                 topic: Arc::from("orders"),
@@ -464,7 +565,7 @@ mod tests {
             partition: 1,
             offset: 9,
             timestamp_millis: None,
-            data: Arc::new(data),
+            data,
             attempt: 1,
         };
         let copy = message.republish("orders.dlq");
@@ -514,12 +615,11 @@ mod tests {
 
     #[test]
     fn message_fields_share_one_buffer() {
-        let mut data = Data::default();
-        data.key = Some(data.push(&[0xff, 0x01]));
-        data.payload = Some(data.push(b"{}"));
-        for (name, value) in [("message-id", &b"m-1"[..]), ("Bin", &[0x00, 0xfe][..])] {
-            data.push_header(name, value);
-        }
+        let (data, _) = Data::copy(Some(&[0xff, 0x01]), Some(b"{}"), |each| {
+            for (name, value) in [("message-id", &b"m-1"[..]), ("Bin", &[0x00, 0xfe][..])] {
+                each(name.as_bytes(), Some(value));
+            }
+        });
         let message = KafkaMessage {
             origin: Arc::new(Origin {
                 topic: Arc::from("orders"),
@@ -529,7 +629,7 @@ mod tests {
             partition: 2,
             offset: 7,
             timestamp_millis: Some(1_700_000_000_123),
-            data: Arc::new(data),
+            data,
             attempt: 1,
         };
         assert_eq!(message.key(), Some(&[0xff, 0x01][..]));
@@ -549,7 +649,7 @@ mod tests {
             Some(nanos)
         );
         let anonymous = KafkaMessage {
-            data: Arc::new(Data::default()),
+            data: Data::default(),
             ..message.clone()
         };
         assert_eq!(
