@@ -50,7 +50,6 @@ pub(crate) fn encode_u8(byte: u8) -> [u8; 2] {
     ]
 }
 
-/// The value of eight lower-case hex digits; `None` when any byte is not one.
 /// Sixteen bytes as 32 lower-case hex digits.
 #[inline]
 pub(crate) fn encode_16(bytes: [u8; 16]) -> [u8; 32] {
@@ -58,6 +57,15 @@ pub(crate) fn encode_16(bytes: [u8; 16]) -> [u8; 32] {
     return sse2::encode_16(bytes);
     #[cfg(not(target_arch = "x86_64"))]
     return encode_16_words(bytes);
+}
+
+/// Eight bytes (a span id) as 16 lower-case hex digits.
+#[inline]
+pub(crate) fn encode_8(bytes: [u8; 8]) -> [u8; 16] {
+    #[cfg(target_arch = "x86_64")]
+    return sse2::encode_8(bytes);
+    #[cfg(not(target_arch = "x86_64"))]
+    return encode_u64(u64::from_be_bytes(bytes));
 }
 
 /// [`encode_16`] a word at a time: the reference, and the path of other targets.
@@ -108,11 +116,41 @@ fn decode_words<const D: usize, const N: usize>(digits: &[u8; D]) -> Option<[u8;
 #[allow(unsafe_code)]
 mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_add_epi8, _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128,
-        _mm_movemask_epi8, _mm_or_si128, _mm_packus_epi16, _mm_set1_epi16, _mm_set1_epi8,
-        _mm_setzero_si128, _mm_slli_epi16, _mm_srli_epi16, _mm_storel_epi64, _mm_storeu_si128,
-        _mm_sub_epi8, _mm_subs_epu8, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
+        __m128i, _mm_add_epi8, _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadl_epi64,
+        _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_packus_epi16, _mm_set1_epi16,
+        _mm_set1_epi8, _mm_setzero_si128, _mm_slli_epi16, _mm_srli_epi16, _mm_storel_epi64,
+        _mm_storeu_si128, _mm_sub_epi8, _mm_subs_epu8, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
     };
+
+    /// A nibble n of each byte as its digit: `'0' + n`, and 39 more (`'a' - '0' - 10`) when it
+    /// is over 9.
+    ///
+    /// # Safety
+    /// Only SSE2, which x86_64 always has.
+    #[inline]
+    unsafe fn ascii(n: __m128i) -> __m128i {
+        // SAFETY: as above (the caller's contract is only SSE2's presence).
+        unsafe {
+            let letters = _mm_and_si128(_mm_cmpgt_epi8(n, _mm_set1_epi8(9)), _mm_set1_epi8(39));
+            _mm_add_epi8(_mm_add_epi8(n, _mm_set1_epi8(b'0' as i8)), letters)
+        }
+    }
+
+    /// The high and the low nibble of each byte of `x`, each in a byte of its own.
+    ///
+    /// # Safety
+    /// Only SSE2, which x86_64 always has.
+    #[inline]
+    unsafe fn nibbles(x: __m128i) -> (__m128i, __m128i) {
+        // SAFETY: as above.
+        unsafe {
+            let nibble = _mm_set1_epi8(0x0f);
+            (
+                _mm_and_si128(_mm_srli_epi16::<4>(x), nibble),
+                _mm_and_si128(x, nibble),
+            )
+        }
+    }
 
     #[inline]
     pub(super) fn encode_16(bytes: [u8; 16]) -> [u8; 32] {
@@ -120,21 +158,25 @@ mod sse2 {
         // SAFETY: SSE2 is always present on x86_64; the load reads the 16 bytes of `bytes`,
         // the stores write the 32 of `out`.
         unsafe {
-            let x = _mm_loadu_si128(bytes.as_ptr().cast());
-            let nibble = _mm_set1_epi8(0x0f);
-            let low = _mm_and_si128(x, nibble);
-            let high = _mm_and_si128(_mm_srli_epi16::<4>(x), nibble);
-            // A nibble n becomes '0' + n, and 39 more ('a' - '0' - 10) when it is over 9.
-            let ascii = |n: __m128i| {
-                let letters = _mm_and_si128(_mm_cmpgt_epi8(n, _mm_set1_epi8(9)), _mm_set1_epi8(39));
-                _mm_add_epi8(_mm_add_epi8(n, _mm_set1_epi8(b'0' as i8)), letters)
-            };
+            let (high, low) = nibbles(_mm_loadu_si128(bytes.as_ptr().cast()));
             // Each byte's high nibble first.
             _mm_storeu_si128(out.as_mut_ptr().cast(), ascii(_mm_unpacklo_epi8(high, low)));
             _mm_storeu_si128(
                 out.as_mut_ptr().add(16).cast(),
                 ascii(_mm_unpackhi_epi8(high, low)),
             );
+        }
+        out
+    }
+
+    #[inline]
+    pub(super) fn encode_8(bytes: [u8; 8]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        // SAFETY: SSE2 is always present on x86_64; the load reads the 8 bytes of `bytes`, the
+        // store writes the 16 of `out`.
+        unsafe {
+            let (high, low) = nibbles(_mm_loadl_epi64(bytes.as_ptr().cast()));
+            _mm_storeu_si128(out.as_mut_ptr().cast(), ascii(_mm_unpacklo_epi8(high, low)));
         }
         out
     }
@@ -311,9 +353,14 @@ mod tests {
             assert_eq!(decode_32(&digits), Some(bytes));
             let half: [u8; 16] = digits[..16].try_into().unwrap();
             assert_eq!(decode_16(&half), Some(bytes[..8].try_into().unwrap()));
+            let low: [u8; 8] = bytes[8..].try_into().unwrap();
+            assert_eq!(encode_8(low), encode_u64(x as u64));
+            assert_eq!(&encode_8(low), &digits[16..]);
         }
         assert_eq!(encode_16([0; 16]), [b'0'; 32]);
         assert_eq!(encode_16([0xff; 16]), [b'f'; 32]);
+        assert_eq!(encode_8([0; 8]), [b'0'; 16]);
+        assert_eq!(encode_8([0xff; 8]), [b'f'; 16]);
         let base = *b"0123456789abcdef0a1b2c3d4e5f6789";
         for position in 0..32 {
             for byte in 0..=255u8 {

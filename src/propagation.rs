@@ -301,9 +301,7 @@ fn traceparent(sc: &SpanContext) -> [u8; 55] {
     let mut out = [b'-'; 55];
     out[..2].copy_from_slice(b"00");
     out[3..35].copy_from_slice(&hex::encode_16(sc.trace_id().to_bytes()));
-    let mut span = [0u8; 16];
-    span[..8].copy_from_slice(&sc.span_id().to_bytes());
-    out[36..52].copy_from_slice(&hex::encode_16(span)[..16]);
+    out[36..52].copy_from_slice(&hex::encode_8(sc.span_id().to_bytes()));
     out[53..55].copy_from_slice(&hex::encode_u8(
         (sc.trace_flags() & TraceFlags::SAMPLED).to_u8(),
     ));
